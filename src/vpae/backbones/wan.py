@@ -1,0 +1,145 @@
+"""Adapter from diffusers' WanTransformer3DModel to the Backbone interface (T2V and I2V).
+
+I2V input channels are `cat([x_t, mask, cond_latent])` (16 + 4 + 16 for real Wan), in that order, as in
+diffusers' WanImageToVideoPipeline. The number of mask channels is read off the config
+(in_channels - 2 * out_channels), so toy codecs with another temporal stride work unchanged.
+
+PITFALL (FIELD_NOTES 3): diffusers' WanAttnProcessor splits image from text tokens as `L - 512`, so with
+image tokens the text must be exactly 512 tokens long. `WanBackbone` zero-pads (as the pipeline does)
+and refuses longer text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from diffusers import WanTransformer3DModel
+
+from vpae import flow
+from vpae.backbones.base import Backbone, resolve_layers
+from vpae.conditioning import Conditioning
+
+Tensor = torch.Tensor
+
+WAN_TEXT_LEN = 512  # hard-coded in diffusers' WanAttnProcessor for the image/text split
+
+
+def tiny_wan_config(i2v: bool = True, latent_channels: int = 16, mask_channels: int = 4, *,
+                    num_layers: int = 2, heads: int = 2, head_dim: int = 12, text_dim: int = 32,
+                    ffn_dim: int = 32, image_dim: int = 24, patch_size=(1, 2, 2), freq_dim: int = 256,
+                    rope_max_seq_len: int = 1024) -> dict[str, Any]:
+    """A small WanTransformer3DModel config, built offline (no hub). Used by tests and the toy world."""
+    cfg = dict(
+        patch_size=tuple(patch_size), num_attention_heads=heads, attention_head_dim=head_dim,
+        in_channels=latent_channels + (mask_channels + latent_channels if i2v else 0),
+        out_channels=latent_channels, text_dim=text_dim, freq_dim=freq_dim, ffn_dim=ffn_dim,
+        num_layers=num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+        image_dim=image_dim if i2v else None, added_kv_proj_dim=heads * head_dim if i2v else None,
+        rope_max_seq_len=rope_max_seq_len,
+    )
+    return cfg
+
+
+def pad_text(text: Tensor, length: int) -> Tensor:
+    """Zero-pad text tokens (B, L, D) to `length`, exactly as WanPipeline._get_t5_prompt_embeds does."""
+    if text.shape[1] > length:
+        raise ValueError(f"text has {text.shape[1]} tokens; Wan with image tokens needs at most {length}")
+    return torch.nn.functional.pad(text, (0, 0, 0, length - text.shape[1]))
+
+
+class WanBackbone(Backbone):
+    """Backbone over a diffusers WanTransformer3DModel. `self.model` is the diffusers module (peft
+    adapters, gradient checkpointing, save_pretrained all work on it directly)."""
+
+    def __init__(self, model: WanTransformer3DModel):
+        super().__init__()
+        self.model = model
+        cfg = model.config
+        self.num_layers = len(model.blocks)
+        self.feature_dim = cfg.num_attention_heads * cfg.attention_head_dim
+        self.latent_channels = cfg.out_channels
+        self.i2v = cfg.image_dim is not None
+        self.mask_channels = cfg.in_channels - 2 * cfg.out_channels if self.i2v else 0
+        if self.i2v and self.mask_channels < 1:
+            raise ValueError(f"I2V Wan config needs in_channels > 2*out_channels, got {cfg.in_channels}")
+        if not self.i2v and cfg.in_channels != cfg.out_channels:
+            raise ValueError("T2V Wan config needs in_channels == out_channels")
+        self.patch_size = tuple(cfg.patch_size)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "WanBackbone":
+        return cls(WanTransformer3DModel(**config))
+
+    # -- input assembly -------------------------------------------------------------------------
+    def check_input(self, x_t: Tensor, cond: Conditioning) -> None:
+        if x_t.ndim != 5:
+            raise ValueError(f"x_t must be (B, C, F, H, W), got shape {tuple(x_t.shape)}")
+        b, c, f, h, w = x_t.shape
+        if c != self.latent_channels:
+            raise ValueError(f"x_t has {c} channels, the backbone expects {self.latent_channels}")
+        pt, ph, pw = self.patch_size
+        if f % pt or h % ph or w % pw:
+            raise ValueError(f"latent size (F={f}, H={h}, W={w}) is not divisible by the patch size {self.patch_size}")
+        if cond.batch_size != b:
+            raise ValueError(f"conditioning batch {cond.batch_size} != x_t batch {b}")
+        if self.i2v:
+            if cond.image is None or cond.cond_latent is None:
+                raise ValueError("this is an image-to-video backbone: conditioning needs image tokens and a "
+                                 "first-frame condition latent (pass an image)")
+            if cond.cond_latent.shape != x_t.shape:
+                raise ValueError(f"cond_latent shape {tuple(cond.cond_latent.shape)} != x_t shape {tuple(x_t.shape)}")
+            if cond.cond_mask.shape[1] != self.mask_channels:
+                raise ValueError(f"cond_mask has {cond.cond_mask.shape[1]} channels, expected {self.mask_channels}")
+
+    def model_inputs(self, x_t: Tensor, sigma: Tensor, cond: Conditioning) -> dict[str, Tensor]:
+        self.check_input(x_t, cond)
+        dtype = self.model.dtype
+        sigma = torch.as_tensor(sigma, device=x_t.device, dtype=torch.float32).reshape(-1).expand(x_t.shape[0])
+        hidden = x_t
+        text = cond.text
+        image = None
+        if self.i2v:
+            hidden = torch.cat([x_t, cond.cond_mask.to(x_t), cond.cond_latent.to(x_t)], dim=1)
+            text = pad_text(text, WAN_TEXT_LEN)
+            image = cond.image.to(dtype)
+        return dict(hidden_states=hidden.to(dtype), timestep=flow.model_timestep(sigma),
+                    encoder_hidden_states=text.to(dtype), encoder_hidden_states_image=image)
+
+    # -- the interface --------------------------------------------------------------------------
+    def velocity(self, x_t: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
+        out = self.model(**self.model_inputs(x_t, sigma, cond), return_dict=False)[0]
+        return out.to(x_t.dtype)
+
+    def token_grid(self, x_t: Tensor) -> tuple[int, int, int]:
+        """(F', H', W') of the token sequence for a latent of x_t's shape."""
+        _, _, f, h, w = x_t.shape
+        pt, ph, pw = self.patch_size
+        return f // pt, h // ph, w // pw
+
+    def features(self, x_t: Tensor, sigma: Tensor, cond: Conditioning,
+                 layers: Sequence[int | float]) -> list[Tensor]:
+        """Hidden states (B, N, D) after each requested block. Re-implements the head of
+        WanTransformer3DModel.forward and stops after the deepest requested block: no forward hooks, so
+        gradient checkpointing's recomputation cannot double count."""
+        idx = resolve_layers(layers, self.num_layers)
+        m = self.model
+        inp = self.model_inputs(x_t, sigma, cond)
+        hidden = inp["hidden_states"]
+        rotary_emb = m.rope(hidden)
+        hidden = m.patch_embedding(hidden).flatten(2).transpose(1, 2).contiguous()
+        _, timestep_proj, text, image = m.condition_embedder(
+            inp["timestep"], inp["encoder_hidden_states"], inp["encoder_hidden_states_image"])
+        timestep_proj = timestep_proj.unflatten(1, (6, -1))
+        context = torch.cat([image, text], dim=1) if image is not None else text
+        checkpointing = torch.is_grad_enabled() and m.gradient_checkpointing
+        out = []
+        wanted = set(idx)
+        for i, block in enumerate(m.blocks[: idx[-1] + 1]):
+            if checkpointing:
+                hidden = m._gradient_checkpointing_func(block, hidden, context, timestep_proj, rotary_emb)
+            else:
+                hidden = block(hidden, context, timestep_proj, rotary_emb)
+            if i in wanted:
+                out.append(hidden)
+        return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -26,7 +27,8 @@ def resolve_layers(layers: Sequence[int | float], num_layers: int) -> list[int]:
         if isinstance(layer, float):
             if not 0.0 < layer <= 1.0:
                 raise ValueError(f"depth fraction must be in (0, 1], got {layer}")
-            idx = max(0, int(-(-layer * num_layers // 1)) - 1)
+            # ceil(f * L) - 1, rounding away float noise first (0.14 * 50 = 7.000000000000001 is block 6)
+            idx = max(0, math.ceil(round(layer * num_layers, 9)) - 1)
         else:
             idx = layer + num_layers if layer < 0 else layer
         if not 0 <= idx < num_layers:
@@ -53,6 +55,10 @@ class Backbone(nn.Module):
 
     def features(self, x_t: Tensor, sigma: Tensor, cond: Conditioning,
                  layers: Sequence[int | float]) -> list[Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def token_grid(self, x_t: Tensor) -> tuple[int, int, int]:  # pragma: no cover
+        """(F', H', W') of the feature tokens for an input shaped like x_t."""
         raise NotImplementedError
 
     def forward(self, x_t: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:

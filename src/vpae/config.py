@@ -1,0 +1,262 @@
+"""Typed configuration: dataclasses loaded from YAML with strict keys.
+
+An unknown or mistyped key is an error that names it. Every number from the paper is a field with the
+paper's default; configs/toy/*.yaml scale them for a CPU and say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    teacher: str = ""
+    """Teacher checkpoint: a diffusers `WanTransformer3DModel` folder (config.json + safetensors). A
+    relative path is resolved against the repository/package root. Empty: build `wan_config` at random."""
+    wan_config: dict = field(default_factory=dict)
+    """WanTransformer3DModel constructor kwargs, used when `teacher` is empty (tests, pretraining)."""
+    dtype: str = "float32"
+    """Parameter dtype of all roles: float32 | bfloat16."""
+    gradient_checkpointing: bool = False
+    """Recompute block activations in backward (large models)."""
+
+
+@dataclass
+class DataConfig:
+    kind: str = "toy"
+    """toy: the procedural world (vpae.data.toy)."""
+    frames: int = 9
+    height: int = 32
+    width: int = 32
+    text_tokens: int = 24
+    """Text tokens kept per caption (zero-padded)."""
+    image_patch: int = 8
+    """Patch size of the parameter-free toy image encoder."""
+    heldout_size: int = 64
+    """Videos in the fixed held-out split used for evaluation."""
+
+
+@dataclass
+class SamplingConfig:
+    shift: float = 3.0
+    """Timestep shift k of the teacher's Euler schedule (Wan 480p I2V uses 3.0)."""
+    teacher_steps: int = 50
+    guidance: float = 5.0
+    """CFG scale, standard convention v_neg + w (v_pos - v_neg)."""
+
+
+@dataclass
+class PretrainConfig:
+    """Flow-matching training of a teacher (the toy world's Wan-architecture model)."""
+    steps: int = 20000
+    batch_size: int = 32
+    lr: float = 3e-4
+    betas: tuple = (0.9, 0.99)
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    text_dropout: float = 0.1
+    """Probability of replacing the caption by the negative (empty) prompt, so CFG works."""
+    sigma_sampling: str = "logit_normal"
+    """logit_normal (SD3) | uniform. Sigmas are then shifted by `sigma_shift`."""
+    sigma_shift: float = 1.0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class PrimingConfig:
+    """Phase I, stability priming (paper 3.1, eq. 1-2). Defaults are the paper's."""
+    steps: int = 500
+    batch_size: int = 32
+    lr: float = 1e-6
+    betas: tuple = (0.9, 0.999)
+    generator_mode: str = "full"
+    """full: fine-tune all generator weights | lora: a LoRA adapter on a copy of the teacher."""
+    generator_band: tuple = (0.9, 1.0)
+    """The generator predicts x0 from x_s built from data, s ~ U(band): the low-SNR band (paper: [0.9T, T])."""
+    renoise_band: tuple = (0.02, 0.98)
+    """t' ~ U(band) for the DMD gradient and the fake-score loss (public DMD recipes)."""
+    real_guidance: float = 5.0
+    """CFG of the real score, standard convention (uncond + w (cond - uncond)); 1 = no guidance."""
+    fake_updates_per_generator: int = 5
+    """Fake-score updates per generator update (paper silent; DMD2 uses 5)."""
+    fake_lr: float = 1e-6
+    fake_betas: tuple = (0.9, 0.999)
+    lora_rank: int = 64
+    lora_alpha: int = 64
+    lora_targets: tuple = ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj")
+    grad_clip: float = 10.0
+
+
+@dataclass
+class EquilibriumConfig:
+    """Phase II, unified adversarial equilibrium (paper 3.2-3.4, eq. 3-7). Defaults are the paper's."""
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 2e-6
+    betas: tuple = (0.5, 0.999)
+    head_lr: float = 2e-6
+    head_betas: tuple = (0.5, 0.999)
+    ema_decay: float = 0.995
+    backbone: str = "unified"
+    """Discriminator backbone: unified (EMA of the generator) | frozen (teacher) | trained (own full copy)."""
+    head: str = "semantic"
+    """conv | ca | semantic (Table 3 rows Conv, CA, CA-dagger)."""
+    layers: tuple = (0.25, 0.5, 0.75, 1.0)
+    """Backbone depths read by the heads (fractions of the depth or block indices)."""
+    head_dim: int = 256
+    head_queries: int = 4
+    head_attn_heads: int = 4
+    disc_band: tuple = (0.9, 1.0)
+    """Real and generated videos are re-noised with t ~ U(band) before the discriminator (low SNR)."""
+    loss: str = "hinge"
+    """hinge | non_saturating."""
+    sigma_s: float = 0.01
+    sigma_t: float = 0.1
+    r1_weight: float = 1.0
+    r1_on: str = "fake"
+    """Which samples ST-R1 perturbs: fake (eq. 4 as written) | real | both."""
+    sds_lambda: float = 10.0
+    sds_band: tuple = (0.02, 0.98)
+    """t' ~ U(band) for the conditional SDS re-noising."""
+    sds_guidance: float = 1.0
+    """CFG of the teacher's x0 prediction in C-SDS (1 = none; the paper does not say)."""
+    disc_updates_per_generator: int = 1
+    grad_clip: float = 10.0
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    eval_every: int = 0
+    """Evaluate the 1-NFE generator on a small held-out batch every N steps (0: never)."""
+    eval_videos: int = 16
+
+
+@dataclass
+class VPAEConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    priming: PrimingConfig = field(default_factory=PrimingConfig)
+    equilibrium: EquilibriumConfig = field(default_factory=EquilibriumConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def validate(cfg: VPAEConfig) -> None:
+    def band(name, b):
+        if len(b) != 2 or not 0.0 <= b[0] <= b[1] <= 1.0:
+            raise ConfigError(f"{name} must be (lo, hi) with 0 <= lo <= hi <= 1, got {b}")
+    band("priming.generator_band", cfg.priming.generator_band)
+    band("priming.renoise_band", cfg.priming.renoise_band)
+    band("equilibrium.disc_band", cfg.equilibrium.disc_band)
+    band("equilibrium.sds_band", cfg.equilibrium.sds_band)
+    choices = {
+        "priming.generator_mode": (cfg.priming.generator_mode, ("full", "lora")),
+        "equilibrium.backbone": (cfg.equilibrium.backbone, ("unified", "frozen", "trained")),
+        "equilibrium.head": (cfg.equilibrium.head, ("conv", "ca", "semantic")),
+        "equilibrium.loss": (cfg.equilibrium.loss, ("hinge", "non_saturating")),
+        "equilibrium.r1_on": (cfg.equilibrium.r1_on, ("fake", "real", "both")),
+        "model.dtype": (cfg.model.dtype, ("float32", "bfloat16")),
+        "pretrain.sigma_sampling": (cfg.pretrain.sigma_sampling, ("logit_normal", "uniform")),
+        "data.kind": (cfg.data.kind, ("toy",)),
+    }
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{name} = {value!r}; choose one of {allowed}")
+    if (cfg.data.frames - 1) % 4:
+        raise ConfigError(f"data.frames must be 4n+1, got {cfg.data.frames}")
+    for name in ("priming.steps", "equilibrium.steps", "pretrain.steps"):
+        sec, key = name.split(".")
+        if getattr(getattr(cfg, sec), key) < 0:
+            raise ConfigError(f"{name} must be >= 0")
+
+
+# -- strict loading ----------------------------------------------------------------------------
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, where)
+    origin = typing.get_origin(tp)
+    if tp is tuple or origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or tp in (int, str, bool, dict) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, where: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {sorted(unknown)} in {where or 'top level'}; "
+                          f"valid keys: {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> VPAEConfig:
+    """Load a YAML config (missing keys take defaults) and apply `a.b=value` overrides (YAML values)."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r} must look like section.key=value")
+        key, val = ov.split("=", 1)
+        _set_path(data, key.strip(), yaml.safe_load(val))
+    return _build(VPAEConfig, data)
+
+
+def to_dict(cfg) -> dict:
+    def conv(x):
+        if isinstance(x, tuple):
+            return [conv(v) for v in x]
+        if isinstance(x, dict):
+            return {k: conv(v) for k, v in x.items()}
+        return x
+    return conv(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: VPAEConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,36 @@
+"""The discriminator D = [backbone; heads] of eq. 3.
+
+The backbone is any Backbone (the generator's EMA copy in V-PAE, the teacher or a trained copy in the
+ablations). Its parameters are never touched here; its features stay differentiable with respect to the
+input so the generator receives the adversarial gradient through it (the unofficial-APT-port bug of
+running the backbone under no_grad is what `input_grad=True` prevents).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from vpae.backbones.base import Backbone
+from vpae.conditioning import Conditioning
+
+Tensor = torch.Tensor
+
+
+class SelfDiscriminator(nn.Module):
+    def __init__(self, heads: nn.Module, layers: Sequence[int | float]):
+        super().__init__()
+        self.heads = heads
+        self.layers = tuple(layers)
+
+    def forward(self, backbone: Backbone, x_t: Tensor, sigma: Tensor, cond: Conditioning,
+                backbone_grad: bool = True) -> Tensor:
+        """Logits (B,). backbone_grad=False runs the backbone without a graph (the discriminator step,
+        where only the heads learn); True keeps it (the generator step and ST-R1)."""
+        with torch.set_grad_enabled(backbone_grad and torch.is_grad_enabled()):
+            feats = backbone.features(x_t, sigma, cond, self.layers)
+        feats = [f.float() for f in feats]
+        grid = backbone.token_grid(x_t)
+        return self.heads(feats, grid, cond.text.float(), cond.text_mask, None if cond.image is None else cond.image.float())

@@ -1,0 +1,139 @@
+"""Model roles, named explicitly (ARCHITECTURE: "roles are explicit").
+
+teacher    the frozen real score. With its peft adapter "fake" switched on it IS the fake score: one copy
+           of the teacher's weights serves both (the memory reason the paper uses LoRA).
+generator  starts as a copy of the teacher; trained in both phases (full weights or a LoRA adapter).
+ema        the generator's EMA; in phase II it is the discriminator backbone ("unified").
+heads      the discriminator heads (phase II), trained by the discriminator loss only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
+
+from vpae.backbones.wan import WanBackbone
+
+FAKE_ADAPTER = "fake"
+GENERATOR_ADAPTER = "generator"
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def load_wan_backbone(path: str | Path, dtype: torch.dtype = torch.float32) -> WanBackbone:
+    """Load a diffusers WanTransformer3DModel folder (config.json + *.safetensors) with clear errors."""
+    from diffusers import WanTransformer3DModel
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(f"model checkpoint folder not found: {path}")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} is not a diffusers model folder (no config.json)")
+    if not any(path.glob("*.safetensors")):
+        raise ModelLoadError(f"{path} has no .safetensors weights")
+    try:
+        model = WanTransformer3DModel.from_pretrained(str(path), torch_dtype=dtype, use_safetensors=True)
+    except Exception as e:
+        raise ModelLoadError(f"cannot load Wan transformer from {path}: {type(e).__name__}: {e}") from e
+    return WanBackbone(model)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    module.requires_grad_(False)
+    return module
+
+
+def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def add_lora(backbone: WanBackbone, name: str, rank: int, alpha: int, targets) -> None:
+    """Attach a peft LoRA adapter with B = 0 (peft's default init): the output is unchanged at step 0."""
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=True)
+    backbone.model.add_adapter(cfg, adapter_name=name)
+
+
+@contextlib.contextmanager
+def real_score(teacher: WanBackbone):
+    """The teacher with its adapters switched off: the frozen real score."""
+    if not getattr(teacher.model, "_hf_peft_config_loaded", False):
+        yield teacher
+        return
+    teacher.model.disable_adapters()
+    try:
+        yield teacher
+    finally:
+        teacher.model.enable_adapters()
+
+
+@contextlib.contextmanager
+def fake_score(teacher: WanBackbone):
+    """The teacher with the "fake" LoRA adapter on: the fake score."""
+    teacher.model.set_adapter(FAKE_ADAPTER)
+    teacher.model.enable_adapters()
+    yield teacher
+
+
+class AdapterState(nn.Module):
+    """Checkpoint view of one peft adapter: state_dict() holds only its LoRA tensors."""
+
+    def __init__(self, backbone: WanBackbone, adapter: str):
+        super().__init__()
+        self._backbone = [backbone]  # a list, so the backbone is not registered as a submodule
+        self.adapter = adapter
+
+    def state_dict(self, *args, **kwargs):
+        return get_peft_model_state_dict(self._backbone[0].model, adapter_name=self.adapter)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = set_peft_model_state_dict(self._backbone[0].model, state_dict, adapter_name=self.adapter)
+        if strict and getattr(result, "unexpected_keys", None):
+            raise RuntimeError(f"unexpected adapter keys: {result.unexpected_keys[:5]}")
+        return result
+
+
+def make_teacher_and_fake(teacher: WanBackbone, rank: int, alpha: int, targets) -> WanBackbone:
+    """Freeze the teacher and attach the zero-initialised fake-score LoRA (only LoRA params train)."""
+    freeze(teacher)
+    add_lora(teacher, FAKE_ADAPTER, rank, alpha, targets)
+    return teacher
+
+
+def copy_generator(teacher: WanBackbone, mode: str = "full", rank: int = 64, alpha: int = 64, targets=()) -> WanBackbone:
+    """The generator starts as an exact copy of the teacher (before any adapter is attached to it)."""
+    if getattr(teacher.model, "_hf_peft_config_loaded", False):
+        raise ValueError("copy the generator before attaching the fake-score adapter to the teacher")
+    gen = copy.deepcopy(teacher)
+    if mode == "full":
+        gen.requires_grad_(True)
+    elif mode == "lora":
+        freeze(gen)
+        add_lora(gen, GENERATOR_ADAPTER, rank, alpha, targets)
+    else:
+        raise ValueError(f"unknown generator mode {mode!r}")
+    return gen
+
+
+def make_ema(generator: nn.Module) -> nn.Module:
+    return freeze(copy.deepcopy(generator))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """theta^- <- decay * theta^- + (1 - decay) * theta, over every parameter and buffer."""
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.mul_(decay).add_(p.detach().to(e.dtype), alpha=1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)

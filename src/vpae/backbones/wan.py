@@ -6,7 +6,9 @@ diffusers' WanImageToVideoPipeline. The number of mask channels is read off the 
 
 PITFALL (FIELD_NOTES 3): diffusers' WanAttnProcessor splits image from text tokens as `L - 512`, so with
 image tokens the text must be exactly 512 tokens long. `WanBackbone` zero-pads (as the pipeline does)
-and refuses longer text.
+and refuses longer text. It pads for T2V too: Wan was trained on text zero-padded to 512 tokens (original
+WanModel pads to text_len=512; diffusers' T5 path pads to max_sequence_length=512) and the cross-attention
+has no mask, so the zero tokens change the output; padding makes a short text mean what it means to Wan.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def tiny_wan_config(i2v: bool = True, latent_channels: int = 16, mask_channels: 
 def pad_text(text: Tensor, length: int) -> Tensor:
     """Zero-pad text tokens (B, L, D) to `length`, exactly as WanPipeline._get_t5_prompt_embeds does."""
     if text.shape[1] > length:
-        raise ValueError(f"text has {text.shape[1]} tokens; Wan with image tokens needs at most {length}")
+        raise ValueError(f"text has {text.shape[1]} tokens; Wan takes at most {length}")
     return torch.nn.functional.pad(text, (0, 0, 0, length - text.shape[1]))
 
 
@@ -95,13 +97,15 @@ class WanBackbone(Backbone):
     def model_inputs(self, x_t: Tensor, sigma: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         self.check_input(x_t, cond)
         dtype = self.model.dtype
-        sigma = torch.as_tensor(sigma, device=x_t.device, dtype=torch.float32).reshape(-1).expand(x_t.shape[0])
+        sigma = torch.as_tensor(sigma, device=x_t.device, dtype=torch.float32).reshape(-1)
+        if sigma.numel() not in (1, x_t.shape[0]):
+            raise ValueError(f"sigma has {sigma.numel()} values for a batch of {x_t.shape[0]} (want 1 or the batch)")
+        sigma = sigma.expand(x_t.shape[0])
         hidden = x_t
-        text = cond.text
+        text = pad_text(cond.text, WAN_TEXT_LEN)
         image = None
         if self.i2v:
             hidden = torch.cat([x_t, cond.cond_mask.to(x_t), cond.cond_latent.to(x_t)], dim=1)
-            text = pad_text(text, WAN_TEXT_LEN)
             image = cond.image.to(dtype)
         return dict(hidden_states=hidden.to(dtype), timestep=flow.model_timestep(sigma),
                     encoder_hidden_states=text.to(dtype), encoder_hidden_states_image=image)
@@ -123,6 +127,8 @@ class WanBackbone(Backbone):
         WanTransformer3DModel.forward and stops after the deepest requested block: no forward hooks, so
         gradient checkpointing's recomputation cannot double count."""
         idx = resolve_layers(layers, self.num_layers)
+        if not idx:
+            raise ValueError("features() needs at least one layer")
         m = self.model
         inp = self.model_inputs(x_t, sigma, cond)
         hidden = inp["hidden_states"]

@@ -1,0 +1,108 @@
+"""Oracle metrics: near-perfect on real toy videos, clearly worse on the matching corruption."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from vpae.data.oracle import (caption_following, corrupt, first_frame_psnr, object_persistence, oracle_report,
+                              sharpness)
+from vpae.data.toy import ToyWorld, render, render_numpy
+
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+@pytest.fixture(scope="module")
+def held():
+    return ToyWorld().heldout(24, seed=0)
+
+
+@pytest.fixture(scope="module")
+def real_report(held):
+    return oracle_report(held.video, held.params, held.first_frame)
+
+
+def _corrupted(held, kind):
+    return torch.stack([corrupt(v, kind, seed=i) for i, v in enumerate(held.video)])
+
+
+def test_real_videos_score_near_perfect(held, real_report):
+    r = real_report
+    assert r["n"] == 24
+    assert r["caption_following"] == 1.0 and r["caption_score"] > 0.97
+    assert r["displacement_error_px"] < 0.2
+    assert r["persistence"] > 0.97
+    assert r["sharpness"] == pytest.approx(1.0)
+    assert r["first_frame_psnr"] == 100.0  # frame 0 is the condition image exactly
+    for v, p in zip(held.video, held.params):
+        cf = caption_following(v, p)
+        assert cf["follows"] and cf["found"] == 9
+        assert np.allclose(cf["displacement"], cf["expected"], atol=0.3)
+        assert cf["speed_px"] == pytest.approx({"slow": 1.0, "fast": 2.0}[p.speed], abs=0.05)
+
+
+def test_frozen_fails_caption_following_only(held, real_report):
+    r = oracle_report(_corrupted(held, "freeze"), held.params, held.first_frame)
+    assert r["caption_following"] == 0.0 and r["caption_score"] < 0.05
+    assert r["first_frame_psnr"] == 100.0 and r["persistence"] > 0.97  # those are not what broke
+
+
+def test_time_shuffled_fails_caption_and_first_frame(held):
+    r = oracle_report(_corrupted(held, "shuffle"), held.params, held.first_frame)
+    assert r["caption_following"] < 0.1 and r["caption_score"] < 0.3
+    assert r["first_frame_psnr"] < 30
+
+
+def test_reversed_direction_fails(held):
+    r = oracle_report(_corrupted(held, "reverse"), held.params, held.first_frame)
+    assert r["caption_following"] == 0.0 and r["caption_score"] < 0.05
+    # Same first frame, object moving the opposite way: only caption following can catch it.
+    opp = torch.stack([render(dataclasses.replace(p, direction=OPPOSITE[p.direction])) for p in held.params])
+    r = oracle_report(opp, held.params, held.first_frame)
+    assert r["caption_following"] == 0.0 and r["first_frame_psnr"] == 100.0
+
+
+def test_wrong_speed_fails():
+    held = ToyWorld().heldout(24, seed=0)
+    wrong = [dataclasses.replace(p, speed_px=p.speed_px * (0.5 if p.speed == "fast" else 2.0)) for p in held.params]
+    vids = torch.stack([render(p) for p in wrong])
+    assert oracle_report(vids, held.params)["caption_following"] == 0.0
+    assert oracle_report(vids, wrong)["caption_following"] == 1.0
+
+
+def test_blur_fails_sharpness(held, real_report):
+    r = oracle_report(_corrupted(held, "blur"), held.params, held.first_frame)
+    assert r["sharpness"] < 0.7 < real_report["sharpness"] - 0.25
+    assert r["first_frame_psnr"] < 35
+
+
+def test_vanishing_or_fading_object_fails_persistence(held):
+    bgs = torch.stack([torch.from_numpy(render_numpy(p, with_object=False)) for p in held.params])
+    vanish = held.video.clone()
+    vanish[:, :, 1:] = bgs[:, :, 1:]
+    alpha = torch.linspace(1, 0.2, 9).view(1, 1, 9, 1, 1)
+    fade = bgs + (held.video - bgs) * alpha
+    for vids in (vanish, fade):
+        r = oracle_report(vids, held.params, held.first_frame)
+        assert r["persistence"] < 0.3 and r["caption_following"] == 0.0
+    # a colour change mid-clip: the object keeps moving correctly but is not the same object
+    v, p = held.video[0].clone(), held.params[0]
+    other = dataclasses.replace(p, colour="white" if p.colour != "white" else "red")
+    v[:, 5:] = render(other)[:, 5:]
+    assert object_persistence(v, p) < 0.6 < object_persistence(held.video[0], p)
+
+
+def test_single_metrics_and_validation(held):
+    v, p = held.video[0], held.params[0]
+    noisy = (v + 0.1 * torch.randn(v.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    assert 15 < first_frame_psnr(noisy, v[:, 0]) < 30
+    assert sharpness(v, p) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        first_frame_psnr(v, v[:, 0, :16])
+    with pytest.raises(ValueError):
+        oracle_report(held.video[:2], held.params[:3])
+    t2v = oracle_report(held.video[:2], held.params[:2])
+    assert "first_frame_psnr" not in t2v and t2v["caption_following"] == 1.0

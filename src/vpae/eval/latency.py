@@ -1,0 +1,175 @@
+"""Latency benchmark: teacher 50 steps + CFG (100 NFE) vs teacher 4/1 steps vs student 1/4 steps.
+
+All configurations run in one process, each after warm-up, timed over repeats (median). "diffusion" is
+the sampler alone; "total" adds start-noise creation, the codec decode (if a codec is given) and the
+conversion to uint8 frames. CUDA is synchronised around every timed region.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional, Sequence
+
+import torch
+import typer
+
+from vpae import sampling
+from vpae.backbones.base import Backbone
+from vpae.conditioning import Conditioning
+
+BASELINE_NFE = 100
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], Any], device, warmup: int, repeats: int) -> tuple[list[float], Any]:
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times, out
+
+
+@torch.no_grad()
+def bench_latency(teacher: Backbone, cond: Conditioning, latent_shape: Sequence[int], *,
+                  student: Backbone | None = None, codec: Any = None, teacher_steps: int = 50,
+                  guidance: float = 5.0, shift: float = 3.0, few_steps: Sequence[int] = (4, 1),
+                  student_steps: Sequence[int] = (1, 4), student_shift: float = 1.0,
+                  few_step_guidance: float | None = None, warmup: int = 1, repeats: int = 3,
+                  device=None, seed: int = 0) -> dict[str, Any]:
+    """Time generation configurations; returns {"rows": [...], "baseline": name, "device": ..., ...}.
+
+    teacher/student: Backbones (already on `device`); cond: Conditioning for a batch (latent_shape[0]
+    must equal its batch size); latent_shape: (B, C, F, H, W). codec: optional object with
+    `decode(latents) -> video (B, 3, F, H, W) in [-1, 1]`, timed as part of the total.
+    Rows: teacher_{teacher_steps}step_cfg (guidance, the 100-NFE baseline), teacher_{k}step for k in
+    few_steps (Euler with `few_step_guidance`, default = guidance, so CFG doubles NFE), and
+    student_{k}step for k in student_steps (x0-prediction sampler, unguided).
+    Each row: nfe, diffusion_s / total_s (medians) and all repeats, speedup (baseline diffusion / row
+    diffusion), total_speedup, nfe_ratio (baseline NFE / NFE), and speedup_vs_nfe_ratio (how close the
+    measured diffusion speedup comes to the NFE ratio; 1.0 = perfectly proportional).
+    """
+    device = torch.device(device) if device is not None else next(teacher.parameters()).device
+    shape = tuple(latent_shape)
+    if shape[0] != cond.batch_size:
+        raise ValueError(f"latent batch {shape[0]} != conditioning batch {cond.batch_size}")
+    cond = cond.to(device)
+    fg = guidance if few_step_guidance is None else few_step_guidance
+    configs: list[tuple[str, Callable[[torch.Tensor], sampling.SampleResult]]] = [
+        (f"teacher_{teacher_steps}step_cfg",
+         lambda z: sampling.teacher_sample(teacher, z, cond, teacher_steps, guidance, shift))]
+    for k in few_steps:
+        configs.append((f"teacher_{k}step", lambda z, k=k: sampling.teacher_sample(teacher, z, cond, k, fg, shift)))
+    if student is not None:
+        for k in student_steps:
+            sig = sampling.few_step_sigmas(k, student_shift)
+            configs.append((f"student_{k}step", lambda z, s=sig: sampling.few_step_sample(student, z, cond, s, 1.0, seed)))
+
+    rows = []
+    for name, fn in configs:
+        noise = sampling.initial_noise(shape, seed, device)
+        d_times, res = _time(lambda: fn(noise), device, warmup, repeats)
+
+        def whole(fn=fn):
+            z = sampling.initial_noise(shape, seed, device)
+            x0 = fn(z).x0
+            video = codec.decode(x0) if codec is not None else x0
+            return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+        t_times, _ = _time(whole, device, warmup, repeats)
+        rows.append({"name": name, "nfe": int(res.nfe), "diffusion_s": statistics.median(d_times),
+                     "total_s": statistics.median(t_times), "diffusion_runs_s": d_times, "total_runs_s": t_times})
+    base = rows[0]
+    for r in rows:
+        r["speedup"] = base["diffusion_s"] / r["diffusion_s"]
+        r["total_speedup"] = base["total_s"] / r["total_s"]
+        r["nfe_ratio"] = base["nfe"] / r["nfe"]
+        r["speedup_vs_nfe_ratio"] = r["speedup"] / r["nfe_ratio"]
+    return {"rows": rows, "baseline": base["name"], "baseline_nfe": base["nfe"], "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "latent_shape": list(shape), "warmup": warmup, "repeats": repeats, "codec": type(codec).__name__ if codec else None,
+            "torch": torch.__version__}
+
+
+def latency_markdown(res: dict[str, Any]) -> str:
+    lines = [f"Device: {res['device_name']} ({res['device']}), latent {res['latent_shape']}, "
+             f"median of {res['repeats']} after {res['warmup']} warm-up", "",
+             "| config | NFE | diffusion s | total s | speedup | NFE ratio | speedup / NFE ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['name']} | {r['nfe']} | {r['diffusion_s']:.4f} | {r['total_s']:.4f} | "
+                     f"{r['speedup']:.2f}x | {r['nfe_ratio']:.1f}x | {r['speedup_vs_nfe_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
+def random_condition(backbone, latent_shape: Sequence[int], seed: int = 0, text_len: int = 8,
+                     image_tokens: int = 257) -> Conditioning:
+    """Random conditioning shaped for a WanBackbone's config (timing does not depend on content)."""
+    from vpae.conditioning import first_frame_condition
+    cfg = backbone.model.config
+    b, c, f, h, w = latent_shape
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randn(b, text_len, cfg.text_dim, generator=g)
+    if cfg.image_dim is None:
+        return Conditioning(text=text)
+    image = torch.randn(b, image_tokens, cfg.image_dim, generator=g)
+    cl, cm = first_frame_condition(torch.randn(b, c, 1, h, w, generator=g), f, backbone.mask_channels)
+    return Conditioning(text=text, image=image, cond_latent=cl, cond_mask=cm)
+
+
+def tiny_setup(frames: int = 5, height: int = 16, width: int = 16, batch: int = 1, seed: int = 0,
+               device="cpu", student: bool = True):
+    """A tiny random I2V Wan teacher (+ student copy) and matching conditioning, built offline; latent
+    frames/height/width are latent sizes. For smoke tests and the CLI's default mode."""
+    from vpae.backbones.wan import WanBackbone, tiny_wan_config
+    torch.manual_seed(seed)
+    cfg = tiny_wan_config()
+    t = WanBackbone.from_config(cfg).to(device).eval()
+    s = WanBackbone.from_config(cfg).to(device).eval() if student else None
+    shape = (batch, cfg["out_channels"], frames, height, width)
+    return t, s, random_condition(t, shape, seed, image_tokens=4).to(device), shape
+
+
+def latency_command(
+    teacher: Annotated[Optional[Path], typer.Option(help="diffusers WanTransformer3DModel folder (default: tiny random)")] = None,
+    student: Annotated[Optional[Path], typer.Option(help="student WanTransformer3DModel folder")] = None,
+    frames: Annotated[int, typer.Option(help="latent frames")] = 5,
+    height: Annotated[int, typer.Option(help="latent height")] = 16,
+    width: Annotated[int, typer.Option(help="latent width")] = 16,
+    steps: Annotated[int, typer.Option(help="teacher baseline steps")] = 50,
+    guidance: Annotated[float, typer.Option(help="teacher CFG scale")] = 5.0,
+    repeats: Annotated[int, typer.Option()] = 3,
+    warmup: Annotated[int, typer.Option()] = 1,
+    device: Annotated[str, typer.Option()] = "cuda" if torch.cuda.is_available() else "cpu",
+    dtype: Annotated[str, typer.Option(help="float32 | bfloat16")] = "float32",
+    out: Annotated[Optional[Path], typer.Option(help="write the results JSON here")] = None,
+) -> None:
+    """Time teacher (50 steps + CFG = 100 NFE, 4 and 1 steps) vs student (1 and 4 steps)."""
+    t, s, cond, shape = tiny_setup(frames, height, width, device=device, student=student is None and teacher is None)
+    if teacher is not None:
+        from diffusers import WanTransformer3DModel
+        from vpae.backbones.wan import WanBackbone
+        dt = getattr(torch, dtype)
+        t = WanBackbone(WanTransformer3DModel.from_pretrained(teacher, torch_dtype=dt)).to(device).eval()
+        s = WanBackbone(WanTransformer3DModel.from_pretrained(student, torch_dtype=dt)).to(device).eval() if student else None
+        shape = (1, t.latent_channels, frames, height, width)
+        cond = random_condition(t, shape).to(device=device, dtype=dt)
+        typer.echo("note: conditioning is random (timing does not depend on content)", err=True)
+    res = bench_latency(t, cond, shape, student=s, teacher_steps=steps, guidance=guidance, warmup=warmup,
+                        repeats=repeats, device=device)
+    typer.echo(latency_markdown(res))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2))

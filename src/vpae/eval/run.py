@@ -1,0 +1,239 @@
+"""`run_eval`: score a folder of videos (one subfolder per method) and write results.json + reports.
+
+Layout::
+
+    videos/
+      manifest.json            # optional: {"000.mp4": {"prompt": "...", "image": "images/000.png"}, ...}
+      teacher/000.mp4 ...      # one subfolder per method (mp4 or gif)
+      vpae_1step/000.mp4 ...
+      reference/000.mp4 ...    # optional: real videos used as the reference set for Frechet distances
+
+Manifest keys are a file name shared across methods ("000.mp4") or "method/000.mp4" (which wins);
+image paths are relative to the manifest. A method folder may carry its own manifest.json too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Mapping, Optional
+
+import numpy as np
+import typer
+
+from vpae.eval import vbench as V
+from vpae.eval.metrics import EvalConfig, evaluate_videos, fd_features, fd_scores
+from vpae.eval.report import write_report
+from vpae.eval.video import VIDEO_EXTS, VideoError, read_image, read_video
+
+SHORT = {
+    "i2v_subject": "I2V Subj", "i2v_background": "I2V Bkg", "subject_consistency": "Subj Cons",
+    "background_consistency": "Bkg Cons", "motion_smoothness": "Motion Smooth", "dynamic_degree": "Dyn Degree",
+    "aesthetic_quality": "Aesthetic", "imaging_quality": "Imaging",
+}
+
+
+def _video_files(d: Path) -> list[Path]:
+    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTS)
+
+
+def _load_manifest(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"manifest {path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"manifest {path} must map video file -> {{prompt, image}}")
+    out = {}
+    for k, v in data.items():
+        v = dict(v) if isinstance(v, dict) else {"prompt": v}
+        if v.get("image"):
+            v["image"] = str((path.parent / v["image"]).resolve())
+        out[k] = v
+    return out
+
+
+def discover(video_dir) -> tuple[dict[str, list[Path]], list[Path] | None, dict[str, dict]]:
+    """(methods -> video files, reference files or None, merged manifest). Raises on empty input."""
+    root = Path(video_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"video folder not found: {root}")
+    manifest = _load_manifest(root / "manifest.json")
+    methods, ref = {}, None
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = _video_files(d)
+        for k, v in _load_manifest(d / "manifest.json").items():
+            manifest[f"{d.name}/{k}"] = v
+        if not files:
+            continue
+        if d.name == "reference":
+            ref = files
+        else:
+            methods[d.name] = files
+    if not methods:
+        loose = _video_files(root)
+        hint = (f" ({len(loose)} videos lie directly in it: put each method's videos in its own subfolder)"
+                if loose else "")
+        raise ValueError(f"no method subfolders with .mp4/.gif videos in {root}{hint}")
+    return methods, ref, manifest
+
+
+def _load_method(files: list[Path], method: str, manifest: dict):
+    videos, images, fps, prompts = [], [], [], []
+    for f in files:
+        v, r = read_video(f)
+        videos.append(v)
+        fps.append(r)
+        entry = manifest.get(f"{method}/{f.name}") or manifest.get(f.name) or {}
+        images.append(read_image(entry["image"]) if entry.get("image") else None)
+        prompts.append(entry.get("prompt"))
+    return videos, images, fps, prompts
+
+
+def _latency_table(latency) -> dict[str, dict[str, Any]]:
+    if latency is None:
+        return {}
+    if isinstance(latency, (str, Path)):
+        latency = json.loads(Path(latency).read_text())
+    if isinstance(latency, Mapping) and "rows" in latency:  # bench_latency output
+        latency = {r["name"]: r for r in latency["rows"]}
+    return {m: dict(v) for m, v in latency.items()}
+
+
+def run_eval(video_dir, out_dir, *, config: EvalConfig | None = None, reference=None,
+             extra_metrics: Mapping[str, Mapping[str, float]] | None = None,
+             latency: Mapping[str, Mapping[str, Any]] | str | Path | None = None,
+             max_grid: int = 4, title: str = "V-PAE evaluation") -> dict[str, Any]:
+    """Evaluate every method folder under video_dir; write results.json, report.md, report.html,
+    samples_grid.gif and plots/ into out_dir; return the results dict.
+
+    reference: a method name or a folder of reference videos for Frechet distances (default: the
+        `reference/` subfolder if present; none -> no FD).
+    extra_metrics: {method: {metric: value}} merged into the table and results (e.g. toy-world oracle
+        metrics from vpae.data.oracle.oracle_report).
+    latency: {method: {"nfe": .., "latency_s": .., ...}}, a JSON file of that, or bench_latency's output
+        (rows matched to methods by name).
+    """
+    config = config or EvalConfig()
+    methods, ref_files, manifest = discover(video_dir)
+    if isinstance(reference, str) and reference in methods:
+        ref_files = methods[reference]
+    elif reference is not None:
+        ref_dir = Path(reference)
+        if not ref_dir.is_dir():
+            raise FileNotFoundError(f"reference must be a method name {sorted(methods)} or a folder: {reference}")
+        ref_files = _video_files(ref_dir)
+        if not ref_files:
+            raise ValueError(f"no reference videos in {ref_dir}")
+    lat = _latency_table(latency)
+    extra = {m: dict(v) for m, v in (extra_metrics or {}).items()}
+
+    ref_feats = None
+    if ref_files:
+        ref_feats = fd_features([read_video(f)[0] for f in ref_files], config)
+
+    results: dict[str, Any] = {"config": config.as_dict(), "video_dir": str(Path(video_dir).resolve()),
+                               "reference": [str(f) for f in ref_files] if ref_files else None,
+                               "methods": {}, "backbones": {}}
+    rows, grids = {}, {}
+    for m, files in methods.items():
+        videos, images, fps, prompts = _load_method(files, m, manifest)
+        res = evaluate_videos(videos, images, config, fps)
+        results["backbones"].update(res.pop("backbones"))
+        rec: dict[str, Any] = {"files": [str(f) for f in files], "prompts": prompts, **res}
+        if ref_feats is not None:
+            rec["fd"] = fd_scores(fd_features(videos, config), ref_feats)
+        if m in lat:
+            rec["latency"] = lat[m]
+        if m in extra:
+            rec["extra_metrics"] = extra[m]
+        results["methods"][m] = rec
+        rows[m] = table_row(rec)
+        grids[m] = videos[:max_grid]
+    tiers = {d: r["tier"] for d, r in next(iter(results["methods"].values()))["dimensions"].items()}
+    kind = next(iter(results["methods"].values()))["aggregates"]["kind"]
+    results["tiers"] = tiers
+    results["aggregate_kind"] = kind
+    notes = report_notes(tiers, kind, results["backbones"], ref_feats is not None)
+    results["notes"] = notes
+    write_report(out_dir, rows, grids, None, title=title, notes=notes, results=results,
+                 fps=float(np.median(fps)) if fps else 8.0)
+    return results
+
+
+def table_row(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """One paper-style table row from a method's results record."""
+    row: dict[str, Any] = {}
+    for d in V.DIMENSIONS:
+        r = rec["dimensions"].get(d, {})
+        tag = "" if r.get("tier") == "reference" else ("*" if r.get("tier") == "offline" else "")
+        row[SHORT[d] + tag] = r.get("value")
+    agg = rec["aggregates"]
+    for k, v in agg.items():
+        if k.endswith("]") and not k.startswith("missing"):
+            row[k] = v
+    for k, v in rec.get("fd", {}).items():
+        row[k] = v
+    lat = rec.get("latency") or {}
+    for k in ("nfe", "latency_s", "diffusion_s", "total_s", "speedup"):
+        if k in lat:
+            row[k.upper() if k == "nfe" else k] = lat[k]
+    for k, v in (rec.get("extra_metrics") or {}).items():
+        row[k] = v
+    return row
+
+
+def report_notes(tiers, kind, backbones, has_fd) -> list[str]:
+    notes = []
+    if kind == "proxy":
+        notes.append("Aggregates are PROXY scores (proxy_*): not every dimension used the reference VBench "
+                     "model. Columns marked * used the offline tier. They are not comparable with published VBench numbers.")
+    else:
+        notes.append("All eight dimensions used the reference VBench models; aggregates follow "
+                     "scripts/cal_i2v_final_score.py.")
+    notes.append("Camera motion is not computed. [missing=0]: missing dimensions count as raw 0, as the official "
+                 "script does; [renormalized]: they are dropped from numerator and denominator.")
+    for d, t in tiers.items():
+        notes.append(f"{d}: {t}")
+    for name, info in backbones.items():
+        files = ", ".join(f"{Path(p).name} sha256={h[:16]}..." for p, h in info["files"].items()) or "no weights"
+        notes.append(f"backbone {name} ({info['tier']}): {info['description']}; {files}")
+    if has_fd:
+        notes.append("FD-EffNetLite0-frames is a Frechet distance on per-frame EfficientNet-Lite0 features, NOT FVD; "
+                     "FVD appears only when an I3D file is supplied.")
+    return notes
+
+
+def eval_command(
+    video_dir: Annotated[Path, typer.Argument(help="folder with one subfolder of videos per method")],
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("eval_out"),
+    reference: Annotated[Optional[str], typer.Option(help="method name or folder used as FD reference")] = None,
+    dino: Annotated[Optional[Path], typer.Option(help="DINO ViT-B/16 state dict or TorchScript")] = None,
+    clip_b32: Annotated[Optional[Path], typer.Option(help="CLIP ViT-B/32 TorchScript")] = None,
+    dreamsim: Annotated[Optional[Path], typer.Option(help="DreamSim TorchScript")] = None,
+    raft: Annotated[Optional[Path], typer.Option(help="RAFT TorchScript")] = None,
+    amt: Annotated[Optional[Path], typer.Option(help="AMT-S TorchScript")] = None,
+    musiq: Annotated[Optional[Path], typer.Option(help="MUSIQ-SPAQ TorchScript")] = None,
+    aesthetic: Annotated[Optional[Path], typer.Option(help="CLIP-L/14 + LAION head TorchScript")] = None,
+    i3d: Annotated[Optional[Path], typer.Option(help="I3D TorchScript (enables FVD)")] = None,
+    latency_json: Annotated[Optional[Path], typer.Option(help="bench latency JSON")] = None,
+    extra_metrics_json: Annotated[Optional[Path], typer.Option(help="{method: {metric: value}} JSON")] = None,
+    device: Annotated[str, typer.Option(help="torch device")] = "cpu",
+) -> None:
+    """Score videos on VBench-I2V dimensions (reference or offline tier) and write reports."""
+    cfg = EvalConfig(dino=_s(dino), clip_b32=_s(clip_b32), dreamsim=_s(dreamsim), raft=_s(raft), amt=_s(amt),
+                     musiq=_s(musiq), aesthetic=_s(aesthetic), i3d=_s(i3d), device=device)
+    extra = json.loads(extra_metrics_json.read_text()) if extra_metrics_json else None
+    try:
+        res = run_eval(video_dir, out, config=cfg, reference=reference, extra_metrics=extra, latency=latency_json)
+    except (VideoError, ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(f"{len(res['methods'])} methods scored ({res['aggregate_kind']} aggregates); "
+               f"report: {Path(out) / 'report.md'}")
+
+
+def _s(p):
+    return None if p is None else str(p)

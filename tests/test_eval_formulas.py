@@ -1,0 +1,116 @@
+"""VBench formula checks on constructed inputs with hand-computed values (no backbones)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vpae.eval import vbench as V
+from vpae.eval.fd import frechet_distance
+from vpae.eval.metrics import aggregates
+from vpae.eval.video import VideoError, to_tensor, to_uint8
+
+
+def test_i2v_consistency_hand_computed():
+    img = np.array([1.0, 0.0])
+    # frames at angles 0, 60, 90 degrees (unnormalised lengths must not matter) and one at 180
+    f = np.array([[2.0, 0.0], [0.5, math.sqrt(3) / 2], [0.0, 3.0], [-1.0, 0.0]])
+    # s = max(0, cos) to the image: 1, 0.5, 0, 0 ; c = consecutive: cos60=.5, cos30=.866, cos90=0
+    s_max = 1.0
+    c = [0.5, math.sqrt(3) / 2, 0.0]
+    want = 0.4 * s_max + 0.3 * np.mean(c) + 0.3 * min(c)
+    assert V.i2v_consistency(img, f) == pytest.approx(want, abs=1e-12)
+
+
+def test_consistency_is_frame_weighted_over_all_pairs():
+    a = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])   # pairs: (0 + 0)/2, (1 + 0)/2  -> sum 0.5, 2 pairs
+    b = np.array([[1.0, 0.0], [1.0, 1.0]])               # (cos45 + cos45)/2 = .7071 -> 1 pair
+    s, n = V.consistency_pairs(a)
+    assert (s, n) == (pytest.approx(0.5), 2)
+    val, per = V.consistency_dimension([a, b])
+    assert val == pytest.approx((0.5 + math.sqrt(0.5)) / 3)           # not the mean of per-video means
+    assert per == [pytest.approx(0.25), pytest.approx(math.sqrt(0.5))]
+    # negative cosines are clamped to 0
+    s, _ = V.consistency_pairs(np.array([[1.0, 0.0], [-1.0, 0.0]]))
+    assert s == 0.0
+
+
+def test_vfi_score_and_dynamic_params():
+    frames = np.zeros((5, 2, 2, 3), np.uint8)
+    frames[1] = 10
+    frames[3] = 30
+    mids = [np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2, 3), np.uint8)]
+    assert V.vfi_score(frames, mids) == pytest.approx((255 - 20) / 255)
+    assert V.dynamic_params(256, 512, 16, 8.0) == (pytest.approx(6.0), 4)
+    assert V.dynamic_params(128, 128, 8, 4.0) == (pytest.approx(2.0 * 6 * 0.5), 2)
+    assert V.dynamic_frame_interval(30) == 4 and V.dynamic_frame_interval(8) == 1
+    flow = np.zeros((10, 10, 2))
+    flow[0, :5, 0] = 3.0    # top 5 of 100 magnitudes are 3, 4 rest 0
+    assert V.top_flow_magnitude(flow) == pytest.approx(3.0)
+    assert V.is_dynamic([7, 1, 7], 6.0, 2) and not V.is_dynamic([7, 1, 1], 6.0, 2)
+
+
+RAW = {"i2v_subject": 0.95, "i2v_background": 0.96, "subject_consistency": 0.94,
+       "background_consistency": 0.95, "motion_smoothness": 0.98, "dynamic_degree": 0.4,
+       "aesthetic_quality": 0.6, "imaging_quality": 0.7}
+
+
+def _n(v, lo, hi):
+    return (v - lo) / (hi - lo)
+
+
+def test_aggregate_hand_computed_missing_camera():
+    q_sum = (_n(0.94, .1462, 1) + _n(0.95, .2615, 1) + _n(0.98, .706, .9975) + 0.5 * 0.4 + 0.6 + 0.7)
+    i_sum = _n(0.95, .1462, 1) + _n(0.96, .2615, 1)
+    a = V.aggregate(RAW, "zero")
+    assert a["quality_score"] == pytest.approx(q_sum / 5.5)
+    assert a["i2v_score"] == pytest.approx(i_sum / 2.1)           # camera counted as 0
+    assert a["total_score"] == pytest.approx((q_sum / 5.5 + i_sum / 2.1) / 2)
+    r = V.aggregate(RAW, "renormalize")
+    assert r["quality_score"] == pytest.approx(q_sum / 5.5)
+    assert r["i2v_score"] == pytest.approx(i_sum / 2.0)           # camera dropped
+    # with camera present both policies agree
+    full = dict(RAW, camera_motion=0.3)
+    assert V.aggregate(full, "zero")["i2v_score"] == pytest.approx((i_sum + 0.1 * 0.3) / 2.1)
+    assert V.aggregate(full, "renormalize")["total_score"] == pytest.approx(V.aggregate(full, "zero")["total_score"])
+    # a missing subject-type dimension counts as raw 0 -> negative normalised term (official behaviour)
+    z = V.aggregate({k: v for k, v in RAW.items() if k != "subject_consistency"}, "zero")
+    assert z["quality_score"] == pytest.approx((q_sum - _n(0.94, .1462, 1) + _n(0.0, .1462, 1)) / 5.5)
+    with pytest.raises(ValueError):
+        V.aggregate(RAW, "drop")
+
+
+def test_aggregate_names_proxy_unless_all_reference():
+    dims = {d: {"value": v, "tier": "reference"} for d, v in RAW.items()}
+    assert aggregates(dims)["kind"] == "vbench"
+    assert "vbench_total_score[missing=0]" in aggregates(dims)
+    dims["imaging_quality"]["tier"] = "offline"
+    agg = aggregates(dims)
+    assert agg["kind"] == "proxy" and "proxy_total_score[renormalized]" in agg
+    assert not any(k.startswith("vbench_") for k in agg)
+
+
+def test_frechet_distance_zero_and_grows_with_noise():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8))
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+    d = [frechet_distance(x, x + rng.normal(scale=s, size=x.shape)) for s in (0.1, 0.5, 1.0)]
+    assert 0 < d[0] < d[1] < d[2]
+    assert frechet_distance(x, x + 1.0) == pytest.approx(8.0, rel=1e-6)   # mean shift only: ||1||^2
+    with pytest.raises(ValueError):
+        frechet_distance(x[:1], x)
+
+
+def test_converters_roundtrip_and_errors():
+    v = torch.rand(3, 4, 6, 8) * 2 - 1
+    u = to_uint8(v)
+    assert u.shape == (4, 6, 8, 3) and u.dtype == np.uint8
+    assert torch.allclose(to_tensor(u), v, atol=1 / 127.5)
+    assert to_uint8(np.zeros((2, 4, 4, 3), np.uint8)).shape == (2, 4, 4, 3)
+    with pytest.raises(VideoError, match="mismatched"):
+        to_uint8([np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8)])
+    with pytest.raises(VideoError):
+        to_uint8(torch.zeros(4, 3, 8, 8))
+    with pytest.raises(VideoError):
+        to_uint8(np.zeros((4, 8, 8), np.uint8))

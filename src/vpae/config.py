@@ -27,6 +27,9 @@ class ModelConfig:
     relative path is resolved against the repository/package root. Empty: build `wan_config` at random."""
     wan_config: dict = field(default_factory=dict)
     """WanTransformer3DModel constructor kwargs, used when `teacher` is empty (tests, pretraining)."""
+    text_len: int = 0
+    """Text tokens the transformer was trained with: 512 for real Wan (text zero-padded to 512, as its
+    pipelines do). 0: read it from the checkpoint's vpae.json, else 512. The toy teacher uses 24."""
     dtype: str = "float32"
     """Parameter dtype of all roles: float32 | bfloat16."""
     gradient_checkpointing: bool = False
@@ -42,6 +45,9 @@ class DataConfig:
     width: int = 32
     text_tokens: int = 24
     """Text tokens kept per caption (zero-padded)."""
+    caption_bank: str = ""
+    """Optional safetensors of precomputed caption embeddings (vpae caption-bank); used when the file
+    exists, else captions are encoded live with the packaged MiniLM. Both give identical (fp16-rounded) values."""
     image_patch: int = 8
     """Patch size of the parameter-free toy image encoder."""
     heldout_size: int = 64
@@ -73,6 +79,8 @@ class PretrainConfig:
     """logit_normal (SD3) | uniform. Sigmas are then shifted by `sigma_shift`."""
     sigma_shift: float = 1.0
     grad_clip: float = 1.0
+    max_seconds: float = 0.0
+    """Stop (with a checkpoint) after this much wall time; 0 = run all steps."""
 
 
 @dataclass
@@ -147,6 +155,8 @@ class TrainConfig:
     eval_every: int = 0
     """Evaluate the 1-NFE generator on a small held-out batch every N steps (0: never)."""
     eval_videos: int = 16
+    num_workers: int = 0
+    """Background processes rendering toy batches (0: render in the training process)."""
 
 
 @dataclass

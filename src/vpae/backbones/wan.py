@@ -54,9 +54,15 @@ class WanBackbone(Backbone):
     """Backbone over a diffusers WanTransformer3DModel. `self.model` is the diffusers module (peft
     adapters, gradient checkpointing, save_pretrained all work on it directly)."""
 
-    def __init__(self, model: WanTransformer3DModel):
+    def __init__(self, model: WanTransformer3DModel, text_len: int = WAN_TEXT_LEN):
+        """text_len: the text length the model was trained with (512 for real Wan). Other values install
+        WanTextLenAttnProcessor so the image/text split is right without padding to 512."""
         super().__init__()
         self.model = model
+        self.text_len = text_len
+        if text_len != WAN_TEXT_LEN:
+            from vpae.backbones.wan_attention import install_text_len_processor
+            install_text_len_processor(model, text_len)
         cfg = model.config
         self.num_layers = len(model.blocks)
         self.feature_dim = cfg.num_attention_heads * cfg.attention_head_dim
@@ -70,8 +76,8 @@ class WanBackbone(Backbone):
         self.patch_size = tuple(cfg.patch_size)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "WanBackbone":
-        return cls(WanTransformer3DModel(**config))
+    def from_config(cls, config: dict[str, Any], text_len: int = WAN_TEXT_LEN) -> "WanBackbone":
+        return cls(WanTransformer3DModel(**config), text_len)
 
     # -- input assembly -------------------------------------------------------------------------
     def check_input(self, x_t: Tensor, cond: Conditioning) -> None:
@@ -102,7 +108,7 @@ class WanBackbone(Backbone):
             raise ValueError(f"sigma has {sigma.numel()} values for a batch of {x_t.shape[0]} (want 1 or the batch)")
         sigma = sigma.expand(x_t.shape[0])
         hidden = x_t
-        text = pad_text(cond.text, WAN_TEXT_LEN)
+        text = pad_text(cond.text, self.text_len)
         image = None
         if self.i2v:
             hidden = torch.cat([x_t, cond.cond_mask.to(x_t), cond.cond_latent.to(x_t)], dim=1)

@@ -28,8 +28,21 @@ class ModelLoadError(RuntimeError):
     pass
 
 
-def load_wan_backbone(path: str | Path, dtype: torch.dtype = torch.float32) -> WanBackbone:
-    """Load a diffusers WanTransformer3DModel folder (config.json + *.safetensors) with clear errors."""
+def read_model_meta(path: str | Path) -> dict:
+    """The project's metadata next to a diffusers model folder (vpae.json), {} if absent."""
+    import json
+    f = Path(path) / "vpae.json"
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text())
+    except ValueError as e:
+        raise ModelLoadError(f"corrupt {f}: {e}") from e
+
+
+def load_wan_backbone(path: str | Path, dtype: torch.dtype = torch.float32, text_len: int = 0) -> WanBackbone:
+    """Load a diffusers WanTransformer3DModel folder (config.json + *.safetensors) with clear errors.
+    text_len 0: take it from the folder's vpae.json, else 512 (real Wan)."""
     from diffusers import WanTransformer3DModel
 
     path = Path(path)
@@ -43,7 +56,8 @@ def load_wan_backbone(path: str | Path, dtype: torch.dtype = torch.float32) -> W
         model = WanTransformer3DModel.from_pretrained(str(path), torch_dtype=dtype, use_safetensors=True)
     except Exception as e:
         raise ModelLoadError(f"cannot load Wan transformer from {path}: {type(e).__name__}: {e}") from e
-    return WanBackbone(model)
+    text_len = text_len or int(read_model_meta(path).get("text_len", 512))
+    return WanBackbone(model, text_len)
 
 
 def freeze(module: nn.Module) -> nn.Module:

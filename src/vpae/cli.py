@@ -1,0 +1,100 @@
+"""`vpae` command line: pretrain, distill, generate, eval, bench, demo, ablate, export."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="V-PAE: distil a video diffusion model into a one-step generator.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (latency).")
+app.add_typer(bench_app, name="bench")
+
+SET_HELP = "Override a config value, e.g. --set priming.steps=100 (repeatable; unknown keys are errors)."
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _load(config: Optional[Path], overrides: List[str]):
+    from vpae.config import ConfigError, load_config
+    try:
+        return load_config(config, overrides)
+    except ConfigError as e:
+        _fail(str(e))
+
+
+@app.command()
+def pretrain(config: Path = typer.Option(..., help="YAML config (e.g. configs/toy/teacher.yaml)"),
+             out: Path = typer.Option(Path("runs/teacher"), help="Run directory (checkpoints, log)"),
+             export: Optional[Path] = typer.Option(None, help="Write the EMA teacher here as a diffusers folder"),
+             set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
+    """Flow-matching training of a teacher on the toy world (EMA, checkpoints, resume)."""
+    import torch
+    from vpae.pipeline import run_pretrain
+    cfg = _load(config, set_)
+    t0 = time.perf_counter()
+    r = run_pretrain(cfg, out, export)
+    typer.echo(f"pretrain: {r['step']} steps ({r['resumed_from']} resumed) in {time.perf_counter() - t0:.1f}s "
+               f"on {cfg.train.device} ({torch.get_num_threads()} threads); last {r['last']}")
+    if export:
+        typer.echo(f"teacher written to {export}")
+
+
+@app.command()
+def distill(config: Path = typer.Option(..., help="YAML config (e.g. configs/toy/demo.yaml)"),
+            phase: str = typer.Option("all", help="priming | equilibrium | all (phase I then phase II)"),
+            out: Path = typer.Option(Path("runs/distill"), help="Run directory"),
+            set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
+    """Phase I (stability priming) and/or phase II (unified adversarial equilibrium), with resume."""
+    from vpae.pipeline import run_distill
+    cfg = _load(config, set_)
+    try:
+        r = run_distill(cfg, out, phase)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"distill ({phase}): {r['timings']} seconds; generator written to {out / 'generator'}")
+
+
+@app.command()
+def generate(model: str = typer.Option(..., help="Model folder (diffusers WanTransformer3DModel) or 'builtin:toy'"),
+             out: Path = typer.Option(Path("outputs/generate"), help="Output folder (sample.mp4, sample.gif)"),
+             prompt: Optional[str] = typer.Option(None, help="Text prompt (toy models: MiniLM text encoder)"),
+             embeddings: Optional[Path] = typer.Option(None, help="safetensors with 'text' (L,D) [+ 'negative_text', 'image'] "
+                                                                  "for models without a bundled text encoder"),
+             image: Optional[Path] = typer.Option(None, help="Condition image for image-to-video"),
+             sampler: str = typer.Option("euler", help="euler (teacher baseline, CFG) | few-step (distilled generators)"),
+             steps: int = typer.Option(50, help="Euler steps, or few-step steps (1 = one-step generation)"),
+             guidance: float = typer.Option(5.0, help="CFG scale (standard convention); 1 disables the negative branch"),
+             shift: float = typer.Option(3.0, help="Timestep shift k"),
+             seed: int = typer.Option(0),
+             frames: int = typer.Option(9, help="Pixel frames (4n+1)"),
+             height: int = typer.Option(32), width: int = typer.Option(32),
+             fps: float = typer.Option(8.0)):
+    """Generate one video (mp4 + GIF) and print NFE and wall time."""
+    from vpae.generate import GenerateError, generate_video
+    try:
+        r = generate_video(model=model, out=out, prompt=prompt, embeddings=embeddings, image=image, sampler=sampler,
+                           steps=steps, guidance=guidance, shift=shift, seed=seed, frames=frames, height=height,
+                           width=width, fps=fps)
+    except GenerateError as e:
+        _fail(str(e))
+    typer.echo(f"wrote {r['mp4']} and {r['gif']}: NFE {r['nfe']}, diffusion {r['diffusion_s']:.3f}s, "
+               f"total {r['total_s']:.3f}s")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+@app.command("caption-bank")
+def caption_bank(out: Path = typer.Option(Path(".cache/toy_captions.safetensors")),
+                 text_tokens: int = typer.Option(24)):
+    """Precompute the text embeddings of every toy-world caption (for machines without MiniLM)."""
+    from vpae.pipeline import build_caption_bank
+    typer.echo(f"wrote {build_caption_bank(out, text_tokens)}")

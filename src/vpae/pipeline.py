@@ -1,0 +1,353 @@
+"""Wiring: config -> data source -> roles -> phase steps -> the training loop -> exported models.
+
+This is the only module that knows how the pieces fit; the CLI and the demo call it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vpae.backbones.wan import WanBackbone, tiny_wan_config
+from vpae.codecs import IdentityCodec, make_conditioning
+from vpae.conditioning import Conditioning
+from vpae.config import VPAEConfig, save_config, to_dict
+from vpae.data.toy import ToyBatch, ToyWorld, ToyWorldConfig
+from vpae.discriminator import build_head
+from vpae.encoders import PatchImageEncoder, TextEncoder
+from vpae.training import roles as R
+from vpae.training.checkpoint import latest_checkpoint, load_checkpoint
+from vpae.training.loop import train
+from vpae.training.steps import EquilibriumStep, PretrainStep, PrimingStep
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+BUILTIN_TEACHER = PACKAGE_ROOT / "assets" / "toy_teacher"
+
+
+def resolve_model_path(path: str) -> Path:
+    """'builtin:toy' is the shipped toy teacher; other paths are used as given."""
+    if path in ("builtin:toy", "toy"):
+        return BUILTIN_TEACHER
+    return Path(path).expanduser()
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+class CaptionBank:
+    """Precomputed text embeddings of every toy caption (and the empty negative prompt), with the
+    TextEncoder's interface. Lets machines without the MiniLM package (a GPU box) train on the toy world."""
+
+    def __init__(self, path: str | Path):
+        from safetensors.torch import load_file
+        from safetensors import safe_open
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"caption bank not found: {path}")
+        t = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            captions = json.loads(f.metadata()["captions"])
+        self.index = {c: i for i, c in enumerate(captions)}
+        self.emb, self.mask = t["emb"].float(), t["mask"].bool()
+        self.dim = self.emb.shape[-1]
+        self.max_tokens = self.emb.shape[1]
+
+    def encode(self, captions):
+        try:
+            idx = torch.tensor([self.index[c] for c in captions], dtype=torch.long)
+        except KeyError as e:
+            raise KeyError(f"caption not in the bank: {e}") from e
+        return self.emb[idx], self.mask[idx]
+
+    def negative(self, batch_size: int | None = None):
+        e = self.encode([""])[0]
+        return e if batch_size is None else e.expand(batch_size, -1, -1)
+
+
+def build_caption_bank(path: str | Path, max_tokens: int = 24, world_cfg: ToyWorldConfig | None = None) -> Path:
+    from safetensors.torch import save_file
+    from vpae.data.toy import all_captions
+    captions = [""] + sorted(all_captions(world_cfg or ToyWorldConfig()))
+    enc = _Fp16TextEncoder(TextEncoder(max_tokens=max_tokens))
+    embs, masks = [], []
+    for i in range(0, len(captions), 128):
+        e, m = enc.encode(captions[i:i + 128])
+        embs.append(e), masks.append(m)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"emb": torch.cat(embs).half(), "mask": torch.cat(masks).to(torch.uint8)}, str(path),
+              metadata={"captions": json.dumps(captions)})
+    return path
+
+
+class _Fp16TextEncoder:
+    """TextEncoder outputs rounded to float16 precision, so live encoding equals the CaptionBank exactly."""
+
+    def __init__(self, enc: TextEncoder):
+        self.enc, self.dim, self.max_tokens = enc, enc.dim, enc.max_tokens
+
+    def encode(self, captions):
+        e, m = self.enc.encode(list(captions))
+        return e.half().float(), m
+
+    def negative(self, batch_size: int | None = None):
+        return self.enc.negative(batch_size).half().float()
+
+class ToyData:
+    """The toy world with its encoders and codec: batches of (latents, Conditioning)."""
+
+    def __init__(self, cfg: VPAEConfig, device: str = "cpu"):
+        d = cfg.data
+        self.world = ToyWorld(ToyWorldConfig(frames=d.frames, height=d.height, width=d.width))
+        bank = Path(d.caption_bank) if d.caption_bank else None
+        if bank is not None and bank.is_file():
+            self.text_encoder = CaptionBank(bank)
+        else:
+            self.text_encoder = _Fp16TextEncoder(TextEncoder(max_tokens=d.text_tokens))
+        self.image_encoder = PatchImageEncoder(patch_size=d.image_patch)
+        self.codec = IdentityCodec()
+        self.frames = d.frames
+        self.device = torch.device(device)
+        self.seed = cfg.train.seed
+
+    def conditioning(self, batch: ToyBatch) -> Conditioning:
+        return make_conditioning(batch.video, batch.captions, self.text_encoder, self.image_encoder,
+                                 self.codec, self.frames).to(self.device)
+
+    def encode(self, batch: ToyBatch) -> tuple[torch.Tensor, Conditioning]:
+        return self.codec.encode(batch.video).to(self.device), self.conditioning(batch)
+
+    def batch_fn(self, batch_size: int, stream_seed: int, num_workers: int = 0):
+        """step -> (latents, cond); batch k is world.stream_batch(batch_size, stream_seed, k)."""
+        if num_workers <= 0:
+            return lambda step: self.encode(self.world.stream_batch(batch_size, stream_seed, step))
+        return _PrefetchedBatches(self, batch_size, stream_seed, num_workers)
+
+    def heldout(self, n: int) -> ToyBatch:
+        return self.world.heldout(n, seed=self.seed)
+
+    def wan_config(self, **overrides) -> dict:
+        """A Wan config whose input/output/text/image sizes match this data source."""
+        kw = dict(latent_channels=self.codec.latent_channels, mask_channels=self.codec.mask_channels,
+                  text_dim=self.text_encoder.dim, image_dim=self.image_encoder.dim)
+        kw.update(overrides)
+        return tiny_wan_config(True, **kw)
+
+
+class _StreamDataset(torch.utils.data.Dataset):
+    def __init__(self, world: ToyWorld, batch_size: int, seed: int, start: int):
+        self.world, self.batch_size, self.seed, self.start = world, batch_size, seed, start
+
+    def __len__(self):
+        return 1 << 40
+
+    def __getitem__(self, k):
+        b = self.world.stream_batch(self.batch_size, self.seed, self.start + k)
+        return b.video, b.captions
+
+
+class _PrefetchedBatches:
+    """Renders stream batches in DataLoader workers, in order; the same batches as the synchronous path."""
+
+    def __init__(self, data: "ToyData", batch_size: int, seed: int, num_workers: int):
+        self.data, self.batch_size, self.seed, self.num_workers = data, batch_size, seed, num_workers
+        self.next_step, self.it = None, None
+
+    def __call__(self, step: int):
+        if step != self.next_step:
+            loader = torch.utils.data.DataLoader(_StreamDataset(self.data.world, self.batch_size, self.seed, step),
+                                                 batch_size=None, num_workers=self.num_workers, prefetch_factor=4)
+            self.it = iter(loader)
+        video, captions = next(self.it)
+        self.next_step = step + 1
+        return self.data.encode(ToyBatch(video, [], list(captions)))
+
+def build_data(cfg: VPAEConfig) -> ToyData:
+    return ToyData(cfg, cfg.train.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+
+def dtype_of(cfg: VPAEConfig) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
+
+
+def build_teacher(cfg: VPAEConfig) -> WanBackbone:
+    """The teacher from cfg.model.teacher (a diffusers folder or 'builtin:toy'), or random from wan_config."""
+    if cfg.model.teacher:
+        bb = R.load_wan_backbone(resolve_model_path(cfg.model.teacher), dtype_of(cfg), cfg.model.text_len)
+    else:
+        if not cfg.model.wan_config:
+            raise ValueError("model.teacher is empty and model.wan_config is empty: nothing to build")
+        from diffusers import WanTransformer3DModel
+        wc = dict(cfg.model.wan_config)
+        if "patch_size" in wc:
+            wc["patch_size"] = tuple(wc["patch_size"])
+        model = WanTransformer3DModel(**wc)
+        if dtype_of(cfg) != torch.float32:
+            model = model.to(dtype_of(cfg))
+        bb = WanBackbone(model, cfg.model.text_len or 512)
+    if cfg.model.gradient_checkpointing:
+        bb.model.enable_gradient_checkpointing()
+    return bb.to(cfg.train.device)
+
+
+def export_backbone(backbone: WanBackbone, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Write a diffusers WanTransformer3DModel folder (safetensors), loadable by `vpae generate` and by
+    diffusers' WanTransformer3DModel.from_pretrained."""
+    out = Path(out_dir)
+    model = backbone.model
+    if getattr(model, "_hf_peft_config_loaded", False):
+        model = copy.deepcopy(model)
+        # merge the generator's LoRA into the weights so the export is a plain transformer
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        for m in model.modules():
+            if isinstance(m, BaseTunerLayer):
+                m.merge()
+        model = _strip_lora(model)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        import shutil
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    (tmp / "vpae.json").write_text(json.dumps({"text_len": backbone.text_len, **(extra or {})}, indent=1))
+    if out.exists():
+        import shutil
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def _strip_lora(model):
+    """Replace merged peft LoRA layers by their base layers."""
+    from peft.tuners.lora import LoraLayer
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, LoraLayer):
+                setattr(module, child_name, child.get_base_layer())
+    model._hf_peft_config_loaded = False
+    model.peft_config = {}
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# Teacher pre-training
+
+def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | None = None,
+                 progress: bool = True) -> dict:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    data = build_data(cfg)
+    model = build_teacher(cfg)
+    model.requires_grad_(True)
+    ema = R.make_ema(model)
+    step = PretrainStep(model, ema, cfg.pretrain)
+    result = train("pretrain", step, data.batch_fn(cfg.pretrain.batch_size, cfg.train.seed, cfg.train.num_workers),
+                   steps=cfg.pretrain.steps, run_dir=run_dir, seed=cfg.train.seed,
+                   checkpoint_every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
+                   log_every=cfg.train.log_every, progress=progress, max_seconds=cfg.pretrain.max_seconds)
+    if export_dir is not None:
+        export_backbone(ema, export_dir, {"role": "toy_teacher", "data": to_dict(cfg.data),
+                                          "pretrain": to_dict(cfg.pretrain), "seconds": result["seconds"]})
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Distillation: phase I then phase II
+
+@dataclass
+class DistillRoles:
+    teacher: WanBackbone      # real score; with the "fake" adapter on, the fake score
+    generator: WanBackbone
+
+
+def build_roles(cfg: VPAEConfig) -> DistillRoles:
+    teacher = build_teacher(cfg)
+    p = cfg.priming
+    generator = R.copy_generator(teacher, p.generator_mode, p.lora_rank, p.lora_alpha, p.lora_targets)
+    R.make_teacher_and_fake(teacher, p.lora_rank, p.lora_alpha, p.lora_targets)
+    return DistillRoles(teacher, generator)
+
+
+def build_equilibrium(cfg: VPAEConfig, roles: DistillRoles, data: ToyData) -> EquilibriumStep:
+    e = cfg.equilibrium
+    gen = roles.generator
+    ema = R.make_ema(gen)
+    from vpae.backbones.base import resolve_layers
+    n_layers = len(resolve_layers(e.layers, gen.num_layers))
+    heads = build_head(e.head, feature_dim=gen.feature_dim, num_layers=n_layers,
+                       text_dim=data.text_encoder.dim, image_dim=data.image_encoder.dim,
+                       hidden_dim=e.head_dim, num_queries=e.head_queries, num_heads=e.head_attn_heads).to(cfg.train.device)
+    trained = None
+    if e.backbone == "trained":
+        trained = copy.deepcopy(gen)
+        trained.requires_grad_(True)
+    return EquilibriumStep(gen, ema, roles.teacher, heads, e, trained)
+
+
+def phase_done(run_dir: Path, steps: int) -> bool:
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        return steps == 0
+    return json.loads((ckpt / "meta.json").read_text())["step"] >= steps
+
+
+def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progress: bool = True,
+                eval_fn_factory=None) -> dict:
+    """Run phase I ('priming'), phase II ('equilibrium') or both ('all') in run_dir, resuming from the
+    latest checkpoint of each, across the phase boundary. Exports the final generator (and its EMA) as
+    diffusers folders in run_dir. eval_fn_factory(generator) -> (step -> metrics) adds curves."""
+    if phase not in ("priming", "equilibrium", "all"):
+        raise ValueError(f"phase must be priming, equilibrium or all, got {phase!r}")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    data = build_data(cfg)
+    roles = build_roles(cfg)
+    out = {"timings": {}}
+    t0 = time.perf_counter()
+    tc = cfg.train
+    common = dict(seed=tc.seed, checkpoint_every=tc.checkpoint_every, keep=tc.keep_checkpoints,
+                  log_every=tc.log_every, progress=progress, eval_every=tc.eval_every)
+
+    # Phase I: stability priming.
+    priming = PrimingStep(roles.generator, roles.teacher, cfg.priming)
+    pdir = run_dir / "priming"
+    if phase in ("priming", "all"):
+        evf = eval_fn_factory(roles.generator) if eval_fn_factory else None
+        r = train("priming", priming, data.batch_fn(cfg.priming.batch_size, tc.seed + 1), steps=cfg.priming.steps,
+                  run_dir=pdir, eval_fn=evf, **common)
+        out["timings"]["priming"] = r["seconds"]
+        out["priming"] = r
+    elif cfg.priming.steps > 0:
+        # phase II alone starts from the primed generator of this run directory
+        ckpt = latest_checkpoint(pdir)
+        if ckpt is None:
+            raise FileNotFoundError(f"phase II needs phase I's checkpoint in {pdir}; run --phase priming first "
+                                    f"or set priming.steps=0 to start phase II from the teacher")
+        load_checkpoint(ckpt, {"generator": priming.modules["generator"]}, {})
+
+    # Phase II: unified adversarial equilibrium.
+    if phase in ("equilibrium", "all"):
+        if not phase_done(pdir, cfg.priming.steps) and phase == "all":
+            raise RuntimeError("phase I did not finish")
+        eq = build_equilibrium(cfg, roles, data)
+        evf = eval_fn_factory(roles.generator) if eval_fn_factory else None
+        r = train("equilibrium", eq, data.batch_fn(cfg.equilibrium.batch_size, tc.seed + 2),
+                  steps=cfg.equilibrium.steps, run_dir=run_dir / "equilibrium", eval_fn=evf, **common)
+        out["timings"]["equilibrium"] = r["seconds"]
+        out["equilibrium"] = r
+        out["ema"] = eq.ema
+    export_backbone(roles.generator, run_dir / "generator", {"role": "generator", "phase": phase})
+    out["generator"] = roles.generator
+    out["teacher"] = roles.teacher
+    out["data"] = data
+    out["seconds"] = time.perf_counter() - t0
+    return out

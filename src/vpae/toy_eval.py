@@ -1,0 +1,65 @@
+"""Sampling and oracle evaluation of teachers and generators on the toy world's held-out split."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from vpae.backbones.base import Backbone
+from vpae.data.oracle import oracle_report
+from vpae.data.toy import ToyBatch
+from vpae.sampling import euler_sample, few_step_sample, few_step_sigmas, initial_noise
+from vpae import flow
+
+
+@dataclass(frozen=True)
+class Method:
+    """A way to sample: `euler` (teacher baseline, `steps` Euler steps over shifted sigmas with CFG) or
+    `few_step` (x0 prediction + re-noising over few_step_sigmas(steps, shift); 1 step = one-step)."""
+    name: str
+    sampler: str
+    steps: int
+    guidance: float = 1.0
+    shift: float = 1.0
+
+
+def teacher_methods(steps: int = 50, guidance: float = 5.0, shift: float = 3.0) -> list[Method]:
+    return [Method(f"teacher {2 * steps if guidance != 1 else steps} NFE", "euler", steps, guidance, shift),
+            Method("teacher 4 NFE", "euler", 4, 1.0, shift),
+            Method("teacher 1 NFE", "euler", 1, 1.0, shift)]
+
+
+def student_methods(shift: float = 1.0) -> list[Method]:
+    return [Method("V-PAE 4 NFE", "few_step", 4, 1.0, shift), Method("V-PAE 1 NFE", "few_step", 1, 1.0, shift)]
+
+
+@torch.no_grad()
+def generate(backbone: Backbone, data, batch: ToyBatch, method: Method, seed: int = 0,
+             chunk: int = 32) -> tuple[torch.Tensor, int, float]:
+    """Videos (B, 3, F, H, W) in [-1, 1] for a held-out batch, the NFE per video and seconds.
+    Noise for video i depends only on (seed, i), so every method sees the same noise."""
+    was_training = backbone.training
+    backbone.eval()
+    outs, nfe, t0 = [], 0, time.perf_counter()
+    for start in range(0, len(batch), chunk):
+        sub = ToyBatch(batch.video[start:start + chunk], batch.params[start:start + chunk],
+                       batch.captions[start:start + chunk])
+        x_data, cond = data.encode(sub)
+        noise = torch.stack([initial_noise(x_data.shape[1:], seed * 100003 + start + i) for i in range(len(sub))]).to(x_data)
+        if method.sampler == "euler":
+            r = euler_sample(backbone, noise, cond, flow.sigma_schedule(method.steps, method.shift), method.guidance)
+        else:
+            r = few_step_sample(backbone, noise, cond, few_step_sigmas(method.steps, method.shift), method.guidance, seed)
+        outs.append(data.codec.decode(r.x0).clamp(-1, 1).float().cpu())
+        nfe = r.nfe
+    backbone.train(was_training)
+    return torch.cat(outs), nfe, time.perf_counter() - t0
+
+
+def oracle_eval(backbone: Backbone, data, batch: ToyBatch, method: Method, seed: int = 0) -> tuple[dict, torch.Tensor]:
+    videos, nfe, secs = generate(backbone, data, batch, method, seed)
+    rep = oracle_report(videos, batch.params, batch.first_frame, data.world.cfg)
+    rep.update(nfe=nfe, sample_seconds=secs)
+    return rep, videos

@@ -1,0 +1,300 @@
+"""`vpae generate`: one video (mp4 + GIF) from a teacher or a distilled generator.
+
+Models: a diffusers ``WanTransformer3DModel`` folder (config.json + *.safetensors, optionally the project's
+``vpae.json`` next to them), a run directory holding an exported ``generator/`` folder, or ``builtin:toy``
+(the shipped toy teacher).
+
+Condition stack:
+
+* toy models (``vpae.json`` carries a toy data config, or text_dim 384 with 3 output channels): the
+  identity codec, the MiniLM text encoder (outputs rounded to float16 exactly as in training) and the
+  parameter-free ``PatchImageEncoder`` (patch from the data config, else from image_dim = 3 p^2);
+* other models: precomputed embeddings (``--embeddings`` safetensors with 'text' (L, D) and optionally
+  'negative_text' (L', D) and 'image' (N, D_img)). Models whose latents are not pixels need a Wan VAE to
+  decode them, which ``vpae generate`` does not load yet (clear error).
+
+Every failure the user can fix (paths, sizes, sampler, missing inputs) raises :class:`GenerateError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+SAMPLERS = ("euler", "few-step")
+
+
+class GenerateError(ValueError):
+    """A generation request that cannot be served; the message says what to change."""
+
+
+@dataclass
+class Stack:
+    """What turns a prompt / image into a Conditioning and latents into pixels."""
+    kind: str                 # "toy" | "embeddings"
+    codec: object             # a vpae.codecs.LatentCodec
+    text_encoder: object = None
+    image_encoder: object = None
+    image_patch: int = 1      # H, W multiple required by the image encoder
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+
+def find_model_folder(model: str) -> Path:
+    """'builtin:toy', a diffusers folder, or a run directory with an exported generator/ folder."""
+    from vpae.pipeline import resolve_model_path
+    path = resolve_model_path(str(model))
+    if not path.exists():
+        raise GenerateError(f"model checkpoint folder not found: {path}")
+    if path.is_dir() and not (path / "config.json").is_file() and (path / "generator" / "config.json").is_file():
+        return path / "generator"
+    return path
+
+
+def load_model(model: str, device: str | torch.device = "cpu"):
+    """-> (WanBackbone in eval mode on device, folder, vpae.json metadata). Raises GenerateError."""
+    from vpae.training.roles import ModelLoadError, load_wan_backbone, read_model_meta
+    path = find_model_folder(model)
+    try:
+        meta = read_model_meta(path) if path.is_dir() else {}
+        backbone = load_wan_backbone(path, torch.float32, int(meta.get("text_len", 0) or 0))
+    except ModelLoadError as e:
+        raise GenerateError(str(e)) from e  # the message names the path
+    except ValueError as e:  # e.g. an inconsistent Wan config rejected by WanBackbone
+        raise GenerateError(f"cannot use model {path}: {e}") from e
+    return backbone.eval().requires_grad_(False).to(device), path, meta
+
+
+def is_toy_model(backbone, meta: dict) -> bool:
+    data = meta.get("data") or {}
+    if isinstance(data, dict) and data.get("kind") == "toy":
+        return True
+    cfg = backbone.model.config
+    return cfg.text_dim == 384 and cfg.out_channels == 3
+
+
+@functools.lru_cache(maxsize=4)
+def _minilm(max_tokens: int):
+    from vpae.encoders import TextEncoder
+    from vpae.pipeline import _Fp16TextEncoder
+    return _Fp16TextEncoder(TextEncoder(max_tokens=max_tokens))
+
+
+def build_stack(backbone, meta: dict, embeddings: Optional[Path]) -> Stack:
+    from vpae.codecs import IdentityCodec
+    from vpae.encoders import PatchImageEncoder
+    cfg = backbone.model.config
+    if cfg.out_channels != 3:
+        raise GenerateError(
+            f"this model denoises {cfg.out_channels}-channel latents, which need a Wan VAE to decode; "
+            f"`vpae generate` does not support --vae yet (only pixel-space models such as the toy models)")
+    codec = IdentityCodec()
+    if embeddings is not None:
+        return Stack("embeddings", codec)
+    if not is_toy_model(backbone, meta):
+        raise GenerateError(
+            f"this model has no bundled text encoder (text_dim {cfg.text_dim}); pass --embeddings, a safetensors "
+            f"file with 'text' (L, {cfg.text_dim}) [+ 'negative_text', 'image' (N, {cfg.image_dim or 'D_img'})]")
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    text_tokens = int(data.get("text_tokens") or meta.get("text_len") or 24)
+    image_encoder, patch = None, 1
+    if backbone.i2v:
+        patch = data.get("image_patch")
+        if patch is None:
+            patch = round(math.sqrt(cfg.image_dim / 3))
+        patch = int(patch)
+        if 3 * patch * patch != cfg.image_dim:
+            raise GenerateError(f"toy model image_dim {cfg.image_dim} does not match image patches of size {patch} "
+                                f"(3 x {patch}^2 = {3 * patch * patch})")
+        image_encoder = PatchImageEncoder(patch_size=patch)
+    try:
+        text_encoder = _minilm(text_tokens)
+    except (ImportError, FileNotFoundError) as e:
+        raise GenerateError(f"the toy text encoder (MiniLM) is unavailable: {e}; pass --embeddings instead") from e
+    return Stack("toy", codec, text_encoder, image_encoder, patch)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+def check_request(backbone, stack: Stack, sampler: str, steps: int, frames: int, height: int, width: int) -> None:
+    if sampler not in SAMPLERS:
+        raise GenerateError(f"unknown sampler {sampler!r}; use one of: {', '.join(SAMPLERS)}")
+    if steps < 1:
+        raise GenerateError(f"steps must be >= 1, got {steps}")
+    if frames < 1 or (frames - 1) % 4:
+        raise GenerateError(f"frames must be 4n+1 (1, 5, 9, 13, ...), got {frames}")
+    codec = stack.codec
+    _, ph, pw = backbone.patch_size
+    pt = backbone.patch_size[0]
+    multiple = math.lcm(codec.spatial_stride * ph, codec.spatial_stride * pw, stack.image_patch,
+                        getattr(codec, "size_multiple", 1))
+    if height < 1 or width < 1 or height % multiple or width % multiple:
+        raise GenerateError(f"height and width must be positive multiples of {multiple} (codec spatial stride "
+                            f"{codec.spatial_stride} x patch size {ph}"
+                            + (f", image patch {stack.image_patch}" if stack.image_patch > 1 else "")
+                            + f"), got {height}x{width}")
+    latent_frames = (frames - 1) // codec.temporal_stride + 1
+    if latent_frames % pt:
+        raise GenerateError(f"{frames} frames give {latent_frames} latent frames, not a multiple of the "
+                            f"temporal patch size {pt}")
+    try:
+        codec.check_size(frames, height, width)
+    except ValueError as e:
+        raise GenerateError(str(e)) from e
+
+
+def load_image(path: Path, height: int, width: int) -> torch.Tensor:
+    """png/jpg -> (1, 3, height, width) float32 in [-1, 1] (resized with bicubic filtering)."""
+    import numpy as np
+    from PIL import Image
+    from vpae.eval.video import VideoError, read_image
+    try:
+        a = read_image(path)
+    except VideoError as e:
+        raise GenerateError(str(e)) from e
+    if a.shape[:2] != (height, width):
+        a = np.asarray(Image.fromarray(a).resize((width, height), Image.BICUBIC))
+    return torch.from_numpy(np.array(a, dtype=np.uint8)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+
+
+def load_embeddings(path: Path, backbone) -> dict:
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not path.is_file():
+        raise GenerateError(f"embeddings file not found: {path}")
+    try:
+        t = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types
+        raise GenerateError(f"cannot read embeddings {path}: {type(e).__name__}: {e}") from e
+    cfg = backbone.model.config
+    if "text" not in t:
+        raise GenerateError(f"embeddings {path} have no 'text' tensor (keys: {sorted(t)})")
+    out = {}
+    for key, dim in (("text", cfg.text_dim), ("negative_text", cfg.text_dim), ("image", cfg.image_dim)):
+        if key not in t:
+            continue
+        x = t[key].float()
+        if x.ndim == 3 and x.shape[0] == 1:
+            x = x[0]
+        if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
+            raise GenerateError(f"embeddings {path}: '{key}' must be (N, {dim}), got {tuple(t[key].shape)}")
+        if key != "image" and x.shape[0] > backbone.text_len:
+            raise GenerateError(f"embeddings {path}: '{key}' has {x.shape[0]} tokens, the model takes at most "
+                                f"{backbone.text_len}")
+        out[key] = x[None]
+    return out
+
+
+def build_conditioning(backbone, stack: Stack, prompt: Optional[str], embeddings: Optional[Path],
+                       image: Optional[Path], frames: int, height: int, width: int):
+    from vpae.conditioning import Conditioning
+    img = None
+    if backbone.i2v:
+        if image is None:
+            raise GenerateError("this is an image-to-video model: pass --image (png/jpg condition frame)")
+        img = load_image(image, height, width)
+    if stack.kind == "toy":
+        text, mask = stack.text_encoder.encode([prompt or ""])
+        neg = stack.text_encoder.negative(1)
+        tokens = stack.image_encoder(img) if img is not None else None
+    else:
+        emb = load_embeddings(embeddings, backbone)
+        text, mask, neg = emb["text"], None, emb.get("negative_text")
+        tokens = emb.get("image")
+        if backbone.i2v and tokens is None:
+            raise GenerateError(f"this is an image-to-video model: the embeddings {embeddings} need an 'image' "
+                                f"tensor (N, {backbone.model.config.image_dim}) of image-encoder tokens")
+    cond_latent = cond_mask = None
+    if img is not None:
+        cond_latent, cond_mask = stack.codec.encode_condition(img, frames)
+        if cond_mask.shape[1] != backbone.mask_channels:
+            raise GenerateError(f"the codec's condition mask has {cond_mask.shape[1]} channels, the model expects "
+                                f"{backbone.mask_channels}")
+    return Conditioning(text=text, text_mask=mask, negative_text=neg, image=tokens,
+                        cond_latent=cond_latent, cond_mask=cond_mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddings: Optional[Path] = None,
+                   image: Optional[Path] = None, sampler: str = "euler", steps: int = 50,
+                   guidance: Optional[float] = None, shift: float = 3.0, seed: int = 0, frames: int = 9,
+                   height: int = 32, width: int = 32, fps: float = 8.0, device: Optional[str] = None) -> dict:
+    """Generate one video and write ``out/sample.mp4`` and ``out/sample.gif`` (native size).
+
+    sampler: 'euler' (the teacher baseline: `steps` Euler steps over shifted sigmas with CFG) or
+    'few-step' (x0 prediction + re-noising over few_step_sigmas(steps, shift); steps=1 is one-step).
+    guidance None: 5 for euler, 1 (no negative branch) for few-step. Deterministic for a seed.
+
+    Returns dict(mp4, gif, nfe, diffusion_s (sampler only), total_s (conditioning + sampling + decode,
+    model load and file writing excluded), load_s, write_s, frames, height, width, sampler, steps,
+    guidance, model, device). Raises GenerateError on anything the user can fix.
+    """
+    from vpae import flow
+    from vpae.sampling import euler_sample, few_step_sample, few_step_sigmas, initial_noise
+
+    if sampler not in SAMPLERS:
+        raise GenerateError(f"unknown sampler {sampler!r}; use one of: {', '.join(SAMPLERS)}")
+    if steps < 1:
+        raise GenerateError(f"steps must be >= 1, got {steps}")
+    if fps <= 0:
+        raise GenerateError(f"fps must be > 0, got {fps}")
+    if guidance is None:
+        guidance = 5.0 if sampler == "euler" else 1.0
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    t0 = time.perf_counter()
+    backbone, folder, meta = load_model(model, dev)
+    stack = build_stack(backbone, meta, embeddings)
+    check_request(backbone, stack, sampler, steps, frames, height, width)
+    load_s = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    cond = build_conditioning(backbone, stack, prompt, embeddings, image, frames, height, width).to(dev)
+    shape = (1, *stack.codec.latent_shape(frames, height, width))
+    noise = initial_noise(shape, seed, dev)
+    _sync(dev)
+    t2 = time.perf_counter()
+    try:
+        if sampler == "euler":
+            r = euler_sample(backbone, noise, cond, flow.sigma_schedule(steps, shift), guidance)
+        else:
+            r = few_step_sample(backbone, noise, cond, few_step_sigmas(steps, shift), guidance, seed)
+    except ValueError as e:
+        raise GenerateError(f"sampling failed: {e}") from e
+    _sync(dev)
+    diffusion_s = time.perf_counter() - t2
+    video = stack.codec.decode(r.x0)[0].float().clamp(-1, 1).cpu()
+    total_s = time.perf_counter() - t1
+
+    t3 = time.perf_counter()
+    out = Path(out)
+    mp4, gif = out / "sample.mp4", out / "sample.gif"
+    from vpae.eval.video import write_video
+    try:
+        write_video(mp4, video, fps)
+        write_video(gif, video, fps)
+    except Exception as e:  # noqa: BLE001 - ffmpeg / Pillow / filesystem errors
+        raise GenerateError(f"cannot write the video to {out}: {type(e).__name__}: {e}") from e
+    for f in (mp4, gif):
+        if not f.is_file() or f.stat().st_size == 0:
+            raise GenerateError(f"writing {f} produced no file")
+    write_s = time.perf_counter() - t3
+    return dict(mp4=mp4, gif=gif, nfe=r.nfe, diffusion_s=diffusion_s, total_s=total_s, load_s=load_s,
+                write_s=write_s, frames=frames, height=height, width=width, sampler=sampler, steps=steps,
+                guidance=guidance, model=str(folder), device=str(dev))

@@ -1,0 +1,101 @@
+"""The `vpae` command line (typer): help, and `vpae generate` end to end with its error exits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vpae.backbones.wan import WanBackbone, tiny_wan_config
+from vpae.cli import app
+from vpae.eval.video import read_video
+from vpae.pipeline import export_backbone
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_and_image(tmp_path_factory):
+    from PIL import Image
+    torch.manual_seed(1)
+    bb = WanBackbone.from_config(tiny_wan_config(True, latent_channels=3, mask_channels=1, text_dim=384,
+                                                 image_dim=192, patch_size=(1, 4, 4)), 24)
+    with torch.no_grad():
+        for p in bb.model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    root = tmp_path_factory.mktemp("cli")
+    model = export_backbone(bb.eval(), root / "model")
+    image = root / "first.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(image)
+    return model, image
+
+
+def _run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_lists_commands():
+    r = _run("--help")
+    assert r.exit_code == 0
+    for cmd in ("pretrain", "distill", "generate", "caption-bank", "bench"):
+        assert cmd in r.output
+    r = _run("generate", "--help")
+    assert r.exit_code == 0 and "--sampler" in r.output and "--image" in r.output
+
+
+def test_generate_euler_cfg(model_and_image, tmp_path):
+    model, image = model_and_image
+    r = _run("generate", "--model", model, "--out", tmp_path, "--prompt", "a blue square", "--image", image,
+             "--sampler", "euler", "--steps", 2, "--guidance", 5)
+    assert r.exit_code == 0, r.output
+    assert "NFE 4" in r.output
+    for name in ("sample.mp4", "sample.gif"):
+        video, _ = read_video(tmp_path / name)
+        assert video.shape == (9, 32, 32, 3)
+
+
+def test_generate_one_step_is_deterministic(model_and_image, tmp_path):
+    model, image = model_and_image
+    outs = []
+    for sub in ("a", "b"):
+        r = _run("generate", "--model", model, "--out", tmp_path / sub, "--image", image, "--sampler", "few-step",
+                 "--steps", 1, "--guidance", 1, "--seed", 7, "--frames", 5)
+        assert r.exit_code == 0, r.output
+        assert "NFE 1" in r.output
+        outs.append(read_video(tmp_path / sub / "sample.gif")[0])
+    assert outs[0].shape == (5, 32, 32, 3)
+    assert np.array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (["--height", 20], "multiples of 8"),
+    (["--frames", 6], "4n+1"),
+    (["--sampler", "heun"], "unknown sampler"),
+])
+def test_generate_bad_requests_exit_2(model_and_image, tmp_path, extra, msg):
+    model, image = model_and_image
+    r = _run("generate", "--model", model, "--out", tmp_path, "--image", image, *extra)
+    assert r.exit_code == 2
+    assert msg in r.output
+
+
+def test_generate_i2v_without_image_exit_2(model_and_image, tmp_path):
+    r = _run("generate", "--model", model_and_image[0], "--out", tmp_path)
+    assert r.exit_code == 2 and "--image" in r.output
+
+
+def test_generate_missing_model_exit_2(tmp_path):
+    r = _run("generate", "--model", tmp_path / "nowhere", "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "nowhere" in r.output and "not found" in r.output
+
+
+def test_generate_corrupt_safetensors_exit_2(model_and_image, tmp_path):
+    import shutil
+    bad = tmp_path / "bad_model"
+    shutil.copytree(model_and_image[0], bad)
+    (bad / "diffusion_pytorch_model.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
+    r = _run("generate", "--model", bad, "--out", tmp_path / "o", "--image", model_and_image[1])
+    assert r.exit_code == 2
+    assert "bad_model" in r.output and "Traceback" not in r.output

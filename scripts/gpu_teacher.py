@@ -15,15 +15,14 @@ t0 = time.time()
 r = run_pretrain(cfg, f"{out}/run_{name}", f"{out}/teacher_{name}", progress=False)
 train_s = time.time() - t0
 data = build_data(cfg)
-teacher = load_wan_backbone(f"{out}/teacher_{name}").to(cfg.train.device)
 batch = data.heldout(64)
-res = {"name": name, "train_seconds": train_s, "overrides": overrides, "last": r["last"]}
-for m in teacher_methods(cfg.sampling.teacher_steps, cfg.sampling.guidance, cfg.sampling.shift):
-    rep, _ = oracle_eval(teacher, data, batch, m)
-    res[m.name] = rep
-for g in (1.0, 3.0):
-    from vpae.toy_eval import Method
-    rep, _ = oracle_eval(teacher, data, batch, Method(f"teacher 50 steps w={g}", "euler", 50, g, 3.0))
-    res[f"teacher 50 steps w={g}"] = rep
-print(json.dumps(res, indent=1))
+res = {"name": name, "train_seconds": train_s, "overrides": overrides, "last": r["last"], "steps": r["step"]}
+from vpae.toy_eval import Method
+for which in ("", "_raw"):
+    teacher = load_wan_backbone(f"{out}/teacher_{name}{which}").to(cfg.train.device)
+    for m in teacher_methods(cfg.sampling.teacher_steps, cfg.sampling.guidance, cfg.sampling.shift) + [
+            Method("teacher 50 steps w=1", "euler", 50, 1.0, 3.0), Method("teacher 50 steps w=3", "euler", 50, 3.0, 3.0)]:
+        rep, _ = oracle_eval(teacher, data, batch, m)
+        res[m.name + which] = {k: round(v, 3) for k, v in rep.items()}
+print(json.dumps(res))
 json.dump(res, open(f"{out}/teacher_{name}/result.json", "w"), indent=1)

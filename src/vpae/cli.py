@@ -70,7 +70,8 @@ def generate(model: str = typer.Option(..., help="Model folder (diffusers WanTra
              image: Optional[Path] = typer.Option(None, help="Condition image for image-to-video"),
              sampler: str = typer.Option("euler", help="euler (teacher baseline, CFG) | few-step (distilled generators)"),
              steps: int = typer.Option(50, help="Euler steps, or few-step steps (1 = one-step generation)"),
-             guidance: float = typer.Option(5.0, help="CFG scale (standard convention); 1 disables the negative branch"),
+             guidance: Optional[float] = typer.Option(None, help="CFG scale (standard convention); 1 disables the "
+                                                      "negative branch. Default: 5 for euler, 1 for few-step"),
              shift: float = typer.Option(3.0, help="Timestep shift k"),
              seed: int = typer.Option(0),
              frames: int = typer.Option(9, help="Pixel frames (4n+1)"),
@@ -88,8 +89,6 @@ def generate(model: str = typer.Option(..., help="Model folder (diffusers WanTra
                f"total {r['total_s']:.3f}s")
 
 
-def main() -> None:  # pragma: no cover
-    app()
 
 
 @app.command("caption-bank")
@@ -98,3 +97,25 @@ def caption_bank(out: Path = typer.Option(Path(".cache/toy_captions.safetensors"
     """Precompute the text embeddings of every toy-world caption (for machines without MiniLM)."""
     from vpae.pipeline import build_caption_bank
     typer.echo(f"wrote {build_caption_bank(out, text_tokens)}")
+
+
+@app.command()
+def demo(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Demo config"),
+         out: Path = typer.Option(Path("outputs/demo"), help="Output folder (report.html, report.md, run/)"),
+         fresh: bool = typer.Option(True, help="Start from scratch (delete the previous demo run)"),
+         vbench: bool = typer.Option(True, help="Also compute the offline VBench-I2V proxy dimensions and FD"),
+         set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
+    """The whole method on the toy world: phase I, phase II, evaluation, report (CPU, minutes)."""
+    import shutil
+    from vpae.demo import run_demo
+    cfg = _load(config, set_)
+    if fresh and (out / "run").exists():
+        shutil.rmtree(out / "run")
+    r = run_demo(cfg, out, vbench=vbench)
+    typer.echo(r["summary"])
+
+
+from vpae.eval import eval_command, latency_command  # noqa: E402  (typer command functions)
+
+app.command("eval")(eval_command)
+bench_app.command("latency")(latency_command)

@@ -51,7 +51,10 @@ class DataConfig:
     image_patch: int = 8
     """Patch size of the parameter-free toy image encoder."""
     heldout_size: int = 64
-    """Videos in the fixed held-out split used for evaluation."""
+    """Videos in the fixed held-out split used for evaluation (oracle metrics)."""
+    proxy_videos: int = 8
+    """How many of them also get the offline VBench-I2V proxy dimensions and the Frechet distance (their
+    feature networks dominate CPU evaluation time)."""
 
 
 @dataclass
@@ -216,6 +219,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return tuple(value)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "7e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if tp is int and isinstance(value, bool) or tp in (int, str, bool, dict) and not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value

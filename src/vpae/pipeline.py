@@ -151,6 +151,10 @@ class _StreamDataset(torch.utils.data.Dataset):
         return b.video, b.captions
 
 
+def _one_thread(_worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
 class _PrefetchedBatches:
     """Renders stream batches in DataLoader workers, in order; the same batches as the synchronous path."""
 
@@ -161,7 +165,8 @@ class _PrefetchedBatches:
     def __call__(self, step: int):
         if step != self.next_step:
             loader = torch.utils.data.DataLoader(_StreamDataset(self.data.world, self.batch_size, self.seed, step),
-                                                 batch_size=None, num_workers=self.num_workers, prefetch_factor=4)
+                                                 batch_size=None, num_workers=self.num_workers, prefetch_factor=4,
+                                                 worker_init_fn=_one_thread)
             self.it = iter(loader)
         video, captions = next(self.it)
         self.next_step = step + 1
@@ -254,6 +259,7 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
                    checkpoint_every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
                    log_every=cfg.train.log_every, progress=progress, max_seconds=cfg.pretrain.max_seconds)
     if export_dir is not None:
+        export_backbone(model, Path(export_dir).with_name(Path(export_dir).name + "_raw"), {"role": "toy_teacher_raw"})
         export_backbone(ema, export_dir, {"role": "toy_teacher", "data": to_dict(cfg.data),
                                           "pretrain": to_dict(cfg.pretrain), "seconds": result["seconds"]})
     return result

@@ -72,8 +72,11 @@ def train(phase: str, step_obj: Step, batch_fn: Callable[[int], tuple[torch.Tens
     bar = tqdm(range(start, steps), desc=phase, initial=start, total=steps, disable=not progress, dynamic_ncols=True)
     for step in bar:
         torch.manual_seed(step_seed(seed, phase, step))
+        t_data = time.perf_counter()
         x_data, cond = batch_fn(step)
+        t_step = time.perf_counter()
         stats = step_obj.step(step, x_data, cond)
+        stats["time/data_s"], stats["time/step_s"] = t_step - t_data, time.perf_counter() - t_step
         # NaN guard: stop before a non-finite update can reach a checkpoint.
         bad = [k for k, v in stats.items() if not math.isfinite(v)]
         if bad:

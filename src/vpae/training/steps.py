@@ -78,8 +78,8 @@ class PretrainStep:
         loss.backward()
         gnorm = clip_and_norm(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
-        # Update EMA.
-        R.update_ema(self.ema, self.model, self.cfg.ema_decay)
+        # Update EMA, with the usual warm-up so early random weights do not linger in short runs.
+        R.update_ema(self.ema, self.model, min(self.cfg.ema_decay, (1 + step) / (10 + step)))
         return {"loss/flow": loss.item(), "grad_norm/model": gnorm}
 
 

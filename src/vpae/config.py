@@ -224,6 +224,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return float(value)
         except ValueError:
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is float:  # bool, None, lists...: not a number
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
     if tp is int and isinstance(value, bool) or tp in (int, str, bool, dict) and not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value

@@ -20,7 +20,11 @@ class ConvHead(ModelMixin, ConfigMixin):
     """Table 3 row "Conv": a small 3-D conv classifier per layer on the token grid; logits summed."""
 
     @register_to_config
-    def __init__(self, feature_dim: int, num_layers: int, hidden_dim: int = 256, **_unused):
+    def __init__(self, feature_dim: int, num_layers: int, hidden_dim: int = 256, text_dim: int | None = None,
+                 image_dim: int | None = None, num_queries: int = 0, num_heads: int = 0):
+        # text_dim, image_dim, num_queries, num_heads: unused; accepted so every head shares build_head's
+        # keywords. Explicit (not **kwargs): diffusers' register_to_config would store a `**` parameter as
+        # inspect._empty and save_pretrained could not serialise the config.
         super().__init__()
         self.per_layer = nn.ModuleList(
             nn.Sequential(
@@ -35,7 +39,9 @@ class ConvHead(ModelMixin, ConfigMixin):
         logits = 0
         for feat, net in zip(features, self.per_layer, strict=True):
             b, n, d = feat.shape
-            vol = feat.transpose(1, 2).reshape(b, d, f, h, w)  # (B, D, F', H', W')
+            # (B, D, F', H', W'). contiguous(): torch 2.13's CPU GroupNorm backward segfaults on this
+            # channels-last view when the input needs no grad (the discriminator step).
+            vol = feat.transpose(1, 2).reshape(b, d, f, h, w).contiguous()
             logits = logits + net(vol).squeeze(-1)
         return logits
 
@@ -46,7 +52,8 @@ class CrossAttentionHead(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, feature_dim: int, num_layers: int, hidden_dim: int = 256, num_queries: int = 4,
-                 num_heads: int = 4, **_unused):
+                 num_heads: int = 4, text_dim: int | None = None, image_dim: int | None = None):
+        # text_dim, image_dim: unused (this head sees no text); accepted for build_head's shared keywords.
         super().__init__()
         self.queries = nn.Parameter(torch.randn(num_layers, num_queries, hidden_dim) * 0.02)
         self.feat_norm = nn.ModuleList(nn.LayerNorm(feature_dim) for _ in range(num_layers))
@@ -74,7 +81,7 @@ class SemanticHead(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, feature_dim: int, num_layers: int, text_dim: int, image_dim: int | None = None,
-                 hidden_dim: int = 256, num_queries: int = 4, num_heads: int = 4, **_unused):
+                 hidden_dim: int = 256, num_queries: int = 4, num_heads: int = 4):
         super().__init__()
         self.queries = nn.Parameter(torch.randn(num_queries, hidden_dim) * 0.02)
         self.text_proj = nn.Linear(text_dim, hidden_dim)

@@ -31,6 +31,9 @@ class SelfDiscriminator(nn.Module):
         where only the heads learn); True keeps it (the generator step and ST-R1)."""
         with torch.set_grad_enabled(backbone_grad and torch.is_grad_enabled()):
             feats = backbone.features(x_t, sigma, cond, self.layers)
-        feats = [f.float() for f in feats]
+        # The heads run in their own parameter dtype (float32 heads on a bf16 backbone; float64 in tests).
+        dtype = next(self.heads.parameters()).dtype
+        feats = [f.to(dtype) for f in feats]
         grid = backbone.token_grid(x_t)
-        return self.heads(feats, grid, cond.text.float(), cond.text_mask, None if cond.image is None else cond.image.float())
+        image = None if cond.image is None else cond.image.to(dtype)
+        return self.heads(feats, grid, cond.text.to(dtype), cond.text_mask, image)

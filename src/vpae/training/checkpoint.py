@@ -56,9 +56,12 @@ def save_checkpoint(run_dir: str | Path, step: int, modules: dict[str, nn.Module
         shutil.rmtree(final)
     os.replace(tmp, final)
     _atomic_write_text(root / "latest", name)
-    # Prune old complete checkpoints (never the one just written).
-    done = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and ".tmp" not in p.name)
-    for old in done[:-keep] if keep > 0 else []:
+    # Prune older complete checkpoints, keeping `keep` including the one just written. Only names before
+    # it are candidates: a stale newer-named directory (left by a crash or an earlier, longer run) must not
+    # push the new checkpoint out of the window and leave `latest` dangling.
+    older = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and ".tmp" not in p.name
+                   and p.name < name)
+    for old in older[:max(0, len(older) - (keep - 1))] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -148,6 +148,7 @@ def make_ema(generator: nn.Module) -> nn.Module:
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """theta^- <- decay * theta^- + (1 - decay) * theta, over every parameter and buffer."""
     for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.mul_(decay).add_(p.detach().to(e.dtype), alpha=1.0 - decay)
+        # two separately rounded products, exactly decay * e + (1 - decay) * p (add_(alpha=) may fuse)
+        e.mul_(decay).add_(p.detach().to(e.dtype) * (1.0 - decay))
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)

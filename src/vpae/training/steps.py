@@ -238,8 +238,8 @@ class EquilibriumStep:
             loss_d.backward()
             stats["grad_norm/heads"] = clip_and_norm(self.disc_params, self.cfg.grad_clip)
             self.head_opt.step()
-        stats.update({"loss/d": d["disc"].item(), "loss/d_total": float(loss_d),
+        stats.update({"loss/d": d["disc"].item(), "loss/d_total": loss_d.item(),
                       "d/logits_real": d["logits_real"].item(), "d/logits_fake": d["logits_fake"].item()})
         if "r1" in d:
-            stats["loss/st_r1"] = float(d["r1"])
+            stats["loss/st_r1"] = d["r1"].item()
         return stats

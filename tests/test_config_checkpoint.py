@@ -1,0 +1,263 @@
+"""Strict config loading, paper defaults, atomic checkpoints and the resumable training loop."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_cond, make_latent, make_wan
+from vpae.config import ConfigError, VPAEConfig, load_config, save_config
+from vpae.training import roles as R
+from vpae.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from vpae.training.loop import read_log, train
+from vpae.training.steps import PretrainStep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+
+def test_unknown_keys_rejected_with_name(tmp_path):
+    with pytest.raises(ConfigError, match="learning_rate"):
+        load_config(overrides=["priming.learning_rate=1e-5"])
+    with pytest.raises(ConfigError, match="primming"):
+        load_config(overrides=["primming.lr=1e-5"])
+    f = tmp_path / "c.yaml"
+    f.write_text("equilibrium:\n  sigma_x: 0.1\n")
+    with pytest.raises(ConfigError, match="sigma_x.*equilibrium"):
+        load_config(f)
+
+
+@pytest.mark.parametrize("override, where", [
+    ("priming.steps=abc", "priming.steps"),
+    ("priming.steps=1.5", "priming.steps"),
+    ("priming.steps=true", "priming.steps"),
+    ("priming.lr=fast", "priming.lr"),
+    ("priming.lr=true", "priming.lr"),
+    ("priming.lr=null", "priming.lr"),
+    ("model.teacher=5", "model.teacher"),
+    ("priming.betas=0.9", "priming.betas"),
+    ("equilibrium=3", "equilibrium"),
+    ("model.wan_config=[1, 2]", "model.wan_config"),
+])
+def test_type_errors_name_the_key(override, where):
+    with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
+        load_config(overrides=[override])
+
+
+def test_validation_errors():
+    with pytest.raises(ConfigError, match="generator_band"):
+        load_config(overrides=["priming.generator_band=[0.9, 1.1]"])
+    with pytest.raises(ConfigError, match="equilibrium.head"):
+        load_config(overrides=["equilibrium.head=mlp"])
+    with pytest.raises(ConfigError, match="4n\\+1"):
+        load_config(overrides=["data.frames=8"])
+
+
+def test_yaml_exponent_without_dot_is_a_float(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("priming:\n  lr: 7e-4\n  fake_lr: 1e-5\nequilibrium:\n  sigma_t: 1E-1\n")
+    cfg = load_config(f, overrides=["equilibrium.lr=3e-6", "pretrain.lr=2"])
+    assert cfg.priming.lr == 7e-4 and isinstance(cfg.priming.lr, float)
+    assert cfg.priming.fake_lr == 1e-5 and cfg.equilibrium.sigma_t == 0.1
+    assert cfg.equilibrium.lr == 3e-6 and isinstance(cfg.equilibrium.lr, float)
+    assert cfg.pretrain.lr == 2.0 and isinstance(cfg.pretrain.lr, float)
+
+
+def test_paper_defaults():
+    c = VPAEConfig()
+    p, e = c.priming, c.equilibrium
+    assert (p.lr, tuple(p.betas), p.steps, p.batch_size) == (1e-6, (0.9, 0.999), 500, 32)
+    assert tuple(p.generator_band) == (0.9, 1.0)
+    assert (e.lr, tuple(e.betas), e.steps, e.batch_size) == (2e-6, (0.5, 0.999), 1000, 32)
+    assert (e.ema_decay, e.sds_lambda, e.sigma_s, e.sigma_t) == (0.995, 10.0, 0.01, 0.1)
+    assert e.backbone == "unified" and e.head == "semantic" and e.loss == "hinge"
+    assert tuple(e.disc_band) == (0.9, 1.0)
+
+
+def test_save_and_reload_config_roundtrip(tmp_path):
+    cfg = load_config(REPO / "configs/toy/teacher.yaml", overrides=["priming.lr=7e-4"])
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+def _net(seed=0, out=3):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Linear(5, out))
+
+
+def _opt_step(net, opt):
+    opt.zero_grad()
+    net(torch.randn(2, 4)).sum().backward()
+    opt.step()
+
+
+def test_checkpoint_roundtrip_and_crash_leftovers(tmp_path):
+    net = _net()
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    _opt_step(net, opt)
+    save_checkpoint(tmp_path, 2, {"net": net}, {"opt": opt}, {"phase": "x"})
+    _opt_step(net, opt)
+    saved = {k: v.clone() for k, v in net.state_dict().items()}
+    saved_opt = opt.state_dict()
+    save_checkpoint(tmp_path, 4, {"net": net}, {"opt": opt}, {"phase": "x"})
+    root = tmp_path / "checkpoints"
+    assert (root / "latest").read_text().strip() == "step_0000004"
+    # a crash mid-write leaves a tmp dir; a half-written newer checkpoint has a corrupt safetensors
+    (root / "step_0000006.tmp-123").mkdir()
+    (root / "step_0000006.tmp-123" / "net.safetensors").write_bytes(b"\x00garbage")
+    bad = root / "step_0000008"
+    bad.mkdir()
+    (bad / "net.safetensors").write_bytes(b"not a safetensors file")
+    (bad / "meta.json").write_text(json.dumps({"step": 8, "phase": "x"}))
+    assert latest_checkpoint(tmp_path) == root / "step_0000004"
+    fresh = _net(seed=5)
+    fresh_opt = torch.optim.Adam(fresh.parameters(), lr=0.1)
+    meta = load_checkpoint(latest_checkpoint(tmp_path), {"net": fresh}, {"opt": fresh_opt}, {"phase": "x"})
+    assert meta["step"] == 4
+    assert all(torch.equal(saved[k], v) for k, v in fresh.state_dict().items())
+    st = fresh_opt.state_dict()["state"]
+    assert all(torch.equal(st[i]["exp_avg"], saved_opt["state"][i]["exp_avg"]) for i in st)
+    # a corrupt checkpoint is refused with a clear error and changes nothing
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(bad, {"net": fresh}, {})
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+    # the next save (keep=1) must keep what it just wrote even with a stale newer-named directory around
+    save_checkpoint(tmp_path, 5, {"net": fresh}, {"opt": fresh_opt}, {"phase": "x"}, keep=1)
+    assert latest_checkpoint(tmp_path) == root / "step_0000005"
+    assert not (root / "step_0000004").exists() and not (root / "step_0000002").exists()
+    load_checkpoint(latest_checkpoint(tmp_path), {"net": _net()}, {"opt": torch.optim.Adam(_net().parameters())})
+    # a phase mismatch is refused
+    with pytest.raises(CheckpointError, match="phase"):
+        load_checkpoint(latest_checkpoint(tmp_path), {"net": _net()}, {}, {"phase": "y"})
+
+
+def test_save_leaves_no_tmp_and_prunes(tmp_path):
+    net = _net()
+    for s in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, s, {"net": net}, {}, {}, keep=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["latest", "step_0000003", "step_0000004"]
+
+
+def test_load_refuses_mismatched_shapes_without_modifying(tmp_path):
+    a, b = _net(out=3), _net(seed=1, out=2)
+    opt_b = torch.optim.Adam(b.parameters(), lr=0.1)
+    _opt_step(b, opt_b)
+    save_checkpoint(tmp_path, 1, {"net": a, "other": _net(seed=2)}, {}, {})
+    before = {k: v.clone() for k, v in b.state_dict().items()}
+    other = _net(seed=3)
+    other_before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(CheckpointError, match="shape mismatch.*1.weight"):
+        # "other" would load fine and comes first alphabetically: nothing may be loaded when "net" fails
+        load_checkpoint(latest_checkpoint(tmp_path), {"other": other, "net": b}, {})
+    assert all(torch.equal(before[k], v) for k, v in b.state_dict().items())
+    assert all(torch.equal(other_before[k], v) for k, v in other.state_dict().items())
+    with pytest.raises(CheckpointError, match="no weights for 'missing'"):
+        load_checkpoint(latest_checkpoint(tmp_path), {"missing": _net()}, {})
+    with pytest.raises(CheckpointError, match="no optimizer state"):
+        load_checkpoint(latest_checkpoint(tmp_path), {"net": _net()}, {"opt": opt_b})
+
+
+def test_latest_pointing_to_missing_dir_is_an_error(tmp_path):
+    save_checkpoint(tmp_path, 1, {"net": _net()}, {}, {})
+    (tmp_path / "checkpoints" / "latest").write_text("step_0000099")
+    with pytest.raises(CheckpointError, match="missing or incomplete"):
+        latest_checkpoint(tmp_path)
+
+
+def test_adapter_state_checkpoint(tmp_path):
+    teacher = make_wan()
+    R.make_teacher_and_fake(teacher, 4, 4, ("to_q", "to_k"))
+    with torch.no_grad():
+        for n, p in teacher.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    st = R.AdapterState(teacher, R.FAKE_ADAPTER)
+    assert st.state_dict() and all("lora" in k for k in st.state_dict())
+    save_checkpoint(tmp_path, 1, {"fake_lora": st}, {}, {})
+    other = make_wan()
+    R.make_teacher_and_fake(other, 4, 4, ("to_q", "to_k"))
+    load_checkpoint(latest_checkpoint(tmp_path), {"fake_lora": R.AdapterState(other, R.FAKE_ADAPTER)}, {})
+    a, b = teacher.state_dict(), other.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if "lora" in k)
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop
+
+def _pretrain_objects():
+    from vpae.config import PretrainConfig
+    model = make_wan(num_layers=1).requires_grad_(True)
+    ema = R.make_ema(model)
+    return PretrainStep(model, ema, PretrainConfig(lr=1e-3, warmup_steps=2, ema_decay=0.9))
+
+
+def _batch(step):
+    return make_latent(seed=100 + step), make_cond(seed=step)
+
+
+def _params(step_obj):
+    return {f"{m}.{k}": v.clone() for m, mod in step_obj.modules.items() for k, v in mod.state_dict().items()}
+
+
+def test_resume_is_bit_exact(tmp_path):
+    straight = _pretrain_objects()
+    train("pretrain", straight, _batch, steps=4, run_dir=tmp_path / "a", checkpoint_every=100, progress=False)
+    first = _pretrain_objects()
+    r1 = train("pretrain", first, _batch, steps=2, run_dir=tmp_path / "b", checkpoint_every=100, progress=False)
+    assert r1["step"] == 2
+    torch.manual_seed(999)  # a new process would have another global RNG state
+    second = _pretrain_objects()
+    r2 = train("pretrain", second, _batch, steps=4, run_dir=tmp_path / "b", checkpoint_every=100, progress=False)
+    assert r2["resumed_from"] == 2
+    a, b = _params(straight), _params(second)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
+    assert not all(torch.equal(a[k], v) for k, v in _params(_pretrain_objects()).items())
+    sa, sb = straight.opt.state_dict()["state"], second.opt.state_dict()["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+    # the log of the resumed run continues at steps 3..4
+    assert [r["step"] for r in read_log(tmp_path / "b" / "log.jsonl")][-1] == 4
+    # resuming a finished run does nothing
+    third = _pretrain_objects()
+    r3 = train("pretrain", third, _batch, steps=4, run_dir=tmp_path / "b", progress=False)
+    assert r3["resumed_from"] == 4 and all(torch.equal(a[k], v) for k, v in _params(third).items())
+
+
+class _NaNAt:
+    def __init__(self, inner, bad_step):
+        self.inner, self.bad_step = inner, bad_step
+        self.modules, self.optimizers = inner.modules, inner.optimizers
+
+    def step(self, step, x, c):
+        stats = self.inner.step(step, x, c)
+        if step == self.bad_step:
+            with torch.no_grad():
+                next(self.inner.model.parameters()).fill_(float("nan"))
+            stats["loss/flow"] = float("nan")
+        return stats
+
+
+def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
+    ref = _pretrain_objects()
+    train("pretrain", ref, _batch, steps=2, run_dir=tmp_path / "ref", progress=False)
+    obj = _NaNAt(_pretrain_objects(), bad_step=2)
+    with pytest.raises(FloatingPointError, match="step 2.*loss/flow"):
+        train("pretrain", obj, _batch, steps=4, run_dir=tmp_path / "run", checkpoint_every=2, progress=False)
+    ckpt = latest_checkpoint(tmp_path / "run")
+    assert ckpt.name == "step_0000002"
+    fresh = _pretrain_objects()
+    load_checkpoint(ckpt, fresh.modules, fresh.optimizers)
+    a, b = _params(ref), _params(fresh)
+    assert all(torch.isfinite(v).all() for v in b.values())
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,354 @@
+"""Phase I (priming) and phase II (equilibrium) steps on tiny Wan models, and an end-to-end tiny run."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import LATENT_SHAPE, make_cond, make_latent, make_wan
+from vpae.config import EquilibriumConfig, PrimingConfig
+from vpae.discriminator import build_head
+from vpae.losses import generator_adversarial_loss
+from vpae.sampling import predict_x0
+from vpae.training import roles as R
+from vpae.training.steps import EquilibriumStep, PrimingStep
+
+TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj")
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _roles(seed: int = 0, mode: str = "full"):
+    teacher = make_wan(seed=seed)
+    gen = R.copy_generator(teacher, mode, 4, 4, TARGETS)
+    R.make_teacher_and_fake(teacher, 4, 4, TARGETS)
+    return teacher, gen
+
+
+# ----------------------------------------------------------------------------------------------
+# Phase I
+
+def test_zero_init_lora_real_equals_fake_exactly():
+    teacher = make_wan()
+    x, c = make_latent(), make_cond()
+    s = torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        v_plain = teacher.velocity(x, s, c)
+        gen = R.copy_generator(teacher)
+        R.make_teacher_and_fake(teacher, 4, 4, TARGETS)
+        with R.real_score(teacher):
+            v_real = teacher.velocity(x, s, c)
+        with R.fake_score(teacher):
+            v_fake = teacher.velocity(x, s, c)
+        v_gen = gen.velocity(x, s, c)
+    assert (v_real - v_fake).abs().max().item() == 0.0
+    assert torch.equal(v_real, v_plain) and torch.equal(v_gen, v_plain)
+    # only the LoRA tensors train, and there are some on every target (incl. the I2V image path)
+    names = [n for n, p in teacher.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    assert any("add_k_proj.lora_A" in n for n in names)
+    # once the adapter is non-zero, fake differs and real stays the teacher exactly
+    with torch.no_grad():
+        for n, p in teacher.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+        with R.fake_score(teacher):
+            v_fake2 = teacher.velocity(x, s, c)
+        with R.real_score(teacher):
+            v_real2 = teacher.velocity(x, s, c)
+    assert (v_fake2 - v_plain).abs().max() > 1e-4
+    assert torch.equal(v_real2, v_plain)
+
+
+def test_copy_generator_refuses_after_adapter():
+    teacher, _ = _roles()
+    with pytest.raises(ValueError, match="before attaching"):
+        R.copy_generator(teacher)
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_priming_step_trains_only_fake_lora_and_generator(mode):
+    teacher, gen = _roles(mode=mode)
+    base0 = {k: v for k, v in _state(teacher).items() if "lora_" not in k}
+    lora0 = {k: v for k, v in _state(teacher).items() if "lora_" in k}
+    gen0 = _state(gen)
+    cfg = PrimingConfig(lr=1e-3, fake_lr=1e-3, fake_updates_per_generator=2, real_guidance=3.0,
+                        lora_rank=4, lora_alpha=4)
+    step = PrimingStep(gen, teacher, cfg)
+    x, c = make_latent(), make_cond()
+    torch.manual_seed(0)
+    for i in range(3):
+        stats = step.step(i, x, c)
+        assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+        # the fake loss reached only the teacher's LoRA parameters
+        for n, p in teacher.named_parameters():
+            if "lora_" in n:
+                assert p.grad is not None, n
+            else:
+                assert p.grad is None and not p.requires_grad, n
+    after = _state(teacher)
+    assert _same(base0, {k: v for k, v in after.items() if "lora_" not in k})
+    changed = [k for k in lora0 if not torch.equal(lora0[k], after[k])]
+    assert any("lora_B" in k for k in changed)
+    gen1 = _state(gen)
+    assert not _same(gen0, gen1)
+    if mode == "lora":  # base weights of a LoRA generator stay put too
+        assert all(torch.equal(gen0[k], gen1[k]) for k in gen0 if "lora_" not in k)
+    assert {"loss/fake", "loss/dmd", "grad_norm/generator", "grad_norm/fake"} <= set(stats)
+
+
+def test_priming_generator_gradient_is_dmd_of_real_minus_fake():
+    """After a zero-init start, real == fake, so the very first generator update has zero DMD gradient."""
+    teacher, gen = _roles()
+    cfg = PrimingConfig(lr=1e-3, fake_lr=0.0, fake_updates_per_generator=1, real_guidance=1.0)
+    step = PrimingStep(gen, teacher, cfg)
+    gen0 = _state(gen)
+    torch.manual_seed(0)
+    stats = step.step(0, make_latent(), make_cond())
+    # fake_lr 0 keeps the adapter at zero, so x0_real == x0_fake exactly: zero gradient, generator unchanged
+    assert stats["dmd/real_fake_gap"] == 0.0 and stats["grad_norm/generator"] == 0.0
+    assert _same(gen0, _state(gen))
+
+
+# ----------------------------------------------------------------------------------------------
+# Phase II
+
+def _eq(dtype=torch.float32, head="ca", seed=0, **kw):
+    teacher, gen = _roles(seed)
+    ema = R.make_ema(gen)
+    heads = build_head(head, feature_dim=gen.feature_dim, num_layers=2, text_dim=32, image_dim=24, hidden_dim=16,
+                       num_queries=2, num_heads=2)
+    kw = {"layers": (0.5, 1.0), "lr": 1e-3, "head_lr": 1e-3, "sds_lambda": 0.0, **kw}
+    step = EquilibriumStep(gen.to(dtype), ema.to(dtype), teacher.to(dtype), heads.to(dtype),
+                           EquilibriumConfig(**kw))
+    # make the EMA differ from the generator so the test sees which one the discriminator reads
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return step
+
+
+def test_adversarial_gradient_reaches_generator_through_frozen_ema():
+    step = _eq(torch.float64)
+    c = make_cond().to(torch.float64)
+    x0 = make_latent().double().requires_grad_()
+
+    def loss_at(x):
+        torch.manual_seed(123)  # the re-noising noise and level
+        return step.generator_losses(x, c)["adv"]
+
+    loss = loss_at(x0)
+    (g,) = torch.autograd.grad(loss, x0)
+    assert g.abs().max() > 0
+    u = torch.randn_like(x0)
+    # diffusers' Wan blocks run their norms in float32 even in a float64 model (FP32LayerNorm, .float()),
+    # so a tiny step drowns in float32 rounding; h = 0.03 is well inside the smooth region (measured
+    # agreement ~1e-5 relative for h in [0.01, 0.1])
+    h = 3e-2
+    with torch.no_grad():
+        fd = (loss_at(x0 + h * u) - loss_at(x0 - h * u)) / (2 * h)
+    assert torch.allclose((g * u).sum(), fd, rtol=1e-3, atol=0), ((g * u).sum(), fd)
+    # the full backward leaves the EMA backbone without gradients
+    loss_at(x0).backward()
+    assert all(p.grad is None for p in step.ema.parameters())
+    assert all(not p.requires_grad for p in step.ema.parameters())
+    # and the loss depends on the EMA weights (the unified backbone), not on the generator's
+    with torch.no_grad():
+        l0 = loss_at(x0)
+        for p in step.generator.parameters():
+            p.add_(0.05)
+        assert torch.equal(loss_at(x0), l0)
+        for p in step.ema.parameters():
+            p.add_(0.05)
+        assert not torch.equal(loss_at(x0), l0)
+
+
+def test_discriminator_update_changes_only_heads():
+    step = _eq()
+    x, c = make_latent(), make_cond()
+    gen0, ema0, teacher0, heads0 = _state(step.generator), _state(step.ema), _state(step.teacher), _state(step.disc.heads)
+    torch.manual_seed(0)
+    x0 = predict_x0(step.generator, torch.randn(LATENT_SHAPE), torch.ones(2), c)[0]
+    d = step.discriminator_losses(x, x0, c)
+    assert {"disc", "r1"} <= set(d)
+    loss = d["disc"] + d["r1"]
+    step.head_opt.zero_grad()
+    loss.backward()
+    assert all(p.grad is None for p in step.generator.parameters())
+    assert all(p.grad is None for p in step.ema.parameters())
+    step.head_opt.step()
+    assert _same(gen0, _state(step.generator)) and _same(ema0, _state(step.ema))
+    assert _same(teacher0, _state(step.teacher))
+    assert not _same(heads0, _state(step.disc.heads))
+
+
+def test_equilibrium_step_updates_generator_ema_heads():
+    step = _eq(sds_lambda=10.0, ema_decay=0.9)
+    x, c = make_latent(), make_cond()
+    gen0, ema0, teacher0, heads0 = _state(step.generator), _state(step.ema), _state(step.teacher), _state(step.disc.heads)
+    torch.manual_seed(0)
+    stats = step.step(0, x, c)
+    assert {"loss/g_adv", "loss/c_sds", "loss/d", "loss/st_r1"} <= set(stats)
+    gen1 = _state(step.generator)
+    assert not _same(gen0, gen1)
+    assert not _same(heads0, _state(step.disc.heads))
+    assert _same(teacher0, _state(step.teacher))
+    # EMA: ema = d * ema + (1 - d) * gen after the generator update
+    ema1 = _state(step.ema)
+    for k in ema0:
+        if ema0[k].is_floating_point():
+            assert torch.allclose(ema1[k], 0.9 * ema0[k] + 0.1 * gen1[k], rtol=0, atol=1e-6), k
+
+
+def test_update_ema_exact():
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    a.register_buffer("count", torch.tensor([1.0]))
+    b.register_buffer("count", torch.tensor([7.0]))
+    a0 = copy.deepcopy(a)
+    for decay in (0.995, 0.5):
+        e0 = {k: v.clone() for k, v in a.state_dict().items()}
+        R.update_ema(a, b, decay)
+        for name, p in b.named_parameters():
+            assert torch.equal(dict(a.named_parameters())[name], decay * e0[name] + (1 - decay) * p.detach()), name
+        assert torch.equal(a.count, b.count)
+    assert not torch.equal(a.weight, a0.weight)
+    # decay 1 keeps the EMA, decay 0 copies the model
+    R.update_ema(a, b, 1.0)
+    e = a.weight.clone()
+    R.update_ema(a, b, 1.0)
+    assert torch.equal(a.weight, e)
+    R.update_ema(a, b, 0.0)
+    assert torch.equal(a.weight, b.weight)
+
+
+class _Spy:
+    def __init__(self, backbone):
+        self.calls = 0
+        self.orig = backbone.velocity
+
+    def __call__(self, *a, **k):
+        self.calls += 1
+        return self.orig(*a, **k)
+
+
+def _gen_grads(step, x, c):
+    torch.manual_seed(0)
+    step.step(0, x, c)
+    return [p.grad.clone() for p in step.generator.parameters()]
+
+
+def test_csds_lambda_zero_is_pure_adversarial_and_skips_teacher(monkeypatch):
+    x, c = make_latent(), make_cond()
+    step = _eq(sds_lambda=0.0, grad_clip=0.0)
+    ref = copy.deepcopy(step)
+    spy = _Spy(step.teacher)
+    monkeypatch.setattr(step.teacher, "velocity", spy)
+    grads = _gen_grads(step, x, c)
+    assert spy.calls == 0
+    # the gradient of the adversarial loss alone, computed by hand with the same noise
+    torch.manual_seed(0)
+    z = torch.randn_like(x)
+    x0 = predict_x0(ref.generator, z, torch.ones(2), c)[0]
+    x_t, t = ref.renoise(x0, ref.cfg.disc_band)
+    adv = generator_adversarial_loss(ref.disc(ref.ema, x_t, t, c, True), "hinge").mean()
+    hand = torch.autograd.grad(adv, list(ref.generator.parameters()))
+    assert any(h.abs().max() > 0 for h in hand)
+    for a, b in zip(grads, hand, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-9)
+
+    # with lambda > 0 the teacher is called and the gradient changes
+    step2 = copy.deepcopy(ref)
+    step2.cfg = copy.replace(ref.cfg, sds_lambda=10.0) if hasattr(copy, "replace") else \
+        EquilibriumConfig(**{**ref.cfg.__dict__, "sds_lambda": 10.0})
+    spy2 = _Spy(step2.teacher)
+    monkeypatch.setattr(step2.teacher, "velocity", spy2)
+    grads2 = _gen_grads(step2, x, c)
+    assert spy2.calls >= 1
+    assert any(not torch.allclose(a, b) for a, b in zip(grads, grads2))
+
+
+def test_frozen_backbone_reads_teacher_without_fake_adapter():
+    step = _eq(backbone="frozen")
+    with torch.no_grad():
+        for n, p in step.teacher.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    x, c = make_latent(), make_cond()
+    s = torch.full((2,), 0.95)
+    with torch.no_grad():
+        got = step.discriminate(x, s, c, False)
+        plain = copy.deepcopy(step.teacher)
+        plain.model.disable_adapters()
+        want = step.disc(plain, x, s, c, False)
+    assert torch.equal(got, want)
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end: both phases of vpae.pipeline.run_distill on the toy world with a tiny Wan
+
+TINY_TOY_WAN = ("{patch_size: [1, 2, 2], num_attention_heads: 2, attention_head_dim: 12, in_channels: 7, "
+                "out_channels: 3, text_dim: 384, freq_dim: 256, ffn_dim: 32, num_layers: 2, cross_attn_norm: true, "
+                "qk_norm: rms_norm_across_heads, eps: 1.0e-6, image_dim: 192, added_kv_proj_dim: 24, "
+                "rope_max_seq_len: 1024}")
+
+
+def _toy_cfg():
+    from vpae.config import load_config
+    repo = Path(__file__).resolve().parents[1]
+    bank = repo / ".cache" / "toy_captions.safetensors"
+    ov = ["model.teacher=''", f"model.wan_config={TINY_TOY_WAN}", "model.text_len=24",
+          "data.frames=5", "data.height=16", "data.width=16", "data.heldout_size=2",
+          "priming.steps=2", "priming.batch_size=2", "priming.fake_updates_per_generator=1",
+          "priming.lora_rank=4", "priming.lora_alpha=4", "priming.lr=1e-3", "priming.fake_lr=1e-3",
+          "equilibrium.steps=2", "equilibrium.batch_size=2", "equilibrium.head_dim=16", "equilibrium.head_queries=2",
+          "equilibrium.head_attn_heads=2", "equilibrium.lr=1e-3", "equilibrium.head_lr=1e-3",
+          "train.checkpoint_every=1", "train.log_every=1"]
+    if bank.is_file():
+        ov.append(f"data.caption_bank={bank}")
+    return load_config(repo / "configs" / "toy" / "teacher.yaml", overrides=ov)
+
+
+def test_run_distill_both_phases_and_resume_across_boundary(tmp_path):
+    from vpae.pipeline import run_distill
+    from vpae.training.checkpoint import latest_checkpoint
+    from vpae.training.loop import read_log
+    cfg = _toy_cfg()
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    out1 = run_distill(cfg, run, phase="priming", progress=False)
+    assert out1["priming"]["step"] == 2 and "equilibrium" not in out1
+    assert latest_checkpoint(run / "priming").name == "step_0000002"
+    primed = _state(out1["generator"])
+    assert (run / "generator" / "config.json").is_file()
+
+    torch.manual_seed(1)  # a fresh process: different teacher init must not matter, weights come from disk
+    out2 = run_distill(cfg, run, phase="all", progress=False)
+    assert out2["priming"]["resumed_from"] == 2          # phase I not redone
+    assert out2["equilibrium"]["resumed_from"] == 0 and out2["equilibrium"]["step"] == 2
+    assert [r["step"] for r in read_log(run / "priming" / "log.jsonl")] == [1, 2]
+    assert [r["step"] for r in read_log(run / "equilibrium" / "log.jsonl")] == [1, 2]
+    assert {"loss/g_adv", "loss/d", "loss/st_r1", "loss/c_sds"} <= set(read_log(run / "equilibrium" / "log.jsonl")[-1])
+    final = _state(out2["generator"])
+    assert not _same(primed, final)  # phase II trained the primed generator
+    # phase II started from the primed generator: its EMA starts as that copy, so after step 1
+    # ema = d * primed + (1 - d) * generator_after_step_1 (both read from the step-1 checkpoint)
+    from safetensors.torch import load_file
+    ck1 = run / "equilibrium" / "checkpoints" / "step_0000001"
+    ema1, gen1 = load_file(str(ck1 / "ema.safetensors")), load_file(str(ck1 / "generator.safetensors"))
+    d = cfg.equilibrium.ema_decay
+    assert set(ema1) == set(primed) == set(gen1)
+    for k in primed:
+        assert torch.allclose(ema1[k], d * primed[k] + (1 - d) * gen1[k], rtol=0, atol=1e-6), k
+
+    out3 = run_distill(cfg, run, phase="all", progress=False)
+    assert out3["priming"]["resumed_from"] == 2 and out3["equilibrium"]["resumed_from"] == 2
+    assert _same(final, _state(out3["generator"]))

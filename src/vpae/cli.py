@@ -115,6 +115,21 @@ def demo(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Demo c
     typer.echo(r["summary"])
 
 
+@app.command()
+def ablate(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Base config (the demo's)"),
+           out: Path = typer.Option(Path("outputs/ablate"), help="Output folder"),
+           variant: List[str] = typer.Option([], help="Run only these variants (repeatable); default all"),
+           set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
+    """The paper's ablations (Table 2: priming; Table 3: heads, backbone, lambda) with equal budgets."""
+    from vpae.ablate import run_ablation
+    _load(config, set_)  # validate overrides up front
+    try:
+        r = run_ablation(config, out, set_, variant or None)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(f"ablation finished in {r['total_s']:.0f}s: {out / 'report.html'}")
+
+
 from vpae.eval import eval_command, latency_command  # noqa: E402  (typer command functions)
 
 app.command("eval")(eval_command)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from vpae.config import VPAEConfig, to_dict
-from vpae.toy_eval import Method, generate, teacher_methods
+from vpae.toy_eval import Method, generate, proxy_metrics, teacher_methods
 from vpae.training.checkpoint import latest_checkpoint, load_checkpoint
 from vpae.training.loop import read_log
 
@@ -44,7 +44,7 @@ def evaluate_methods(models: dict, methods: dict[str, Method], data, batch, seed
     latency of one video. The first method is the latency baseline (the teacher's CFG sampler)."""
     from tqdm.auto import tqdm
     from vpae.data.oracle import oracle_report
-    from vpae.eval import EvalConfig, evaluate_videos, fd_features, fd_scores
+    from vpae.eval import EvalConfig, fd_features
 
     rows, videos = {}, {}
     ecfg = EvalConfig(progress=False, niqe_max_frames=3)
@@ -58,16 +58,9 @@ def evaluate_methods(models: dict, methods: dict[str, Method], data, batch, seed
         generate(model, data, one, method, seed)
         lat = sorted(generate(model, data, one, method, seed)[2] for _ in range(3))[1]
         rep = oracle_report(vids, batch.params, batch.first_frame, data.world.cfg)
-        row = {"NFE": nfe, "latency_s": lat, **{f"oracle/{k}": v for k, v in rep.items() if k != "n"}}
+        row = {"NFE": nfe, "latency_s": lat, **{f"oracle/{key}": v for key, v in rep.items() if key != "n"}}
         if vbench:
-            ev = evaluate_videos(list(vids[:k]), list(batch.first_frame[:k]), ecfg)
-            for dim, rec in ev["dimensions"].items():
-                if rec.get("value") is not None:
-                    row[f"proxy/{dim}"] = rec["value"]
-            for k, v in ev.get("aggregates", {}).items():
-                if isinstance(v, (int, float)):
-                    row[k] = v
-            row.update(fd_scores(fd_features(list(vids[:k]), ecfg), ref_feats))
+            row.update(proxy_metrics(vids, batch, k, ref_feats, ecfg))
         rows[name] = row
         videos[name] = vids
     base = next(iter(rows.values()))["latency_s"] if rows else None

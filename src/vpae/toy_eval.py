@@ -26,7 +26,8 @@ class Method:
 
 
 def teacher_methods(steps: int = 50, guidance: float = 5.0, shift: float = 3.0) -> list[Method]:
-    return [Method(f"teacher {2 * steps if guidance != 1 else steps} NFE", "euler", steps, guidance, shift),
+    nfe = 2 * steps if guidance != 1 else steps
+    return [Method(f"teacher {nfe} NFE ({steps} steps + CFG)", "euler", steps, guidance, shift),
             Method("teacher 4 NFE", "euler", 4, 1.0, shift),
             Method("teacher 1 NFE", "euler", 1, 1.0, shift)]
 
@@ -63,3 +64,19 @@ def oracle_eval(backbone: Backbone, data, batch: ToyBatch, method: Method, seed:
     rep = oracle_report(videos, batch.params, batch.first_frame, data.world.cfg)
     rep.update(nfe=nfe, sample_seconds=secs)
     return rep, videos
+
+
+def proxy_metrics(videos: torch.Tensor, batch: ToyBatch, k: int, ref_feats=None, ecfg=None) -> dict:
+    """Offline-tier VBench-I2V proxy dimensions (+ aggregates) and the Frechet distance to the held-out real
+    videos, on the first k videos (feature networks dominate CPU time). ref_feats: cached features of
+    batch.video[:k]."""
+    from vpae.eval import EvalConfig, evaluate_videos, fd_features, fd_scores
+    ecfg = ecfg or EvalConfig(progress=False, niqe_max_frames=3)
+    k = min(k, len(batch))
+    ev = evaluate_videos(list(videos[:k]), list(batch.first_frame[:k]), ecfg)
+    row = {f"proxy/{dim}": rec["value"] for dim, rec in ev["dimensions"].items() if rec.get("value") is not None}
+    row.update({key: v for key, v in ev.get("aggregates", {}).items() if isinstance(v, (int, float))})
+    if ref_feats is None:
+        ref_feats = fd_features(list(batch.video[:k]), ecfg)
+    row.update(fd_scores(fd_features(list(videos[:k]), ecfg), ref_feats))
+    return row

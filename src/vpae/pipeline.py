@@ -194,6 +194,7 @@ def build_teacher(cfg: VPAEConfig) -> WanBackbone:
         wc = dict(cfg.model.wan_config)
         if "patch_size" in wc:
             wc["patch_size"] = tuple(wc["patch_size"])
+        torch.manual_seed(cfg.train.seed)  # the same random teacher in every process (resume, tests)
         model = WanTransformer3DModel(**wc)
         if dtype_of(cfg) != torch.float32:
             model = model.to(dtype_of(cfg))

@@ -1,0 +1,214 @@
+"""Phase I (stability priming) cost versus plain flow-matching fine-tuning, and the shared-weight LoRA
+fake score versus a full fake-score copy (issue 4).
+
+    .venv/bin/python benchmarks/bench_phase1.py [--layers N --dim D --batch B --frames F --size S
+                                                 --device cpu|cuda --repeats R --fake-updates 1 5]
+
+Step times: every variant is built in this process and stepped in turn (interleaved, rotating order);
+medians of --repeats timed steps after --warmup untimed ones, and ratios of the medians.
+Peak memory: each variant in a fresh subprocess (see benchmarks/common.py for the method).
+Writes outputs/benchmarks/phase1.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+import common as C  # noqa: E402
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    C.add_model_args(p)
+    p.add_argument("--fake-updates", type=int, nargs="+", default=[1, 5],
+                   help="PrimingConfig.fake_updates_per_generator values to benchmark")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------
+# Variants
+
+def build_fm(args) -> C.Variant:
+    """Plain flow-matching fine-tuning of the same model: vpae.training.steps.PretrainStep (AdamW + EMA)."""
+    from vpae.pipeline import build_teacher
+    from vpae.training import roles as R
+    from vpae.training.steps import PretrainStep
+    torch.manual_seed(args.seed)
+    cfg = C.make_cfg(args)
+    model = build_teacher(cfg)
+    model.requires_grad_(True)
+    ema = R.make_ema(model)
+    step = PretrainStep(model, ema, cfg.pretrain)
+    x, cond = C.make_batch(args)
+    return C.Variant("fm", lambda i: step.step(i, x, cond), {"model": model, "ema": ema}, step.optimizers)
+
+
+def build_priming(args, k: int) -> C.Variant:
+    """Phase I as the pipeline wires it: build_roles (generator copy + teacher with the fake LoRA), PrimingStep."""
+    from vpae.pipeline import build_roles
+    from vpae.training.steps import PrimingStep
+    torch.manual_seed(args.seed)
+    cfg = C.make_cfg(args, priming={"fake_updates_per_generator": k})
+    roles = build_roles(cfg)
+    step = PrimingStep(roles.generator, roles.teacher, cfg.priming)
+    x, cond = C.make_batch(args)
+    return C.Variant(f"phase1_k{k}", lambda i: step.step(i, x, cond),
+                     {"teacher": roles.teacher, "generator": roles.generator}, step.optimizers)
+
+
+def build_fake(args, design: str) -> C.Variant:
+    """One fake-score update (eq. 2, the inner loop of PrimingStep) on a detached sample, with either
+    design: 'lora' = the teacher's weights shared, only the "fake" LoRA trains (the project's design);
+    'full' = a separate full trainable copy of the teacher beside the frozen teacher (the real score)."""
+    from vpae import flow
+    from vpae.losses import fake_score_loss
+    from vpae.pipeline import build_teacher
+    from vpae.training import roles as R
+    from vpae.training.steps import clip_and_norm, sample_band
+    torch.manual_seed(args.seed)
+    cfg = C.make_cfg(args)
+    p = cfg.priming
+    teacher = build_teacher(cfg)
+    if design == "lora":
+        R.make_teacher_and_fake(teacher, p.lora_rank, p.lora_alpha, p.lora_targets)
+        fake, modules = teacher, {"teacher+fake_lora": teacher}
+    else:
+        R.freeze(teacher)
+        fake = R.copy_generator(teacher, "full")  # a full trainable copy
+        modules = {"teacher": teacher, "fake_copy": fake}
+    params = R.trainable_parameters(fake)
+    opt = torch.optim.Adam(params, lr=p.fake_lr, betas=tuple(p.fake_betas))
+    x, cond = C.make_batch(args)
+    x0_gen = torch.randn_like(x)  # stands in for a detached generator sample
+
+    def update(_i):
+        t = sample_band(x0_gen.shape[0], p.renoise_band, x0_gen.device)
+        eps = torch.randn_like(x0_gen)
+        if design == "lora":
+            with R.fake_score(teacher):
+                v = teacher.velocity(flow.add_noise(x0_gen, eps, t), t, cond)
+        else:
+            v = fake.velocity(flow.add_noise(x0_gen, eps, t), t, cond)
+        loss = fake_score_loss(v, x0_gen, eps).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_and_norm(params, p.grad_clip)
+        opt.step()
+
+    return C.Variant(f"fake_{design}", update, modules, {"fake_opt": opt})
+
+
+def builders(args) -> dict:
+    b = {"fm": lambda: build_fm(args), "fake_lora": lambda: build_fake(args, "lora"),
+         "fake_full": lambda: build_fake(args, "full")}
+    for k in args.fake_updates:
+        b[f"phase1_k{k}"] = (lambda k=k: build_priming(args, k))
+    return b
+
+
+# ----------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
+    C.setup_torch(args)
+    B = builders(args)
+    if args.child:
+        return C.child_main(args, B)
+
+    info = C.machine_info(args)
+    step_names = ["fm"] + [f"phase1_k{k}" for k in args.fake_updates]
+    fake_names = ["fake_lora", "fake_full"]
+    variants = {n: B[n]() for n in step_names + fake_names}
+
+    # Parameter counts and the analytic byte model at this (toy) scale.
+    from vpae.config import PrimingConfig
+    teacher_n = C.count_params(variants["fake_full"].modules["teacher"], False)
+    lora_n = C.count_params(variants["fake_lora"].modules["teacher+fake_lora"], True)
+    lora_analytic = C.lora_param_count(variants["fake_full"].modules["teacher"].model, args.lora_rank,
+                                       PrimingConfig().lora_targets)
+    wbytes = torch.finfo(getattr(torch, args.dtype)).bits // 8
+    # Adam keeps m and v in the parameter dtype here (torch default), grads too.
+    analytic = {"lora": wbytes * teacher_n + 4 * wbytes * lora_n, "full": wbytes * teacher_n + 4 * wbytes * teacher_n}
+
+    # Interleaved timing.
+    times = C.interleaved_timing([variants[n] for n in step_names], args.repeats, args.warmup, args.device)
+    times.update(C.interleaved_timing([variants[n] for n in fake_names], args.repeats, args.warmup, args.device))
+    med = {n: C.median(t) for n, t in times.items()}
+    del variants
+
+    mem = {}
+    if not args.no_memory:
+        mem = C.run_children(__file__, argv, step_names + fake_names, args.threads)
+
+    # ---- report
+    out = [f"# Phase I benchmark\n\n`{C.command_line()}`\n",
+           f"Machine: {info['cpu'] or info['platform']} ({info['cpu_count']} CPUs, torch threads "
+           f"{info['torch_threads']}, load avg at start {info['loadavg_at_start'][0]:.2f}), device {args.device}"
+           + (f" ({info['gpu']})" if args.device == "cuda" else "") + f", torch {info['torch']}.\n",
+           f"Model: Wan I2V, {args.layers} layers, dim {args.dim}, {teacher_n:,} params; batch {args.batch}, latent "
+           f"{C.LATENT_C}x{args.frames}x{args.size}x{args.size}, patch 1x{args.patch}x{args.patch}; fake LoRA rank "
+           f"{args.lora_rank}: {lora_n:,} params ({100 * lora_n / teacher_n:.1f}% of the model).\n",
+           f"## Step time and peak memory: phase I (PrimingStep) vs plain flow matching (PretrainStep)\n\n"
+           f"Median of {args.repeats} interleaved steps; peak = {'cuda max_memory_allocated' if args.device == 'cuda' else 'peak RSS delta in a fresh subprocess'}.\n"]
+    rows = []
+    for n in step_names:
+        m = mem.get(n, {})
+        rows.append([n, med[n], med[n] / med["fm"], C.mib(m["peak_bytes"]) if m else "-",
+                     (m["peak_bytes"] / mem["fm"]["peak_bytes"]) if m else "-",
+                     C.mib(m["tensors"]["total"]) if m else "-"])
+    out.append(C.md_table(["variant", "step s (median)", "x plain FM", "peak MiB", "x plain FM",
+                           "weights+grads+Adam MiB (counted)"], rows))
+    out.append("\nfm = PretrainStep (AdamW on all weights + EMA update); phase1_kK = PrimingStep with "
+               "fake_updates_per_generator=K (K fake-score updates + 1 generator update with CFG real score).\n")
+
+    out.append("## Fake score: shared-weight LoRA vs a full trainable copy (one fake-score update)\n")
+    rows = []
+    for d in ("lora", "full"):
+        n = f"fake_{d}"
+        m = mem.get(n, {})
+        rows.append([d, med[n], analytic[d] / C.MIB, C.mib(m["tensors"]["total"]) if m else "-",
+                     C.mib(m["peak_bytes"]) if m else "-"])
+    rows.append(["lora / full", med["fake_lora"] / med["fake_full"], analytic["lora"] / analytic["full"],
+                 (mem["fake_lora"]["tensors"]["total"] / mem["fake_full"]["tensors"]["total"]) if mem else "-",
+                 (mem["fake_lora"]["peak_bytes"] / mem["fake_full"]["peak_bytes"]) if mem else "-"])
+    out.append(C.md_table(["design", "update s (median)", "params+grads+Adam MiB (analytic)",
+                           "params+grads+Adam MiB (counted)", "peak MiB (measured)"], rows))
+    out.append(f"\nBoth designs include the frozen teacher ({teacher_n:,} params, the real score). LoRA params: "
+               f"peft {lora_n:,}, analytic rank x (in+out) {lora_analytic:,}.\n")
+
+    scale_text, scale = C.scale_report(["phase I, fake score = teacher + shared-weight LoRA",
+                                        "phase I, fake score = full trainable copy"])
+    out.append("## Scale notes: Wan2.1-I2V-14B (analytic)\n\n" + scale_text + "\n")
+    d = scale["designs"]
+    lo, fu = (d["phase I, fake score = teacher + shared-weight LoRA"]["total_bytes"],
+              d["phase I, fake score = full trainable copy"]["total_bytes"])
+    out.append(f"Shared-weight LoRA fake score saves {(fu - lo) / C.GIB:,.0f} GiB at 14B "
+               f"(phase I total {lo / fu:.2f}x of the full-copy design).\n")
+    text = "\n".join(out)
+    print(text)
+
+    payload = {"command": C.command_line(), "args": vars(args), "machine": info,
+               "params": {"teacher": teacher_n, "fake_lora": lora_n, "fake_lora_analytic": lora_analytic},
+               "step_seconds": times, "median_seconds": med,
+               "ratios": {"time_vs_fm": {n: med[n] / med["fm"] for n in step_names},
+                          "fake_lora_vs_full_time": med["fake_lora"] / med["fake_full"],
+                          "fake_lora_vs_full_bytes_analytic": analytic["lora"] / analytic["full"]},
+               "analytic_fake_bytes": analytic, "memory": mem, "scale_14b": scale, "report_markdown": text}
+    if mem:
+        payload["ratios"]["peak_vs_fm"] = {n: mem[n]["peak_bytes"] / mem["fm"]["peak_bytes"] for n in step_names}
+        payload["ratios"]["fake_lora_vs_full_peak"] = mem["fake_lora"]["peak_bytes"] / mem["fake_full"]["peak_bytes"]
+        payload["ratios"]["fake_lora_vs_full_bytes_counted"] = (mem["fake_lora"]["tensors"]["total"]
+                                                                / mem["fake_full"]["tensors"]["total"])
+    path = C.write_json(args, "phase1.json", payload)
+    print(f"wrote {path.relative_to(C.ROOT) if path.is_relative_to(C.ROOT) else path}")
+
+
+if __name__ == "__main__":
+    main()

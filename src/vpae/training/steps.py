@@ -6,6 +6,7 @@ Data: every step receives `x_data` (B, C, F, H, W) clean latents and their Condi
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,19 @@ Tensor = torch.Tensor
 def sample_band(n: int, band, device) -> Tensor:
     lo, hi = band
     return lo + (hi - lo) * torch.rand(n, device=device)
+
+
+@contextlib.contextmanager
+def requires_grad(params, flag: bool):
+    """Temporarily set requires_grad on params (restored afterwards)."""
+    saved = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(flag)
+    try:
+        yield
+    finally:
+        for p, f in zip(params, saved):
+            p.requires_grad_(f)
 
 
 def clip_and_norm(params, max_norm: float) -> float:
@@ -219,10 +233,11 @@ class EquilibriumStep:
         # Generator update: x0 = f(eps, T) from pure noise (eq. 6).
         z = torch.randn_like(x_data)
         x0_gen = predict_x0(self.generator, z, torch.ones(b, device=z.device), cond)[0]
-        g = self.generator_losses(x0_gen, cond)
-        loss_g = g["adv"] + self.cfg.sds_lambda * g.get("sds", 0.0)
-        self.gen_opt.zero_grad(set_to_none=True)
-        loss_g.backward()
+        with requires_grad(self.disc_params, False):  # no wasted gradients for heads / a trained backbone
+            g = self.generator_losses(x0_gen, cond)
+            loss_g = g["adv"] + self.cfg.sds_lambda * g.get("sds", 0.0)
+            self.gen_opt.zero_grad(set_to_none=True)
+            loss_g.backward()
         stats = {"grad_norm/generator": clip_and_norm(R.trainable_parameters(self.generator), self.cfg.grad_clip)}
         self.gen_opt.step()
         # Update EMA (the unified discriminator backbone co-evolves with the generator).

@@ -69,10 +69,12 @@ class CaptionBank:
         return e if batch_size is None else e.expand(batch_size, -1, -1)
 
 
-def build_caption_bank(path: str | Path, max_tokens: int = 24, world_cfg: ToyWorldConfig | None = None) -> Path:
+def build_caption_bank(path: str | Path, max_tokens: int = 24, world_cfg: ToyWorldConfig | None = None,
+                       captions: list[str] | None = None) -> Path:
+    """Encode every toy caption (or the given ones) plus "" into a safetensors bank."""
     from safetensors.torch import save_file
     from vpae.data.toy import all_captions
-    captions = [""] + sorted(all_captions(world_cfg or ToyWorldConfig()))
+    captions = [""] + sorted(set(captions) if captions is not None else all_captions(world_cfg or ToyWorldConfig()))
     enc = _Fp16TextEncoder(TextEncoder(max_tokens=max_tokens))
     embs, masks = [], []
     for i in range(0, len(captions), 128):

@@ -118,13 +118,19 @@ def _plot_curves(curves, path: Path) -> Path | None:
     curves = {k: v for k, v in curves.items() if v}
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, pts in curves.items():
+    # Small multiples: one panel per curve (losses and metrics live on different scales).
+    n = len(curves)
+    cols = min(4, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax, (name, pts) in zip(axes.flat, curves.items()):
         s, v = zip(*pts)
-        ax.plot(s, v, label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("value")
-    ax.legend(fontsize=7)
+        ax.plot(s, v, marker="." if len(s) < 20 else None)
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

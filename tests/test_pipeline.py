@@ -1,0 +1,90 @@
+"""Wiring pieces: the text-length attention processor, the caption bank, model export, timed training."""
+
+import copy
+
+import torch
+
+from vpae.backbones.wan import WanBackbone, tiny_wan_config
+from vpae.backbones.wan_attention import install_text_len_processor
+from vpae.conditioning import Conditioning, first_frame_condition
+
+
+def _i2v_inputs(b=2, text_len=512, frames=5):
+    c, m = first_frame_condition(torch.randn(b, 3, 1, 8, 8), frames, 1)
+    cond = Conditioning(text=torch.randn(b, text_len, 384), image=torch.randn(b, 16, 192), cond_latent=c, cond_mask=m)
+    return torch.randn(b, 3, frames, 8, 8), torch.rand(b), cond
+
+
+def test_text_len_processor_equals_diffusers_at_512():
+    torch.manual_seed(0)
+    ref = WanBackbone.from_config(tiny_wan_config(True, 3, 1, text_dim=384, image_dim=192))
+    model = copy.deepcopy(ref.model)
+    install_text_len_processor(model, 512)
+    ours = WanBackbone(model)
+    x, s, cond = _i2v_inputs()
+    assert torch.equal(ref.velocity(x, s, cond), ours.velocity(x, s, cond))
+
+
+def test_text_len_processor_splits_image_from_short_text():
+    torch.manual_seed(0)
+    bb = WanBackbone.from_config(tiny_wan_config(True, 3, 1, text_dim=384, image_dim=192), text_len=24)
+    x, s, cond = _i2v_inputs(text_len=24)
+    other = Conditioning(text=cond.text, image=torch.randn_like(cond.image), cond_latent=cond.cond_latent,
+                         cond_mask=cond.cond_mask)
+    assert not torch.allclose(bb.velocity(x, s, cond), bb.velocity(x, s, other))
+    # With the image K/V projections zeroed, image tokens must have no effect at all: the split is right.
+    for blk in bb.model.blocks:
+        for lin in (blk.attn2.add_k_proj, blk.attn2.add_v_proj):
+            torch.nn.init.zeros_(lin.weight), torch.nn.init.zeros_(lin.bias)
+    torch.testing.assert_close(bb.velocity(x, s, cond), bb.velocity(x, s, other), rtol=0, atol=1e-6)
+
+
+def test_caption_bank_equals_live_encoding(tmp_path):
+    from vpae.encoders import TextEncoder
+    from vpae.pipeline import CaptionBank, _Fp16TextEncoder, build_caption_bank
+    caps = ["a small red square moves left slowly over a plain dark background",
+            "a large blue circle moves up quickly over a checkered background"]
+    bank = CaptionBank(build_caption_bank(tmp_path / "bank.safetensors", 24, captions=caps))
+    live = _Fp16TextEncoder(TextEncoder(max_tokens=24))
+    for a, b in zip(bank.encode(caps), live.encode(caps)):
+        assert torch.equal(a, b)
+    assert torch.equal(bank.negative(2), live.negative(2))
+    try:
+        bank.encode(["not a toy caption"])
+        raise AssertionError("unknown caption accepted")
+    except KeyError as e:
+        assert "not in the bank" in str(e)
+
+
+def test_export_round_trip_keeps_outputs_and_text_len(tmp_path):
+    from vpae.pipeline import export_backbone
+    from vpae.training.roles import load_wan_backbone
+    torch.manual_seed(0)
+    bb = WanBackbone.from_config(tiny_wan_config(True, 3, 1, text_dim=384, image_dim=192), text_len=24)
+    export_backbone(bb, tmp_path / "m")
+    loaded = load_wan_backbone(tmp_path / "m")
+    assert loaded.text_len == 24
+    x, s, cond = _i2v_inputs(text_len=24)
+    assert torch.equal(bb.velocity(x, s, cond), loaded.velocity(x, s, cond))
+
+
+def test_pretrain_max_seconds_stops_with_checkpoint(tmp_path):
+    from vpae.config import load_config
+    from vpae.pipeline import run_pretrain
+    from vpae.training.checkpoint import latest_checkpoint
+    wc = tiny_wan_config(True, 3, 1, text_dim=384, image_dim=192, num_layers=1)
+    over = ["model.teacher=", "model.text_len=24", "data.frames=5", "data.height=16", "data.width=16",
+            "pretrain.steps=100000", "pretrain.batch_size=2", "pretrain.max_seconds=0.5",
+            "train.checkpoint_every=100000", "data.caption_bank=.cache/toy_captions.safetensors"]
+    def yaml_value(v):
+        if isinstance(v, tuple):
+            return str(list(v))
+        if isinstance(v, float):
+            return f"{v:.6e}"  # YAML 1.1 needs the dot to read a float
+        return "null" if v is None else str(v)
+    over += [f"model.wan_config.{k}={yaml_value(v)}" for k, v in wc.items()]
+    cfg = load_config("configs/toy/teacher.yaml", over)
+    r = run_pretrain(cfg, tmp_path / "run", tmp_path / "teacher", progress=False)
+    assert 0 < r["step"] < 100000
+    assert latest_checkpoint(tmp_path / "run").name == f"step_{r['step']:07d}"
+    assert (tmp_path / "teacher" / "vpae.json").is_file()

@@ -73,7 +73,7 @@ def test_pretrain_max_seconds_stops_with_checkpoint(tmp_path):
     from vpae.pipeline import run_pretrain
     from vpae.training.checkpoint import latest_checkpoint
     wc = tiny_wan_config(True, 3, 1, text_dim=384, image_dim=192, num_layers=1)
-    over = ["model.teacher=", "model.text_len=24", "data.frames=5", "data.height=16", "data.width=16",
+    over = ["model.teacher=''", "model.text_len=24", "data.frames=5", "data.height=16", "data.width=16",
             "pretrain.steps=100000", "pretrain.batch_size=2", "pretrain.max_seconds=0.5",
             "train.checkpoint_every=100000", "data.caption_bank=.cache/toy_captions.safetensors"]
     def yaml_value(v):

@@ -19,7 +19,7 @@ venv: $(STAMP)
 test: $(STAMP)
 	mkdir -p .tmp
 	TMPDIR=$(CURDIR)/.tmp TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/.tmp/inductor HF_HUB_OFFLINE=1 \
-	  $(BIN)/python -m pytest -q tests
+	  $(BIN)/python -m pytest --durations=8 tests
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/vpae demo --out outputs/demo

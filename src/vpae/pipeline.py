@@ -291,6 +291,7 @@ def build_equilibrium(cfg: VPAEConfig, roles: DistillRoles, data: ToyData) -> Eq
     ema = R.make_ema(gen)
     from vpae.backbones.base import resolve_layers
     n_layers = len(resolve_layers(e.layers, gen.num_layers))
+    torch.manual_seed(cfg.train.seed + 1)  # heads start the same whether phase II follows phase I in-process or resumes
     heads = build_head(e.head, feature_dim=gen.feature_dim, num_layers=n_layers,
                        text_dim=data.text_encoder.dim, image_dim=data.image_encoder.dim,
                        hidden_dim=e.head_dim, num_queries=e.head_queries, num_heads=e.head_attn_heads).to(cfg.train.device)

@@ -103,6 +103,12 @@ def _plot_metrics(rows, cols, path: Path) -> Path | None:
         ax.bar(range(len(methods)), vals, color=plt.cm.tab10(np.arange(len(methods)) % 10))
         ax.set_xticks(range(len(methods)), methods, rotation=30, fontsize=7, ha="right")
         ax.set_title(c, fontsize=8)
+    return _save_panels(fig, axes, n, path)
+
+
+def _save_panels(fig, axes, n: int, path: Path) -> Path:
+    """Hide the unused panels of a small-multiples figure and write it."""
+    import matplotlib.pyplot as plt
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()
@@ -129,12 +135,7 @@ def _plot_curves(curves, path: Path) -> Path | None:
         ax.set_title(name, fontsize=8)
         ax.set_xlabel("step", fontsize=7)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_panels(fig, axes, n, path)
 
 
 def write_report(out_dir, table_rows: Mapping[str, Mapping[str, Any]], grids: Mapping[str, Sequence[Any]] | None = None,

@@ -203,8 +203,8 @@ def tensor_bytes(modules: dict, optimizers: dict) -> dict:
             "params": n_params, "optimised_params": n_train}
 
 
-def count_params(module, trainable_only: bool = True) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+# The project's own parameter counter (trainable_only=True counts what an optimizer would update).
+from vpae.training.roles import count_parameters as count_params  # noqa: E402
 
 
 def lora_param_count(model, rank: int, targets) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,12 +222,10 @@ def export_backbone(backbone: WanBackbone, out_dir: str | Path, extra: dict | No
         model = _strip_lora(model)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
-        import shutil
         shutil.rmtree(tmp)
     model.save_pretrained(str(tmp), safe_serialization=True)
     (tmp / "vpae.json").write_text(json.dumps({"text_len": backbone.text_len, **(extra or {})}, indent=1))
     if out.exists():
-        import shutil
         shutil.rmtree(out)
     tmp.rename(out)
     return out

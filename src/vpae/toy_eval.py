@@ -10,8 +10,7 @@ import torch
 from vpae.backbones.base import Backbone
 from vpae.data.oracle import oracle_report
 from vpae.data.toy import ToyBatch
-from vpae.sampling import euler_sample, few_step_sample, few_step_sigmas, initial_noise
-from vpae import flow
+from vpae.sampling import few_step_sample, few_step_sigmas, initial_noise, teacher_sample
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ def generate(backbone: Backbone, data, batch: ToyBatch, method: Method, seed: in
         x_data, cond = data.encode(sub)
         noise = torch.stack([initial_noise(x_data.shape[1:], seed * 100003 + start + i) for i in range(len(sub))]).to(x_data)
         if method.sampler == "euler":
-            r = euler_sample(backbone, noise, cond, flow.sigma_schedule(method.steps, method.shift), method.guidance)
+            r = teacher_sample(backbone, noise, cond, method.steps, method.guidance, method.shift)
         else:
             r = few_step_sample(backbone, noise, cond, few_step_sigmas(method.steps, method.shift), method.guidance, seed)
         outs.append(data.codec.decode(r.x0).clamp(-1, 1).float().cpu())

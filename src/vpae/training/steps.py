@@ -7,6 +7,7 @@ Data: every step receives `x_data` (B, C, F, H, W) clean latents and their Condi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -76,9 +77,7 @@ class PretrainStep:
             neg = cond.negative()
             keep = (~drop).reshape(-1, 1, 1).to(cond.text.dtype)
             mask = None if cond.text_mask is None else torch.where(drop[:, None], torch.ones_like(cond.text_mask), cond.text_mask)
-            cond = Conditioning(text=cond.text * keep + neg.text * (1 - keep), text_mask=mask,
-                                negative_text=cond.negative_text, image=cond.image,
-                                cond_latent=cond.cond_latent, cond_mask=cond.cond_mask)
+            cond = dataclasses.replace(cond, text=cond.text * keep + neg.text * (1 - keep), text_mask=mask)
         sigma = self.sample_sigma(b, x_data.device)
         eps = torch.randn_like(x_data)
         x_t = flow.add_noise(x_data, eps, sigma)

@@ -32,7 +32,7 @@ def _corrupted(held, kind):
 def test_real_videos_score_near_perfect(held, real_report):
     r = real_report
     assert r["n"] == 24
-    assert r["caption_following"] == 1.0 and r["caption_score"] > 0.97
+    assert r["caption_following"] == 1.0 and r["caption_score"] > 0.97 and r["direction_accuracy"] == 1.0
     assert r["displacement_error_px"] < 0.2
     assert r["persistence"] > 0.97
     assert r["sharpness"] == pytest.approx(1.0)
@@ -46,7 +46,7 @@ def test_real_videos_score_near_perfect(held, real_report):
 
 def test_frozen_fails_caption_following_only(held, real_report):
     r = oracle_report(_corrupted(held, "freeze"), held.params, held.first_frame)
-    assert r["caption_following"] == 0.0 and r["caption_score"] < 0.05
+    assert r["caption_following"] == 0.0 and r["caption_score"] < 0.05 and r["direction_accuracy"] == 0.0
     assert r["first_frame_psnr"] == 100.0 and r["persistence"] > 0.97  # those are not what broke
 
 
@@ -62,14 +62,16 @@ def test_reversed_direction_fails(held):
     # Same first frame, object moving the opposite way: only caption following can catch it.
     opp = torch.stack([render(dataclasses.replace(p, direction=OPPOSITE[p.direction])) for p in held.params])
     r = oracle_report(opp, held.params, held.first_frame)
-    assert r["caption_following"] == 0.0 and r["first_frame_psnr"] == 100.0
+    assert r["caption_following"] == 0.0 and r["direction_accuracy"] == 0.0 and r["first_frame_psnr"] == 100.0
 
 
 def test_wrong_speed_fails():
     held = ToyWorld().heldout(24, seed=0)
     wrong = [dataclasses.replace(p, speed_px=p.speed_px * (0.5 if p.speed == "fast" else 2.0)) for p in held.params]
     vids = torch.stack([render(p) for p in wrong])
-    assert oracle_report(vids, held.params)["caption_following"] == 0.0
+    r = oracle_report(vids, held.params)
+    assert r["caption_following"] == 0.0
+    assert r["direction_accuracy"] == 1.0  # right direction, wrong speed: the looser check passes
     assert oracle_report(vids, wrong)["caption_following"] == 1.0
 
 

@@ -5,7 +5,7 @@ sys.path.insert(0, "src")
 from vpae.config import load_config
 from vpae.pipeline import run_pretrain, build_data, ToyData
 from vpae.training.roles import load_wan_backbone
-from vpae.toy_eval import teacher_methods, oracle_eval
+from vpae.toy_eval import direction_sensitivity, teacher_methods, oracle_eval
 
 name, steps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 overrides = sys.argv[4:]
@@ -20,6 +20,7 @@ res = {"name": name, "train_seconds": train_s, "overrides": overrides, "last": r
 from vpae.toy_eval import Method
 for which in ("", "_raw"):
     teacher = load_wan_backbone(f"{out}/teacher_{name}{which}").to(cfg.train.device)
+    res["direction_sensitivity" + which] = direction_sensitivity(teacher, data, batch)  # ~1.0: direction word ignored
     for m in teacher_methods(cfg.sampling.teacher_steps, cfg.sampling.guidance, cfg.sampling.shift) + [
             Method("teacher 50 steps w=1", "euler", 50, 1.0, 3.0), Method("teacher 50 steps w=3", "euler", 50, 3.0, 3.0)]:
         rep, _ = oracle_eval(teacher, data, batch, m)

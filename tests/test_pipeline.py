@@ -88,3 +88,30 @@ def test_pretrain_max_seconds_stops_with_checkpoint(tmp_path):
     assert 0 < r["step"] < 100000
     assert latest_checkpoint(tmp_path / "run").name == f"step_{r['step']:07d}"
     assert (tmp_path / "teacher" / "vpae.json").is_file()
+
+
+def test_lora_generator_export_merges_the_adapter_and_saves_it_separately(tmp_path):
+    from diffusers import WanTransformer3DModel
+    from vpae.pipeline import export_backbone
+    from vpae.training.roles import GENERATOR_ADAPTER, copy_generator, load_wan_backbone
+    torch.manual_seed(0)
+    teacher = WanBackbone.from_config(tiny_wan_config(True, 3, 1, text_dim=384, image_dim=192), text_len=24)
+    gen = copy_generator(teacher, "lora", rank=4, alpha=4, targets=("to_q", "to_k", "to_v", "to_out.0", "add_k_proj"))
+    with torch.no_grad():  # a trained adapter: B != 0, so the LoRA really changes the output
+        for n, p in gen.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    x, s, cond = _i2v_inputs(text_len=24)
+    want = gen.velocity(x, s, cond)
+    assert not torch.allclose(want, teacher.velocity(x, s, cond), atol=1e-4)
+    export_backbone(gen, tmp_path / "g", lora_dir=tmp_path / "g_lora")
+    merged = load_wan_backbone(tmp_path / "g")
+    assert not any("lora" in k for k in merged.model.state_dict())
+    torch.testing.assert_close(merged.velocity(x, s, cond), want, rtol=1e-4, atol=1e-5)
+    # The export left the live generator untouched (still a LoRA model giving the same output).
+    assert torch.equal(gen.velocity(x, s, cond), want)
+    # The adapter alone, in diffusers' LoRA format, on top of the teacher gives the generator again.
+    base = copy.deepcopy(teacher.model)
+    base.load_lora_adapter(str(tmp_path / "g_lora"), prefix=None, adapter_name=GENERATOR_ADAPTER, use_safetensors=True)
+    torch.testing.assert_close(WanBackbone(base, text_len=24).velocity(x, s, cond), want, rtol=1e-4, atol=1e-5)
+    assert isinstance(merged.model, WanTransformer3DModel)

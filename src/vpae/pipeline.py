@@ -207,40 +207,41 @@ def build_teacher(cfg: VPAEConfig) -> WanBackbone:
     return bb.to(cfg.train.device)
 
 
-def export_backbone(backbone: WanBackbone, out_dir: str | Path, extra: dict | None = None) -> Path:
+def export_backbone(backbone: WanBackbone, out_dir: str | Path, extra: dict | None = None,
+                    lora_dir: str | Path | None = None) -> Path:
     """Write a diffusers WanTransformer3DModel folder (safetensors), loadable by `vpae generate` and by
-    diffusers' WanTransformer3DModel.from_pretrained."""
+    diffusers' WanTransformer3DModel.from_pretrained. A LoRA generator is written merged (diffusers'
+    fuse_lora + unload_lora on a copy; the live model keeps its adapter); with `lora_dir`, its adapter is
+    also written alone in diffusers' LoRA format (load_lora_adapter on the teacher restores the generator)."""
     out = Path(out_dir)
     model = backbone.model
     if getattr(model, "_hf_peft_config_loaded", False):
+        if lora_dir is not None:
+            for name in model.peft_config:
+                _atomic_dir(Path(lora_dir) if len(model.peft_config) == 1 else Path(lora_dir) / name,
+                            lambda tmp, name=name: model.save_lora_adapter(str(tmp), adapter_name=name))
         model = copy.deepcopy(model)
-        # merge the generator's LoRA into the weights so the export is a plain transformer
-        from peft.tuners.tuners_utils import BaseTunerLayer
-        for m in model.modules():
-            if isinstance(m, BaseTunerLayer):
-                m.merge()
-        model = _strip_lora(model)
+        model.fuse_lora()
+        model.unload_lora()
+
+    def write(tmp: Path):
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        (tmp / "vpae.json").write_text(json.dumps({"text_len": backbone.text_len, **(extra or {})}, indent=1))
+    return _atomic_dir(out, write)
+
+
+def _atomic_dir(out: Path, write) -> Path:
+    """write(tmp) fills a sibling temporary folder, which then replaces `out`: a crash never leaves a half
+    written export in place of the previous one."""
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    (tmp / "vpae.json").write_text(json.dumps({"text_len": backbone.text_len, **(extra or {})}, indent=1))
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    write(tmp)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return out
-
-
-def _strip_lora(model):
-    """Replace merged peft LoRA layers by their base layers."""
-    from peft.tuners.lora import LoraLayer
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, LoraLayer):
-                setattr(module, child_name, child.get_base_layer())
-    model._hf_peft_config_loaded = False
-    model.peft_config = {}
-    return model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -354,7 +355,8 @@ def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progre
         out["timings"]["equilibrium"] = r["seconds"]
         out["equilibrium"] = r
         out["ema"] = eq.ema
-    export_backbone(roles.generator, run_dir / "generator", {"role": "generator", "phase": phase})
+    lora = run_dir / "generator_lora" if cfg.priming.generator_mode == "lora" else None
+    export_backbone(roles.generator, run_dir / "generator", {"role": "generator", "phase": phase}, lora_dir=lora)
     out["generator"] = roles.generator
     out["teacher"] = roles.teacher
     out["data"] = data

@@ -261,3 +261,13 @@ def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
     a, b = _params(ref), _params(fresh)
     assert all(torch.isfinite(v).all() for v in b.values())
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path(__file__).resolve().parents[1].glob("configs/**/*.yaml")))
+def test_every_shipped_config_loads_strictly(path):
+    from vpae.pipeline import resolve_model_path
+    cfg = load_config(path)  # unknown keys or wrong types raise
+    if cfg.model.teacher:  # the teacher it names ships, and was trained on the world size the config asks for
+        meta = json.loads((resolve_model_path(cfg.model.teacher) / "vpae.json").read_text())
+        for key in ("frames", "height", "width", "text_tokens", "image_patch"):
+            assert getattr(cfg.data, key) == meta["data"][key], key

@@ -271,3 +271,4 @@ def test_every_shipped_config_loads_strictly(path):
         meta = json.loads((resolve_model_path(cfg.model.teacher) / "vpae.json").read_text())
         for key in ("frames", "height", "width", "text_tokens", "image_patch"):
             assert getattr(cfg.data, key) == meta["data"][key], key
+        assert cfg.data.bounce == meta["data"].get("bounce", False)

@@ -51,3 +51,21 @@ def test_direction_sensitivity_is_one_for_a_text_blind_model_and_large_for_a_rea
     reader = DirectionReader(x, initial_noise(x.shape, 0), cond.text)
     # The true caption gives loss 0 up to rounding, the opposite one a loss of order |2x|^2: a huge ratio.
     assert direction_sensitivity(reader, data, batch, sigmas=(0.9,))[0.9] > 1e3
+
+
+def _direction_from_start_position(params, cfg) -> float:
+    """Accuracy of guessing the direction as the one with the most room from the start position."""
+    hits = 0
+    for p in params:
+        room = {"left": p.x0, "right": cfg.width - p.x0, "up": p.y0, "down": cfg.height - p.y0}
+        hits += max(room, key=room.get) == p.direction
+    return hits / len(params)
+
+
+def test_bounce_world_removes_the_start_position_leak():
+    leaky = ToyData(load_config("configs/toy/demo.yaml")).world
+    fair = ToyData(load_config("configs/toy/demo.yaml", ["data.bounce=true"])).world
+    assert fair.cfg.bounce and not leaky.cfg.bounce
+    a = _direction_from_start_position(leaky.heldout(400).params, leaky.cfg)
+    b = _direction_from_start_position(fair.heldout(400).params, fair.cfg)
+    assert a > 0.5 and b < 0.35  # chance is 0.25

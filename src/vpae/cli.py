@@ -93,10 +93,12 @@ def generate(model: str = typer.Option(..., help="Model folder (diffusers WanTra
 
 @app.command("caption-bank")
 def caption_bank(out: Path = typer.Option(Path(".cache/toy_captions.safetensors")),
-                 text_tokens: int = typer.Option(24)):
+                 text_tokens: int = typer.Option(24),
+                 bounce: bool = typer.Option(False, help="Also the 'and bounces back' captions (data.bounce=true)")):
     """Precompute the text embeddings of every toy-world caption (for machines without MiniLM)."""
+    from vpae.data.toy import ToyWorldConfig
     from vpae.pipeline import build_caption_bank
-    typer.echo(f"wrote {build_caption_bank(out, text_tokens)}")
+    typer.echo(f"wrote {build_caption_bank(out, text_tokens, ToyWorldConfig(bounce=bounce))}")
 
 
 @app.command()

@@ -50,6 +50,10 @@ class DataConfig:
     exists, else captions are encoded live with the packaged MiniLM. Both give identical (fp16-rounded) values."""
     image_patch: int = 8
     """Patch size of the parameter-free toy image encoder."""
+    bounce: bool = False
+    """Toy world: False (the shipped teacher's world) draws start positions so the path fits, which gives the
+    direction away from the first frame for 61 % of videos; True starts anywhere and reflects at the borders,
+    so the direction must be read from the caption (docs/TOY_WORLD.md, "Known leak")."""
     heldout_size: int = 64
     """Videos in the fixed held-out split used for evaluation (oracle metrics)."""
     proxy_videos: int = 8

@@ -106,7 +106,7 @@ class ToyData:
 
     def __init__(self, cfg: VPAEConfig, device: str = "cpu"):
         d = cfg.data
-        self.world = ToyWorld(ToyWorldConfig(frames=d.frames, height=d.height, width=d.width))
+        self.world = ToyWorld(ToyWorldConfig(frames=d.frames, height=d.height, width=d.width, bounce=d.bounce))
         bank = Path(d.caption_bank) if d.caption_bank else None
         if bank is not None and bank.is_file():
             self.text_encoder = CaptionBank(bank)

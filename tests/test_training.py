@@ -11,7 +11,7 @@ import torch
 from conftest import LATENT_SHAPE, make_cond, make_latent, make_wan
 from vpae.config import EquilibriumConfig, PrimingConfig
 from vpae.discriminator import build_head
-from vpae.losses import generator_adversarial_loss
+from vpae.losses import conditional_sds_loss, generator_adversarial_loss
 from vpae.sampling import predict_x0
 from vpae.training import roles as R
 from vpae.training.steps import EquilibriumStep, PrimingStep
@@ -352,3 +352,28 @@ def test_run_distill_both_phases_and_resume_across_boundary(tmp_path):
     out3 = run_distill(cfg, run, phase="all", progress=False)
     assert out3["priming"]["resumed_from"] == 2 and out3["equilibrium"]["resumed_from"] == 2
     assert _same(final, _state(out3["generator"]))
+
+
+def test_adv_weight_zero_is_pure_csds_and_never_reads_the_discriminator(monkeypatch):
+    x, c = make_latent(), make_cond()
+    step = _eq(sds_lambda=10.0, adv_weight=0.0, grad_clip=0.0)
+    ref = copy.deepcopy(step)
+    reads = []
+    orig = step.discriminate
+    monkeypatch.setattr(step, "discriminate",
+                        lambda *a, **k: reads.append(k.get("backbone_grad", a[3] if len(a) > 3 else None)) or orig(*a, **k))
+    grads = _gen_grads(step, x, c)
+    assert reads and True not in reads  # only the D update read D (no graph to the input), never the generator
+    # the gradient of 10 * C-SDS alone, by hand with the same noise
+    torch.manual_seed(0)
+    z = torch.randn_like(x)
+    x0 = predict_x0(ref.generator, z, torch.ones(2), c)[0]
+    x_t2, t2 = ref.renoise(x0.detach(), ref.cfg.sds_band)
+    with torch.no_grad(), R.real_score(ref.teacher):
+        x0_t = predict_x0(ref.teacher, x_t2, t2, c)[0]
+    hand = torch.autograd.grad(10.0 * conditional_sds_loss(x0, x0_t).mean(), list(ref.generator.parameters()))
+    assert any(h.abs().max() > 0 for h in hand)
+    for a, b in zip(grads, hand, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="not both 0"):
+        _eq(sds_lambda=0.0, adv_weight=0.0)

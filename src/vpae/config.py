@@ -143,6 +143,9 @@ class EquilibriumConfig:
     r1_weight: float = 1.0
     r1_on: str = "fake"
     """Which samples ST-R1 perturbs: fake (eq. 4 as written) | real | both."""
+    adv_weight: float = 1.0
+    """Weight of the generator's adversarial term in eq. 6 (the paper: 1). 0 = C-SDS only, an ablation that
+    isolates what the adversarial term contributes (the discriminator is then not read by the generator)."""
     sds_lambda: float = 10.0
     sds_band: tuple = (0.02, 0.98)
     """t' ~ U(band) for the conditional SDS re-noising."""

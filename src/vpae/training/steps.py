@@ -166,6 +166,8 @@ class EquilibriumStep:
     def __init__(self, generator: Backbone, ema: Backbone, teacher: Backbone, heads: nn.Module,
                  cfg: EquilibriumConfig, trained_backbone: Backbone | None = None):
         self.generator, self.ema, self.teacher, self.cfg = generator, ema, teacher, cfg
+        if cfg.adv_weight < 0 or cfg.sds_lambda < 0 or cfg.adv_weight + cfg.sds_lambda == 0:
+            raise ValueError(f"need adv_weight >= 0 and sds_lambda >= 0, not both 0; got {cfg.adv_weight}, {cfg.sds_lambda}")
         self.disc = SelfDiscriminator(heads, cfg.layers)
         if cfg.backbone == "unified":
             self.disc_backbone = ema
@@ -198,9 +200,11 @@ class EquilibriumStep:
 
     def generator_losses(self, x0_gen: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         """Eq. 6 terms: the adversarial loss through the discriminator backbone's input, and C-SDS."""
-        x_t, t = self.renoise(x0_gen, self.cfg.disc_band)  # not detached: the gradient reaches G
-        adv = generator_adversarial_loss(self.discriminate(x_t, t, cond, backbone_grad=True), self.cfg.loss)
-        out = {"adv": adv.mean()}
+        out = {}
+        if self.cfg.adv_weight > 0:
+            x_t, t = self.renoise(x0_gen, self.cfg.disc_band)  # not detached: the gradient reaches G
+            adv = generator_adversarial_loss(self.discriminate(x_t, t, cond, backbone_grad=True), self.cfg.loss)
+            out["adv"] = adv.mean()
         if self.cfg.sds_lambda > 0:
             x_t2, t2 = self.renoise(x0_gen.detach(), self.cfg.sds_band)
             with torch.no_grad(), R.real_score(self.teacher):
@@ -234,14 +238,16 @@ class EquilibriumStep:
         x0_gen = predict_x0(self.generator, z, torch.ones(b, device=z.device), cond)[0]
         with requires_grad(self.disc_params, False):  # no wasted gradients for heads / a trained backbone
             g = self.generator_losses(x0_gen, cond)
-            loss_g = g["adv"] + self.cfg.sds_lambda * g.get("sds", 0.0)
+            loss_g = self.cfg.adv_weight * g.get("adv", 0.0) + self.cfg.sds_lambda * g.get("sds", 0.0)
             self.gen_opt.zero_grad(set_to_none=True)
             loss_g.backward()
         stats = {"grad_norm/generator": clip_and_norm(R.trainable_parameters(self.generator), self.cfg.grad_clip)}
         self.gen_opt.step()
         # Update EMA (the unified discriminator backbone co-evolves with the generator).
         R.update_ema(self.ema, self.generator, self.cfg.ema_decay)
-        stats.update({"loss/g_adv": g["adv"].item(), "loss/g_total": loss_g.item()})
+        stats["loss/g_total"] = loss_g.item()
+        if "adv" in g:
+            stats["loss/g_adv"] = g["adv"].item()
         if "sds" in g:
             stats["loss/c_sds"] = g["sds"].item()
         # Discriminator update: only the heads (and a 'trained' backbone) learn (eq. 7).

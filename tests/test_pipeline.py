@@ -115,3 +115,23 @@ def test_lora_generator_export_merges_the_adapter_and_saves_it_separately(tmp_pa
     base.load_lora_adapter(str(tmp_path / "g_lora"), prefix=None, adapter_name=GENERATOR_ADAPTER, use_safetensors=True)
     torch.testing.assert_close(WanBackbone(base, text_len=24).velocity(x, s, cond), want, rtol=1e-4, atol=1e-5)
     assert isinstance(merged.model, WanTransformer3DModel)
+
+
+def test_export_replaces_by_renames_and_recovers_from_a_crash_between_them(tmp_path):
+    from vpae.pipeline import _atomic_dir
+    out = tmp_path / "m"
+    _atomic_dir(out, lambda d: (d / "w").write_text("1"))
+    try:  # a crash while writing the new export leaves the previous one untouched
+        _atomic_dir(out, lambda d: (d / "w").write_text("2") or 1 / 0)
+    except ZeroDivisionError:
+        pass
+    assert (out / "w").read_text() == "1"
+    out.rename(tmp_path / "m.old")  # as if the process died after moving the old export aside
+    _atomic_dir(out, lambda d: (d / "w").write_text("3"))
+    assert (out / "w").read_text() == "3" and not (tmp_path / "m.old").exists() and not (tmp_path / "m.tmp").exists()
+    out.rename(tmp_path / "m.old")
+    try:
+        _atomic_dir(out, lambda d: 1 / 0)
+    except ZeroDivisionError:
+        pass
+    assert (out / "w").read_text() == "3"  # restored from m.old before anything else

@@ -231,16 +231,22 @@ def export_backbone(backbone: WanBackbone, out_dir: str | Path, extra: dict | No
 
 
 def _atomic_dir(out: Path, write) -> Path:
-    """write(tmp) fills a sibling temporary folder, which then replaces `out`: a crash never leaves a half
-    written export in place of the previous one."""
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    """write(tmp) fills a sibling temporary folder, which then replaces `out` by renames only: a crash never
+    leaves a half-written export, and the previous one stays complete (as `out` or `out.old`) until the
+    new one is in place."""
+    tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
+    if old.exists() and not out.exists():  # a crash between the two renames: the old export is the good one
+        old.rename(out)
+    for stale in (tmp, old):
+        if stale.exists():
+            shutil.rmtree(stale)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     write(tmp)
     if out.exists():
-        shutil.rmtree(out)
+        out.rename(old)
     tmp.rename(out)
+    if old.exists():
+        shutil.rmtree(old)
     return out
 
 

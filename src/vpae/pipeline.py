@@ -240,7 +240,7 @@ def _atomic_dir(out: Path, write) -> Path:
     for stale in (tmp, old):
         if stale.exists():
             shutil.rmtree(stale)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir(parents=True)
     write(tmp)
     if out.exists():
         out.rename(old)

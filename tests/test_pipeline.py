@@ -121,8 +121,12 @@ def test_export_replaces_by_renames_and_recovers_from_a_crash_between_them(tmp_p
     from vpae.pipeline import _atomic_dir
     out = tmp_path / "m"
     _atomic_dir(out, lambda d: (d / "w").write_text("1"))
+    def write_then_crash(d):
+        (d / "w").write_text("2")
+        raise ZeroDivisionError
+
     try:  # a crash while writing the new export leaves the previous one untouched
-        _atomic_dir(out, lambda d: (d / "w").write_text("2") or 1 / 0)
+        _atomic_dir(out, write_then_crash)
     except ZeroDivisionError:
         pass
     assert (out / "w").read_text() == "1"

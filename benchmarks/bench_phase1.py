@@ -115,10 +115,7 @@ def builders(args) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse(argv)
-    C.setup_torch(args)
-    B = builders(args)
+    argv, args, B = C.start(argv, parse, builders)
     if args.child:
         return C.child_main(args, B)
 
@@ -149,14 +146,12 @@ def main(argv=None):
 
     # ---- report
     out = [f"# Phase I benchmark\n\n`{C.command_line()}`\n",
-           f"Machine: {info['cpu'] or info['platform']} ({info['cpu_count']} CPUs, torch threads "
-           f"{info['torch_threads']}, load avg at start {info['loadavg_at_start'][0]:.2f}), device {args.device}"
-           + (f" ({info['gpu']})" if args.device == "cuda" else "") + f", torch {info['torch']}.\n",
+           C.machine_line(info, args),
            f"Model: Wan I2V, {args.layers} layers, dim {args.dim}, {teacher_n:,} params; batch {args.batch}, latent "
            f"{C.LATENT_C}x{args.frames}x{args.size}x{args.size}, patch 1x{args.patch}x{args.patch}; fake LoRA rank "
            f"{args.lora_rank}: {lora_n:,} params ({100 * lora_n / teacher_n:.1f}% of the model).\n",
            f"## Step time and peak memory: phase I (PrimingStep) vs plain flow matching (PretrainStep)\n\n"
-           f"Median of {args.repeats} interleaved steps; peak = {'cuda max_memory_allocated' if args.device == 'cuda' else 'peak RSS delta in a fresh subprocess'}.\n"]
+           f"Median of {args.repeats} interleaved steps; peak = {C.peak_description(args)}.\n"]
     rows = []
     for n in step_names:
         m = mem.get(n, {})

@@ -89,10 +89,7 @@ def role_counts(args) -> tuple[list[list], dict]:
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse(argv)
-    C.setup_torch(args)
-    B = builders(args)
+    argv, args, B = C.start(argv, parse, builders)
     if args.child:
         return C.child_main(args, B)
 
@@ -107,15 +104,12 @@ def main(argv=None):
 
     base = "unified" if "unified" in names else names[0]
     out = [f"# Phase II benchmark\n\n`{C.command_line()}`\n",
-           f"Machine: {info['cpu'] or info['platform']} ({info['cpu_count']} CPUs, torch threads "
-           f"{info['torch_threads']}, load avg at start {info['loadavg_at_start'][0]:.2f}), device {args.device}"
-           + (f" ({info['gpu']})" if args.device == "cuda" else "") + f", torch {info['torch']}.\n",
+           C.machine_line(info, args),
            f"Model: Wan I2V, {args.layers} layers, dim {args.dim}; batch {args.batch}, latent {C.LATENT_C}x{args.frames}"
            f"x{args.size}x{args.size}, patch 1x{args.patch}x{args.patch}; head {args.head}; EquilibriumConfig defaults "
            f"otherwise (ST-R1 on, C-SDS on, 1 disc update per generator update).\n",
            f"## Step time and peak memory per discriminator backbone (EquilibriumStep)\n\n"
-           f"Median of {args.repeats} interleaved steps; peak = "
-           f"{'cuda max_memory_allocated' if args.device == 'cuda' else 'peak RSS delta in a fresh subprocess'}.\n"]
+           f"Median of {args.repeats} interleaved steps; peak = {C.peak_description(args)}.\n"]
     rows = []
     for n in names:
         m = mem.get(n)

@@ -330,6 +330,15 @@ def _child_entry(script_path: str, argv: list[str], name: str, conn) -> None:
         conn.close()
 
 
+def start(argv, parse, make_builders):
+    """The shared start of a benchmark's main(): parse argv (default sys.argv[1:]), set torch up, build the
+    variant builders. Returns (argv, args, builders); the caller dispatches to child_main when args.child."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
+    setup_torch(args)
+    return argv, args, make_builders(args)
+
+
 def child_main(args, builders: dict) -> None:
     """--child NAME: measure one variant in this (fresh) interpreter; for manual runs."""
     _warm_runtime(args)
@@ -378,6 +387,17 @@ def machine_info(args) -> dict:
     if args.device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def machine_line(info: dict, args) -> str:
+    """The report's 'Machine: ...' sentence (CPU, threads, load at start, device, torch)."""
+    return (f"Machine: {info['cpu'] or info['platform']} ({info['cpu_count']} CPUs, torch threads "
+            f"{info['torch_threads']}, load avg at start {info['loadavg_at_start'][0]:.2f}), device {args.device}"
+            + (f" ({info['gpu']})" if args.device == "cuda" else "") + f", torch {info['torch']}.\n")
+
+
+def peak_description(args) -> str:
+    return "cuda max_memory_allocated" if args.device == "cuda" else "peak RSS delta in a fresh subprocess"
 
 
 def md_table(header: list[str], rows: list[list]) -> str:

@@ -89,8 +89,6 @@ def generate(model: str = typer.Option(..., help="Model folder (diffusers WanTra
                f"total {r['total_s']:.3f}s")
 
 
-
-
 @app.command("caption-bank")
 def caption_bank(out: Path = typer.Option(Path(".cache/toy_captions.safetensors")),
                  text_tokens: int = typer.Option(24),

@@ -35,9 +35,8 @@ def _variant_worker(config_path, base_overrides, overrides, run_dir, shared_prim
     import torch
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from vpae.config import load_config
-    from vpae.data.oracle import oracle_report
     from vpae.pipeline import build_data, run_distill
-    from vpae.toy_eval import Method, generate, proxy_metrics
+    from vpae.toy_eval import Method, oracle_columns, oracle_eval, proxy_metrics
 
     cfg = load_config(config_path, list(base_overrides) + list(overrides))
     run_dir = Path(run_dir)
@@ -48,8 +47,8 @@ def _variant_worker(config_path, base_overrides, overrides, run_dir, shared_prim
     train_s = time.perf_counter() - t0
     data = build_data(cfg)
     batch = data.heldout(cfg.data.heldout_size)
-    vids, nfe, _ = generate(r["generator"].eval(), data, batch, Method("1", "few_step", 1), cfg.train.seed)
-    row = {f"oracle/{k}": v for k, v in oracle_report(vids, batch.params, batch.first_frame, data.world.cfg).items() if k != "n"}
+    rep, vids = oracle_eval(r["generator"].eval(), data, batch, Method("1", "few_step", 1), cfg.train.seed)
+    row = oracle_columns(rep)
     row.update(proxy_metrics(vids, batch, cfg.data.proxy_videos))
     row["train_s"] = train_s
     row["peak_rss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from vpae.config import VPAEConfig, to_dict
-from vpae.toy_eval import Method, generate, proxy_metrics, teacher_methods
+from vpae.toy_eval import Method, generate, oracle_columns, oracle_eval, proxy_metrics, teacher_methods
 from vpae.training.checkpoint import latest_checkpoint, load_checkpoint
 from vpae.training.loop import read_log
 
@@ -25,13 +25,11 @@ CURVE_KEYS = ("loss/fake", "loss/dmd", "loss/g_adv", "loss/c_sds", "loss/d", "lo
 
 def curve_eval_fn(data, n: int, seed: int):
     """step -> 1-NFE oracle metrics of the current generator on a small held-out batch (training curves)."""
-    from vpae.data.oracle import oracle_report
     batch = data.heldout(n)
 
     def factory(generator):
         def fn(step):
-            videos, _, _ = generate(generator, data, batch, Method("1", "few_step", 1), seed)
-            rep = oracle_report(videos, batch.params, batch.first_frame, data.world.cfg)
+            rep, _ = oracle_eval(generator, data, batch, Method("1", "few_step", 1), seed)
             return {k: rep[k] for k in ("caption_following", "first_frame_psnr", "persistence", "sharpness")}
         return fn
     return factory
@@ -43,7 +41,6 @@ def evaluate_methods(models: dict, methods: dict[str, Method], data, batch, seed
     and FD (to the held-out real videos) on the first `proxy_videos` (their feature nets dominate CPU time);
     latency of one video. The first method is the latency baseline (the teacher's CFG sampler)."""
     from tqdm.auto import tqdm
-    from vpae.data.oracle import oracle_report
     from vpae.eval import EvalConfig, fd_features
 
     rows, videos = {}, {}
@@ -52,13 +49,12 @@ def evaluate_methods(models: dict, methods: dict[str, Method], data, batch, seed
     ref_feats = fd_features(list(batch.video[:k]), ecfg) if vbench else None
     for name, method in tqdm(methods.items(), desc="evaluate", disable=not progress):
         model = models[name]
-        vids, nfe, secs = generate(model, data, batch, method, seed)
+        rep, vids = oracle_eval(model, data, batch, method, seed)
         # Latency: one video, median of 3 after a warm-up, diffusion part only.
         one = type(batch)(batch.video[:1], batch.params[:1], batch.captions[:1])
         generate(model, data, one, method, seed)
         lat = sorted(generate(model, data, one, method, seed)[2] for _ in range(3))[1]
-        rep = oracle_report(vids, batch.params, batch.first_frame, data.world.cfg)
-        row = {"NFE": nfe, "latency_s": lat, **{f"oracle/{key}": v for key, v in rep.items() if key != "n"}}
+        row = {"NFE": rep["nfe"], "latency_s": lat, **oracle_columns(rep)}
         if vbench:
             row.update(proxy_metrics(vids, batch, k, ref_feats, ecfg))
         rows[name] = row

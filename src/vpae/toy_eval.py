@@ -60,10 +60,16 @@ def generate(backbone: Backbone, data, batch: ToyBatch, method: Method, seed: in
 
 
 def oracle_eval(backbone: Backbone, data, batch: ToyBatch, method: Method, seed: int = 0) -> tuple[dict, torch.Tensor]:
+    """Sample the batch with `method` and score it with the oracle: (report + nfe + sample_seconds, videos)."""
     videos, nfe, secs = generate(backbone, data, batch, method, seed)
     rep = oracle_report(videos, batch.params, batch.first_frame, data.world.cfg)
     rep.update(nfe=nfe, sample_seconds=secs)
     return rep, videos
+
+
+def oracle_columns(rep: dict) -> dict:
+    """An oracle_eval report as result-table columns ("oracle/<metric>"; counts and timings left out)."""
+    return {f"oracle/{k}": v for k, v in rep.items() if k not in ("n", "nfe", "sample_seconds")}
 
 
 OPPOSITE_DIRECTION = {"left": "right", "right": "left", "up": "down", "down": "up"}

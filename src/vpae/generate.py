@@ -225,11 +225,6 @@ def build_conditioning(backbone, stack: Stack, prompt: Optional[str], embeddings
 # ----------------------------------------------------------------------------------------------
 # Generation
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddings: Optional[Path] = None,
                    image: Optional[Path] = None, sampler: str = "euler", steps: int = 50,
@@ -245,8 +240,8 @@ def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddin
     model load and file writing excluded), load_s, write_s, frames, height, width, sampler, steps,
     guidance, model, device). Raises GenerateError on anything the user can fix.
     """
-    from vpae import flow
-    from vpae.sampling import euler_sample, few_step_sample, few_step_sigmas, initial_noise
+    from vpae.eval.latency import sync_device
+    from vpae.sampling import few_step_sample, few_step_sigmas, initial_noise, teacher_sample
 
     if sampler not in SAMPLERS:
         raise GenerateError(f"unknown sampler {sampler!r}; use one of: {', '.join(SAMPLERS)}")
@@ -268,16 +263,16 @@ def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddin
     cond = build_conditioning(backbone, stack, prompt, embeddings, image, frames, height, width).to(dev)
     shape = (1, *stack.codec.latent_shape(frames, height, width))
     noise = initial_noise(shape, seed, dev)
-    _sync(dev)
+    sync_device(dev)
     t2 = time.perf_counter()
     try:
         if sampler == "euler":
-            r = euler_sample(backbone, noise, cond, flow.sigma_schedule(steps, shift), guidance)
+            r = teacher_sample(backbone, noise, cond, steps, guidance, shift)
         else:
             r = few_step_sample(backbone, noise, cond, few_step_sigmas(steps, shift), guidance, seed)
     except ValueError as e:
         raise GenerateError(f"sampling failed: {e}") from e
-    _sync(dev)
+    sync_device(dev)
     diffusion_s = time.perf_counter() - t2
     video = stack.codec.decode(r.x0)[0].float().clamp(-1, 1).cpu()
     total_s = time.perf_counter() - t1

@@ -23,7 +23,8 @@ from vpae.conditioning import Conditioning
 BASELINE_NFE = 100
 
 
-def _sync(device) -> None:
+def sync_device(device) -> None:
+    """Wait for queued CUDA work on `device` (no-op on CPU), so wall-clock timings are real."""
     if torch.device(device).type == "cuda" and torch.cuda.is_available():
         torch.cuda.synchronize(device)
 
@@ -34,10 +35,10 @@ def _time(fn: Callable[[], Any], device, warmup: int, repeats: int) -> tuple[lis
         out = fn()
     times = []
     for _ in range(repeats):
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         out = fn()
-        _sync(device)
+        sync_device(device)
         times.append(time.perf_counter() - t0)
     return times, out
 

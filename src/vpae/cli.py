@@ -92,11 +92,16 @@ def generate(model: str = typer.Option(..., help="Model folder (diffusers WanTra
 @app.command("caption-bank")
 def caption_bank(out: Path = typer.Option(Path(".cache/toy_captions.safetensors")),
                  text_tokens: int = typer.Option(24),
-                 bounce: bool = typer.Option(False, help="Also the 'and bounces back' captions (data.bounce=true)")):
+                 bounce: bool = typer.Option(False, help="Also the 'and bounces back' captions (data.bounce=true)"),
+                 config: Path = typer.Option(None, help="Take the world (and text_tokens) from this config's data section")):
     """Precompute the text embeddings of every toy-world caption (for machines without MiniLM)."""
     from vpae.data.toy import ToyWorldConfig
-    from vpae.pipeline import build_caption_bank
-    typer.echo(f"wrote {build_caption_bank(out, text_tokens, ToyWorldConfig(bounce=bounce))}")
+    from vpae.pipeline import build_caption_bank, world_config
+    world = ToyWorldConfig(bounce=bounce)
+    if config is not None:
+        cfg = _load(config, [])
+        world, text_tokens = world_config(cfg.data), cfg.data.text_tokens
+    typer.echo(f"wrote {build_caption_bank(out, text_tokens, world)}")
 
 
 @app.command()

@@ -54,6 +54,15 @@ class DataConfig:
     """Toy world: False (the shipped teacher's world) draws start positions so the path fits, which gives the
     direction away from the first frame for 61 % of videos; True starts anywhere and reflects at the borders,
     so the direction must be read from the caption (docs/TOY_WORLD.md, "Known leak")."""
+    pixel_grid: bool = False
+    """Toy world: positions and speeds on whole pixels, so the object is the same raster in every frame."""
+    caption_speed: bool = True
+    """Toy world: True: captions state the speed (the old worlds). False: they state neither speed nor bounce,
+    so every speed is equally likely for one caption and first frame: a multimodal world in which the
+    teacher's one-step sample is the blurred average of the modes (docs/TOY_WORLD.md)."""
+    slow_travel: float = 0.25
+    fast_travel: float = 0.5
+    """Toy world: distance travelled over the clip at each speed, as a fraction of min(height, width)."""
     heldout_size: int = 64
     """Videos in the fixed held-out split used for evaluation (oracle metrics)."""
     proxy_videos: int = 8

@@ -20,7 +20,8 @@ from vpae.training.checkpoint import latest_checkpoint, load_checkpoint
 from vpae.training.loop import read_log
 
 CURVE_KEYS = ("loss/fake", "loss/dmd", "loss/g_adv", "loss/c_sds", "loss/d", "loss/st_r1",
-              "eval/caption_following", "eval/first_frame_psnr", "eval/persistence")
+              "eval/caption_following", "eval/first_frame_psnr", "eval/persistence",
+              "collapse/motion_ratio", "collapse/first_frame_drift", "collapse/flash_level", "collapse/contrast_ratio")
 
 
 def curve_eval_fn(data, n: int, seed: int):
@@ -29,7 +30,7 @@ def curve_eval_fn(data, n: int, seed: int):
 
     def factory(generator):
         def fn(step):
-            rep, _ = oracle_eval(generator, data, batch, Method("1", "few_step", 1), seed)
+            rep, _ = oracle_eval(generator, data, batch, Method("1", "few_step", 1), seed, mode_samples=1)
             return {k: rep[k] for k in ("caption_following", "first_frame_psnr", "persistence", "sharpness")}
         return fn
     return factory

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -101,17 +102,36 @@ class _Fp16TextEncoder:
     def negative(self, batch_size: int | None = None):
         return self.enc.negative(batch_size).half().float()
 
+def _text_encoder(d, world: ToyWorldConfig):
+    """The caption bank d.caption_bank when it holds every caption of this world; a missing or stale bank
+    (another world's captions) is (re)built first, which needs the MiniLM package. No bank: MiniLM live."""
+    if not d.caption_bank:
+        return _Fp16TextEncoder(TextEncoder(max_tokens=d.text_tokens))
+    from vpae.data.toy import all_captions
+    bank_path = Path(d.caption_bank)
+    if bank_path.is_file():
+        bank = CaptionBank(bank_path)
+        if bank.max_tokens == d.text_tokens and set(all_captions(world)) <= set(bank.index):
+            return bank
+    tmp = bank_path.with_name(bank_path.name + f".tmp-{os.getpid()}")
+    build_caption_bank(tmp, d.text_tokens, world)
+    os.replace(tmp, bank_path)
+    return CaptionBank(bank_path)
+
+
+def world_config(d) -> ToyWorldConfig:
+    """The toy world a DataConfig describes."""
+    return ToyWorldConfig(frames=d.frames, height=d.height, width=d.width, bounce=d.bounce,
+                          caption_speed=d.caption_speed, pixel_grid=d.pixel_grid, slow_travel=d.slow_travel, fast_travel=d.fast_travel)
+
+
 class ToyData:
     """The toy world with its encoders and codec: batches of (latents, Conditioning)."""
 
     def __init__(self, cfg: VPAEConfig, device: str = "cpu"):
         d = cfg.data
-        self.world = ToyWorld(ToyWorldConfig(frames=d.frames, height=d.height, width=d.width, bounce=d.bounce))
-        bank = Path(d.caption_bank) if d.caption_bank else None
-        if bank is not None and bank.is_file():
-            self.text_encoder = CaptionBank(bank)
-        else:
-            self.text_encoder = _Fp16TextEncoder(TextEncoder(max_tokens=d.text_tokens))
+        self.world = ToyWorld(world_config(d))
+        self.text_encoder = _text_encoder(d, self.world.cfg)
         self.image_encoder = PatchImageEncoder(patch_size=d.image_patch)
         self.codec = IdentityCodec()
         self.frames = d.frames
@@ -253,6 +273,17 @@ def _atomic_dir(out: Path, write) -> Path:
 # ----------------------------------------------------------------------------------------------
 # Teacher pre-training
 
+def _probe_fn(ema: WanBackbone, data: ToyData, n: int):
+    """step -> the EMA teacher's direction-word probe on n held-out videos (does it read the caption yet?)."""
+    from vpae.toy_eval import direction_sensitivity
+    batch = data.heldout(max(1, n))
+
+    def probe(_step: int) -> dict[str, float]:
+        r = direction_sensitivity(ema, data, batch, sigmas=(0.97, 0.9, 0.5))
+        return {f"direction_ratio@{s:g}": v for s, v in r.items()}
+    return probe
+
+
 def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | None = None,
                  progress: bool = True) -> dict:
     run_dir = Path(run_dir)
@@ -266,7 +297,8 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
     result = train("pretrain", step, data.batch_fn(cfg.pretrain.batch_size, cfg.train.seed, cfg.train.num_workers),
                    steps=cfg.pretrain.steps, run_dir=run_dir, seed=cfg.train.seed,
                    checkpoint_every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
-                   log_every=cfg.train.log_every, progress=progress, max_seconds=cfg.pretrain.max_seconds)
+                   log_every=cfg.train.log_every, progress=progress, max_seconds=cfg.pretrain.max_seconds,
+                   eval_fn=_probe_fn(ema, data, cfg.train.eval_videos), eval_every=cfg.train.eval_every)
     if export_dir is not None:
         export_backbone(model, Path(export_dir).with_name(Path(export_dir).name + "_raw"), {"role": "toy_teacher_raw"})
         export_backbone(ema, export_dir, {"role": "toy_teacher", "data": to_dict(cfg.data),

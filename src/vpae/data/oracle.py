@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from vpae.data.toy import DIRECTIONS, ToyVideoParams, ToyWorldConfig, render_numpy, trajectory
+from vpae.data.toy import DIRECTIONS, ToyVideoParams, ToyWorldConfig, caption_modes, render_numpy, trajectory
 
 Tensor = torch.Tensor
 
@@ -81,10 +81,12 @@ def _reference_areas(params: ToyVideoParams, cfg: ToyWorldConfig) -> np.ndarray:
 
 
 def caption_following(video, params: ToyVideoParams, cfg: ToyWorldConfig | None = None) -> dict:
-    """Does the object move as captioned (direction and speed)?
+    """Does the object move as captioned? In a world whose captions leave the speed open
+    (cfg.caption_speed False) every caption-consistent trajectory (`caption_modes`) is tried and the best
+    one counts; `mode` says which (index into caption_modes).
 
-    With measured centroids M_t and the captioned trajectory E_t (from the params), both taken relative to
-    frame 0 (m_t = M_t - M_0, e_t = E_t - E_0): score = clip(1 - sum_t |m_t - e_t| / sum_t |e_t|, 0, 1)
+    Per trajectory, with measured centroids M_t and the trajectory E_t (from the params), both taken relative
+    to frame 0 (m_t = M_t - M_0, e_t = E_t - E_0): score = clip(1 - sum_t |m_t - e_t| / sum_t |e_t|, 0, 1)
     over t >= 1; a frame where the object is not found (soft area < 25% of the ground truth's) counts
     as error 2|e_t|. `follows` = object found in every frame, score >= 0.6, and the net displacement
     has a positive component along the captioned direction. A frozen, reversed or time-shuffled video
@@ -94,13 +96,20 @@ def caption_following(video, params: ToyVideoParams, cfg: ToyWorldConfig | None 
     (d . e >= 0.4 |e|^2; half speed passes, standing still or moving sideways fails). A model that moves
     objects in random directions gets ~25% (4 directions).
     Returns follows, direction_ok, score, displacement (measured net (dx, dy) frame 0 -> last, px),
-    expected (dx, dy), speed_px (measured |displacement| / (F-1)), found (frames where the object was found).
+    expected (dx, dy), speed_px (measured |displacement| / (F-1)), found (frames where the object was found),
+    mode.
     """
     v = _np_video(video)
     cfg = _cfg_for(v, cfg)
     tr = track_object(v, params.rgb)
     ref = _reference_areas(params, cfg)
     found = tr["areas"] >= np.maximum(1.0, 0.25 * ref)
+    rows = [_follow_one(tr, found, mode, cfg) for mode in caption_modes(params, cfg)]
+    best = max(range(len(rows)), key=lambda i: (rows[i]["follows"], rows[i]["direction_ok"], rows[i]["score"]))
+    return {**rows[best], "mode": best}
+
+
+def _follow_one(tr: dict, found: np.ndarray, params: ToyVideoParams, cfg: ToyWorldConfig) -> dict:
     E = trajectory(params, cfg.frames, cfg.height, cfg.width)
     e = E - E[0]
     M = tr["centroids"]
@@ -117,13 +126,77 @@ def caption_following(video, params: ToyVideoParams, cfg: ToyWorldConfig | None 
     disp = m[-1] if found[-1] else np.array([math.nan, math.nan])
     dvec = np.asarray(DIRECTIONS[params.direction], dtype=np.float64)
     along = float(disp @ dvec) if found[-1] else math.nan
-    if params.bounce:  # after a reflection the net displacement may point backwards; trust the score
-        along = abs(along)
-    follows = bool(found.all() and score >= FOLLOW_THRESHOLD and along > 0)
+    # After a reflection the net displacement may point backwards or be zero: trust the score.
+    follows = bool(found.all() and score >= FOLLOW_THRESHOLD and (params.bounce or along > 0))
     # Bouncing objects may end anywhere along the captioned axis; their direction check is the score's.
     direction_ok = bool(found[-1] and (follows if params.bounce else float(disp @ e[-1]) >= 0.4 * float(e[-1] @ e[-1])))
     return {"follows": follows, "direction_ok": direction_ok, "score": score, "displacement": (float(disp[0]), float(disp[1])),
             "expected": exp_disp, "speed_px": float(np.linalg.norm(disp) / (f - 1)), "found": int(found.sum())}
+
+
+MODE_TOLERANCE = 0.25
+"""A sample belongs to a mode when its mean centroid error to that mode's trajectory is at most this
+fraction of the smallest mean distance between two modes' trajectories (so a blurred average of two modes,
+whose centroid lies half-way, belongs to none)."""
+
+
+def assign_mode(video, params: ToyVideoParams, cfg: ToyWorldConfig | None = None) -> int | None:
+    """Index into caption_modes(params, cfg) of the trajectory this video follows, or None (object lost in
+    some frame, or no trajectory close enough: see MODE_TOLERANCE). A unimodal world has one mode, taken
+    when the video follows its caption."""
+    v = _np_video(video)
+    cfg = _cfg_for(v, cfg)
+    modes = caption_modes(params, cfg)
+    if len(modes) == 1:
+        return 0 if caption_following(v, params, cfg)["follows"] else None
+    tr = track_object(v, params.rgb)
+    found = tr["areas"] >= np.maximum(1.0, 0.25 * _reference_areas(params, cfg))
+    if not found.all():
+        return None
+    m = tr["centroids"] - tr["centroids"][0]
+    rel = [(lambda E: E - E[0])(trajectory(p, cfg.frames, cfg.height, cfg.width)) for p in modes]
+    err = [float(np.linalg.norm(m[1:] - e[1:], axis=1).mean()) for e in rel]
+    sep = min(float(np.linalg.norm(a[1:] - b[1:], axis=1).mean())
+              for i, a in enumerate(rel) for b in rel[i + 1:])
+    best = int(np.argmin(err))
+    return best if err[best] <= MODE_TOLERANCE * sep else None
+
+
+def mode_report(sample_sets: Sequence, params: Sequence[ToyVideoParams], cfg: ToyWorldConfig | None = None) -> dict:
+    """Mode coverage of a sampler from K sample sets of the same N conditions (sample_sets[k][i] is the k-th
+    sample for params[i], each drawn with other noise). The data draws every caption-consistent trajectory
+    with equal probability (caption_modes), so:
+    - mode_coverage = 1 - total variation distance between the pooled histogram of assigned modes (with
+      "none" as one more bin) and the data's proportions: 1 = modes hit in the data's proportions; a sampler
+      that always draws the same mode of two scores 0.5, one whose samples belong to no mode scores 0.
+    - mode_diversity = fraction of conditions whose K samples hit at least two different modes (the data
+      itself scores 1 - m * (1/m)^K for m equal modes: 0.875 for m=2, K=4; see expected_mode_diversity).
+    - mode_assigned = fraction of samples that belong to some mode.
+    Only meaningful in a multimodal world (cfg.caption_speed False); a unimodal one reports coverage = the
+    fraction that follows the caption."""
+    params = list(params)
+    if not sample_sets or any(len(s) != len(params) for s in sample_sets):
+        raise ValueError("every sample set needs one video per condition")
+    v0 = _np_video(sample_sets[0][0])
+    cfg = _cfg_for(v0, cfg)
+    m = len(caption_modes(params[0], cfg))
+    counts = np.zeros(m + 1)
+    diverse = 0
+    for i, p in enumerate(params):
+        hits = [assign_mode(s[i], p, cfg) for s in sample_sets]
+        for h in hits:
+            counts[m if h is None else h] += 1
+        diverse += len({h for h in hits if h is not None}) >= 2
+    hist = counts / counts.sum()
+    target = np.append(np.full(m, 1.0 / m), 0.0)
+    return {"mode_coverage": float(1 - 0.5 * np.abs(hist - target).sum()),
+            "mode_diversity": float(diverse / len(params)), "mode_assigned": float(1 - hist[m]),
+            "mode_samples": len(sample_sets)}
+
+
+def expected_mode_diversity(modes: int, samples: int) -> float:
+    """mode_diversity of the data itself: P(K draws from m equally likely modes are not all the same)."""
+    return 1.0 - modes * (1.0 / modes) ** samples if modes > 1 else 0.0
 
 
 def object_persistence(video, params: ToyVideoParams) -> float:

@@ -22,6 +22,7 @@ from vpae.losses import (conditional_sds_loss, discriminator_loss, dmd_loss, fak
                          generator_adversarial_loss, spatiotemporal_perturbation, st_r1_penalty)
 from vpae.sampling import predict_x0
 from vpae.training import roles as R
+from vpae.training.collapse import with_collapse
 
 Tensor = torch.Tensor
 
@@ -148,7 +149,7 @@ class PrimingStep:
         self.gen_opt.step()
         stats["loss/dmd"] = loss_gen.item()
         stats["dmd/real_fake_gap"] = (x0_real - x0_fake).abs().mean().item()
-        return stats
+        return with_collapse(stats, x0_gen, x_data)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,4 +263,4 @@ class EquilibriumStep:
                       "d/logits_real": d["logits_real"].item(), "d/logits_fake": d["logits_fake"].item()})
         if "r1" in d:
             stats["loss/st_r1"] = d["r1"].item()
-        return stats
+        return with_collapse(stats, x0_gen, x_data)

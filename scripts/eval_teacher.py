@@ -13,13 +13,13 @@ import torch
 
 from vpae.config import load_config
 from vpae.pipeline import ToyData, build_teacher
-from vpae.toy_eval import Method, direction_sensitivity, oracle_eval, teacher_methods
+from vpae.toy_eval import direction_sensitivity, ground_truth_report, oracle_eval, teacher_methods, teacher_sweep
 from vpae.training.checkpoint import load_checkpoint
 
 ap = argparse.ArgumentParser()
 ap.add_argument("teacher", help="diffusers folder, builtin:toy, or a pretrain checkpoint directory (its EMA)")
 ap.add_argument("--n", type=int, default=64, help="held-out videos")
-ap.add_argument("--quick", action="store_true", help="only the 100-NFE and 1-NFE samplers")
+ap.add_argument("--quick", action="store_true", help="only the configured CFG sampler and 1 NFE (no guidance sweep)")
 ap.add_argument("--key", default="ema", help="module in a checkpoint: ema | model")
 ap.add_argument("--out", type=Path)
 ap.add_argument("--threads", type=int, default=0)
@@ -38,10 +38,15 @@ res = {"teacher": a.teacher, "n": a.n,
        "direction_sensitivity": {str(k): round(v, 4) for k, v in direction_sensitivity(teacher, data, batch).items()}}
 print("direction sensitivity (loss ratio, opposite / true direction word):", res["direction_sensitivity"], flush=True)
 s = cfg.sampling
-methods = teacher_methods(s.teacher_steps, s.guidance, s.shift)
+methods = teacher_sweep(s.teacher_steps, s.shift)
 if a.quick:
-    methods = [methods[0], methods[-1]]
+    methods = [teacher_methods(s.teacher_steps, s.guidance, s.shift)[0], methods[-1]]
 keys = ("caption_following", "direction_accuracy", "caption_score", "first_frame_psnr", "persistence", "sharpness")
+if not data.world.cfg.caption_speed:
+    keys += ("mode_coverage", "mode_diversity", "mode_assigned")
+gt = ground_truth_report(data, batch)
+res["ground truth"] = {k: round(gt[k], 4) for k in keys}
+print("ground truth: " + ", ".join(f"{k} {gt[k]:.3f}" for k in keys), flush=True)
 for m in methods:
     t0 = time.perf_counter()
     rep, _ = oracle_eval(teacher, data, batch, m)

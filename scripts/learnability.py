@@ -41,7 +41,7 @@ def one(name: str, out: Path, device: str, max_seconds: float) -> dict:
     from vpae.pipeline import build_data, run_pretrain
     from vpae.training.loop import read_log
     from vpae.training.roles import load_wan_backbone
-    from vpae.toy_eval import Method, direction_sensitivity, ground_truth_report, oracle_eval
+    from vpae.toy_eval import direction_sensitivity, ground_truth_report, oracle_eval, teacher_sweep
     cfg = _cfg(name, device, [f"pretrain.max_seconds={max_seconds}", "train.num_workers=1"])
     t0 = time.time()
     r = run_pretrain(cfg, out / f"run_{name}", out / f"teacher_{name}", progress=False)
@@ -52,11 +52,8 @@ def one(name: str, out: Path, device: str, max_seconds: float) -> dict:
     teacher = load_wan_backbone(out / f"teacher_{name}").to(device)
     res["probe"] = direction_sensitivity(teacher, data, batch)
     res["ground_truth"] = ground_truth_report(data, batch)
-    sh = cfg.sampling.shift
-    methods = [Method(f"euler 50 w={w:g}", "euler", 50, w, sh) for w in (1.0, 2.0, 3.0, 5.0)]
-    methods += [Method("euler 4", "euler", 4, 1.0, sh), Method("euler 1", "euler", 1, 1.0, sh)]
     res["samplers"] = {}
-    for m in methods:
+    for m in teacher_sweep(cfg.sampling.teacher_steps, cfg.sampling.shift):
         rep, _ = oracle_eval(teacher, data, batch, m)
         res["samplers"][m.name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in rep.items()}
     res["params"] = sum(p.numel() for p in teacher.parameters())

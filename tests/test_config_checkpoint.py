@@ -271,4 +271,6 @@ def test_every_shipped_config_loads_strictly(path):
         meta = json.loads((resolve_model_path(cfg.model.teacher) / "vpae.json").read_text())
         for key in ("frames", "height", "width", "text_tokens", "image_patch"):
             assert getattr(cfg.data, key) == meta["data"][key], key
-        assert cfg.data.bounce == meta["data"].get("bounce", False)
+        defaults = {"bounce": False, "pixel_grid": False, "caption_speed": True, "slow_travel": 0.25, "fast_travel": 0.5}
+        for key, default in defaults.items():
+            assert getattr(cfg.data, key) == meta["data"].get(key, default), key

@@ -108,3 +108,59 @@ def test_single_metrics_and_validation(held):
         oracle_report(held.video[:2], held.params[:3])
     t2v = oracle_report(held.video[:2], held.params[:2])
     assert "first_frame_psnr" not in t2v and t2v["caption_following"] == 1.0
+
+
+# ---- the multimodal world: captions silent on the speed (data.caption_speed false) ----
+
+from vpae.data.oracle import assign_mode, expected_mode_diversity, mode_report  # noqa: E402
+from vpae.data.toy import ToyWorld, ToyWorldConfig, all_captions, caption_modes, parse_caption, render  # noqa: E402
+
+MULTI = ToyWorldConfig(frames=5, height=16, width=16, bounce=True, pixel_grid=True, caption_speed=False)
+
+
+def test_speedless_captions_and_their_modes():
+    b = ToyWorld(MULTI).heldout(8)
+    for c, p in zip(b.captions, b.params):
+        assert "quickly" not in c and "slowly" not in c and "bounces" not in c
+        assert "speed" not in parse_caption(c)
+        modes = caption_modes(p, MULTI)
+        assert [m.speed for m in modes] == list(MULTI.speeds) and p in modes
+    assert len(all_captions(MULTI)) == 2 * 6 * 4 * 4 * 4
+
+
+def test_pixel_grid_keeps_the_object_raster_so_ground_truth_scores_near_perfect():
+    b = ToyWorld(MULTI).heldout(32)
+    for p in b.params:
+        assert p.x0 % 1 == 0.5 and p.y0 % 1 == 0.5 and p.speed_px % 1 == 0
+    rep = oracle_report(b.video, b.params, b.first_frame, MULTI)
+    # only anti-aliased edge pixels change (they mix with the background under them)
+    assert rep["caption_following"] == 1.0 and rep["persistence"] > 0.97 and rep["sharpness"] == 1.0
+
+
+def test_mode_metrics_separate_data_single_mode_and_blurred_average():
+    b = ToyWorld(MULTI).heldout(48)
+    rng = np.random.default_rng(0)
+    data_sets = [torch.stack([render(caption_modes(p, MULTI)[rng.integers(2)], MULTI) for p in b.params])
+                 for _ in range(4)]
+    data = mode_report(data_sets, b.params, MULTI)
+    assert data["mode_assigned"] == 1.0 and data["mode_coverage"] > 0.9
+    # 48 conditions: the diversity is a binomial proportion around 0.875 (std 0.05)
+    assert abs(data["mode_diversity"] - expected_mode_diversity(2, 4)) < 0.2
+    slow = torch.stack([render(caption_modes(p, MULTI)[0], MULTI) for p in b.params])
+    one = mode_report([slow] * 4, b.params, MULTI)
+    assert one["mode_coverage"] == 0.5 and one["mode_diversity"] == 0.0
+    average = torch.stack([sum(render(m, MULTI) for m in caption_modes(p, MULTI)) / 2 for p in b.params])
+    blurred = mode_report([average] * 4, b.params, MULTI)
+    assert blurred["mode_coverage"] < 0.1 and blurred["mode_assigned"] < 0.1
+    assert oracle_report(average, b.params, b.first_frame, MULTI)["persistence"] < 0.5
+    # each sample is assigned to the trajectory it was rendered from
+    for p in b.params[:8]:
+        for i, m in enumerate(caption_modes(p, MULTI)):
+            assert assign_mode(render(m, MULTI), p, MULTI) == i
+
+
+def test_caption_following_accepts_any_caption_consistent_speed():
+    b = ToyWorld(MULTI).heldout(16)
+    for p in b.params:
+        for m in caption_modes(p, MULTI):
+            assert caption_following(render(m, MULTI), p, MULTI)["follows"]

@@ -1,20 +1,28 @@
-"""`vpae ablate`: the paper's ablations (Tables 2 and 3) on the toy world with equal budgets.
+"""`vpae ablate`: the paper's ablations (Tables 2 and 3) and the Table 1 rows that exist, on the toy world,
+with equal budgets and several seeds.
 
-Every variant runs the same phase II budget from the same phase I result (phase I runs once and is shared;
-the "no priming" row starts phase II from the teacher). Each variant trains in a fresh process so its peak
-memory (max RSS) is its own. Results: outputs/ablate/report.{md,html}, results.json.
+Per seed, phase I runs once and is shared by every variant that uses it (the "no priming" row starts phase II
+from the teacher; "V-PAE-I" is the phase I generator itself). Each (variant, seed) trains in a fresh process
+(so its peak memory is its own; `workers` of them at a time) and writes its row to `<out>/<variant>/seed_<s>/
+row.json`, so a killed reproduction resumes where it stopped (finished rows are kept, unfinished runs resume
+from their checkpoints). Results: mean and spread over seeds per variant, and a verdict per paper claim: a
+claim "reproduces" only when the mean gap exceeds the spread (sum of the two standard deviations).
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import resource
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 # name -> (table, config overrides); the default V-PAE is semantic head, unified backbone, lambda 10.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "V-PAE-I (phase I only)": ("Table 1", ["equilibrium.steps=0"]),
     "UAE + none (no priming)": ("Table 2", ["priming.steps=0"]),
     "UAE + V-PAE-I (default)": ("Table 2/3", []),
     "head conv": ("Table 3 head", ["equilibrium.head=conv"]),
@@ -25,13 +33,29 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "lambda 2.5": ("Table 3 C-SDS", ["equilibrium.sds_lambda=2.5"]),
     "lambda 100": ("Table 3 C-SDS", ["equilibrium.sds_lambda=100"]),
 }
+DEFAULT = "UAE + V-PAE-I (default)"
+
+# The paper's claims: (claim, better variant, worse variant). Judged on JUDGED_METRICS.
+CLAIMS: list[tuple[str, str, str]] = [
+    ("Table 1: phase II improves on phase I", DEFAULT, "V-PAE-I (phase I only)"),
+    ("Table 2: stability priming before UAE", DEFAULT, "UAE + none (no priming)"),
+    ("Table 3: semantic head over conv head", DEFAULT, "head conv"),
+    ("Table 3: semantic head over CA head", DEFAULT, "head ca"),
+    ("Table 3: unified backbone over frozen teacher", DEFAULT, "backbone frozen"),
+    ("Table 3: unified backbone matches a trained copy", DEFAULT, "backbone trained"),
+    ("Table 3: lambda 10 over 0", DEFAULT, "lambda 0"),
+    ("Table 3: lambda 10 over 2.5", DEFAULT, "lambda 2.5"),
+    ("Table 3: lambda 10 over 100", DEFAULT, "lambda 100"),
+]
+JUDGED_METRICS = ("oracle/caption_following", "oracle/persistence", "oracle/first_frame_psnr", "oracle/mode_coverage",
+                  "oracle/sharpness_error")
 
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
 
 
-def _variant_worker(config_path, base_overrides, overrides, run_dir, shared_priming, queue):
+def _variant_worker(config_path, base_overrides, overrides, run_dir, shared_priming, proxies):
     import torch
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from vpae.config import load_config
@@ -49,14 +73,55 @@ def _variant_worker(config_path, base_overrides, overrides, run_dir, shared_prim
     batch = data.heldout(cfg.data.heldout_size)
     rep, vids = oracle_eval(r["generator"].eval(), data, batch, Method("1", "few_step", 1), cfg.train.seed)
     row = oracle_columns(rep)
-    row.update(proxy_metrics(vids, batch, cfg.data.proxy_videos))
+    row["oracle/sharpness_error"] = abs(row["oracle/sharpness"] - 1.0)
+    if proxies:
+        row.update(proxy_metrics(vids, batch, cfg.data.proxy_videos))
     row["train_s"] = train_s
     row["peak_rss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put(row)
+    tmp = run_dir / "row.json.tmp"
+    tmp.write_text(json.dumps(row))
+    tmp.replace(run_dir / "row.json")
+
+
+def aggregate(per_seed: dict[str, list[dict]]) -> dict[str, dict]:
+    """{variant: [row per seed]} -> {variant: {metric: mean, metric_std: std (ddof 1), seeds: n}}."""
+    out = {}
+    for name, rows in per_seed.items():
+        agg = {"seeds": len(rows)}
+        for k in rows[0]:
+            vals = [r[k] for r in rows if isinstance(r.get(k), (int, float))]
+            if len(vals) == len(rows):
+                agg[k] = float(np.mean(vals))
+                agg[k + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+        out[name] = agg
+    return out
+
+
+def judge(agg: dict[str, dict], claims=CLAIMS, metrics=JUDGED_METRICS) -> list[dict]:
+    """Per claim and metric: gap = better - worse (sign flipped where lower is better), spread = sum of the two
+    stds; 'reproduces' if gap > spread, 'contradicted' if -gap > spread, else 'within spread'. For the claim
+    that the unified backbone *matches* a trained copy, 'reproduces' means |gap| <= spread."""
+    out = []
+    for claim, a, b in claims:
+        if a not in agg or b not in agg:
+            continue
+        for m in metrics:
+            if m not in agg[a] or m not in agg[b]:
+                continue
+            sign = -1.0 if m.endswith("_error") else 1.0
+            gap = sign * (agg[a][m] - agg[b][m])
+            spread = agg[a].get(m + "_std", float("nan")) + agg[b].get(m + "_std", float("nan"))
+            if "matches" in claim:
+                verdict = "reproduces" if abs(gap) <= spread else ("better" if gap > 0 else "contradicted")
+            else:
+                verdict = "reproduces" if gap > spread else ("contradicted" if -gap > spread else "within spread")
+            out.append({"claim": claim, "metric": m, "gap": gap, "spread": spread, "verdict": verdict})
+    return out
 
 
 def run_ablation(config_path: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
-                 variants: list[str] | None = None, progress: bool = True) -> dict:
+                 variants: list[str] | None = None, progress: bool = True, seeds: list[int] | None = None,
+                 workers: int = 1, proxies: bool = True) -> dict:
     from tqdm.auto import tqdm
     from vpae.config import load_config
     from vpae.eval import write_report
@@ -66,31 +131,55 @@ def run_ablation(config_path: str | Path, out_dir: str | Path, overrides: list[s
     out.mkdir(parents=True, exist_ok=True)
     overrides = list(overrides or [])
     names = variants or list(VARIANTS)
+    seeds = list(seeds if seeds is not None else [0])
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    if not seeds or workers < 1:
+        raise ValueError("need at least one seed and workers >= 1")
     t0 = time.perf_counter()
-    # Phase I once, shared by every variant that uses it.
-    cfg = load_config(config_path, overrides + ["equilibrium.steps=0"])
-    shared = out / "shared_phase1"
-    run_distill(cfg, shared, "priming", progress=progress)
+    # Phase I once per seed, shared by every variant that uses it.
+    for seed in tqdm(seeds, desc="phase I per seed", disable=not progress):
+        cfg = load_config(config_path, overrides + [f"train.seed={seed}", "equilibrium.steps=0"])
+        run_distill(cfg, out / f"shared_phase1_seed_{seed}", "priming", progress=False)
     ctx = mp.get_context("spawn")
-    rows = {}
-    for name in tqdm(names, desc="ablate", disable=not progress):
-        table, ov = VARIANTS[name]
-        q = ctx.Queue()
-        p = ctx.Process(target=_variant_worker, args=(str(config_path), overrides, ov, str(out / _slug(name)),
-                                                      str(shared / "priming"), q))
-        p.start()
-        row = q.get()
-        p.join()
-        rows[name] = {"table": table, **row}
+    jobs = [(n, s) for s in seeds for n in names if not (out / _slug(n) / f"seed_{s}" / "row.json").is_file()]
+    running: list[tuple[mp.Process, str, int]] = []
+    bar = tqdm(total=len(jobs), desc="ablate", disable=not progress)
+    while jobs or running:
+        while jobs and len(running) < workers:
+            name, seed = jobs.pop(0)
+            p = ctx.Process(target=_variant_worker,
+                            args=(str(config_path), overrides + [f"train.seed={seed}"], VARIANTS[name][1],
+                                  str(out / _slug(name) / f"seed_{seed}"),
+                                  str(out / f"shared_phase1_seed_{seed}" / "priming"), proxies))
+            p.start()
+            running.append((p, name, seed))
+        time.sleep(0.5)
+        for item in list(running):
+            if not item[0].is_alive():
+                item[0].join()
+                running.remove(item)
+                bar.update(1)
+                if item[0].exitcode != 0:
+                    raise RuntimeError(f"variant {item[1]!r} seed {item[2]} failed (exit {item[0].exitcode}); "
+                                       f"its run folder {out / _slug(item[1]) / f'seed_{item[2]}'} resumes on the next call")
+    bar.close()
+    per_seed = {n: [json.loads((out / _slug(n) / f"seed_{s}" / "row.json").read_text()) for s in seeds] for n in names}
+    agg = aggregate(per_seed)
+    verdicts = judge(agg)
+    rows = {n: {"table": VARIANTS[n][0], **agg[n]} for n in names}
     total = time.perf_counter() - t0
     notes = [f"Equal budgets: every variant runs phase II with the same steps and batch from the same phase I "
-             f"checkpoint (except 'no priming', which starts from the teacher). Total wall time {total:.0f}s.",
-             "All rows are the 1-NFE generator on the held-out toy split; oracle/* from ground truth, proxy/* "
-             "offline-tier VBench-I2V substitutes, FD on EffNet-Lite0 frame features (not FVD).",
-             "peak_rss_MB: max resident memory of the variant's own process (CPU)."]
-    write_report(out, rows, None, None, title="V-PAE ablations on the toy world (Tables 2-3 analogue)",
-                 notes=notes, results={"rows": rows, "total_s": total, "overrides": overrides})
-    return {"rows": rows, "total_s": total, "out": out}
+             f"checkpoint of its seed (except 'no priming', which starts from the teacher). Seeds {seeds}; "
+             f"each value is the mean over seeds, *_std the standard deviation (ddof 1). Wall time {total:.0f}s "
+             f"(this call; finished rows of an earlier call are reused).",
+             "All rows are the 1-NFE generator on the held-out toy split; oracle/* from ground truth "
+             "(sharpness_error = |sharpness - 1|), proxy/* offline-tier VBench-I2V substitutes.",
+             "A claim reproduces only when its mean gap exceeds the spread (sum of the two standard deviations)."]
+    notes += [f"{v['claim']} [{v['metric']}]: gap {v['gap']:+.3f}, spread {v['spread']:.3f} -> {v['verdict']}"
+              for v in verdicts]
+    write_report(out, rows, None, None, title="V-PAE ablations on the toy world (Tables 1-3 analogue)",
+                 notes=notes, results={"rows": rows, "per_seed": per_seed, "verdicts": verdicts, "total_s": total,
+                                       "overrides": overrides, "seeds": seeds})
+    return {"rows": rows, "per_seed": per_seed, "verdicts": verdicts, "total_s": total, "out": out}

@@ -124,12 +124,20 @@ def demo(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Demo c
 def ablate(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Base config (the demo's)"),
            out: Path = typer.Option(Path("outputs/ablate"), help="Output folder"),
            variant: List[str] = typer.Option([], help="Run only these variants (repeatable); default all"),
+           seeds: str = typer.Option("0", help="Comma-separated training seeds, e.g. 0,1,2 (mean and spread)"),
+           workers: int = typer.Option(1, help="Variant runs at a time (each in its own process)"),
+           proxies: bool = typer.Option(True, help="Also the offline VBench-I2V proxies and FD (slow on a CPU)"),
            set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
-    """The paper's ablations (Table 2: priming; Table 3: heads, backbone, lambda) with equal budgets."""
+    """The paper's ablations (Table 1 phases, Table 2 priming, Table 3 heads/backbone/lambda) with equal
+    budgets over several seeds; resumable (rerun the same command)."""
     from vpae.ablate import run_ablation
     _load(config, set_)  # validate overrides up front
     try:
-        r = run_ablation(config, out, set_, variant or None)
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        _fail(f"--seeds must be comma-separated integers, got {seeds!r}")
+    try:
+        r = run_ablation(config, out, set_, variant or None, seeds=seed_list, workers=workers, proxies=proxies)
     except ValueError as e:
         _fail(str(e))
     typer.echo(f"ablation finished in {r['total_s']:.0f}s: {out / 'report.html'}")

@@ -32,6 +32,14 @@ def teacher_methods(steps: int = 50, guidance: float = 5.0, shift: float = 3.0) 
             Method("teacher 1 NFE", "euler", 1, 1.0, shift)]
 
 
+def teacher_sweep(steps: int = 50, shift: float = 3.0, guidances=(1.0, 2.0, 3.0, 5.0)) -> list[Method]:
+    """The teacher's samplers compared when choosing its guidance scale: `steps` Euler steps at each CFG
+    scale, then 4 and 1 Euler steps without CFG."""
+    out = [Method(f"teacher {steps} steps w={w:g} ({2 * steps if w != 1 else steps} NFE)", "euler", steps, w, shift)
+           for w in guidances]
+    return out + [Method("teacher 4 NFE", "euler", 4, 1.0, shift), Method("teacher 1 NFE", "euler", 1, 1.0, shift)]
+
+
 def student_methods(shift: float = 1.0) -> list[Method]:
     return [Method("V-PAE 4 NFE", "few_step", 4, 1.0, shift), Method("V-PAE 1 NFE", "few_step", 1, 1.0, shift)]
 
@@ -99,7 +107,7 @@ def ground_truth_report(data, batch: ToyBatch, mode_samples: int = MODE_SAMPLES,
 
 def oracle_columns(rep: dict) -> dict:
     """An oracle_eval report as result-table columns ("oracle/<metric>"; counts and timings left out)."""
-    return {f"oracle/{k}": v for k, v in rep.items() if k not in ("n", "nfe", "sample_seconds")}
+    return {f"oracle/{k}": v for k, v in rep.items() if k not in ("n", "nfe", "sample_seconds", "mode_samples")}
 
 
 OPPOSITE_DIRECTION = {"left": "right", "right": "left", "up": "down", "down": "up"}

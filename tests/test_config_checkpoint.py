@@ -274,3 +274,15 @@ def test_every_shipped_config_loads_strictly(path):
         defaults = {"bounce": False, "pixel_grid": False, "caption_speed": True, "slow_travel": 0.25, "fast_travel": 0.5}
         for key, default in defaults.items():
             assert getattr(cfg.data, key) == meta["data"].get(key, default), key
+
+
+def test_pretrain_lr_cooldown_only_touches_the_last_steps():
+    from vpae.config import PretrainConfig
+    model = make_wan(num_layers=1).requires_grad_(True)
+    step = PretrainStep(model, R.make_ema(model), PretrainConfig(steps=10, lr=1e-3, warmup_steps=2, lr_decay_steps=4))
+    lrs = []
+    for k in range(10):
+        step.step(k, *_batch(k))
+        lrs.append(step.opt.param_groups[0]["lr"])
+    # warm-up 0.5, 1; constant until step 6 = steps - decay; then 4/4, 3/4, 2/4, 1/4 of the base lr
+    assert lrs == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])

@@ -97,6 +97,9 @@ class PretrainConfig:
     grad_clip: float = 1.0
     max_seconds: float = 0.0
     """Stop (with a checkpoint) after this much wall time; 0 = run all steps."""
+    lr_decay_steps: int = 0
+    """Linear learning-rate cool-down to 0 over the last N of `steps` (0: constant after warm-up). Steps
+    before `steps - N` are unaffected, so a run can be extended with a cool-down by resuming."""
 
 
 @dataclass

@@ -300,9 +300,11 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
                    log_every=cfg.train.log_every, progress=progress, max_seconds=cfg.pretrain.max_seconds,
                    eval_fn=_probe_fn(ema, data, cfg.train.eval_videos), eval_every=cfg.train.eval_every)
     if export_dir is not None:
-        export_backbone(model, Path(export_dir).with_name(Path(export_dir).name + "_raw"), {"role": "toy_teacher_raw"})
+        # the raw (non-EMA) weights stay in the run folder, so exporting into the package ships the EMA only
+        export_backbone(model, run_dir / "export_raw", {"role": "toy_teacher_raw"})
         export_backbone(ema, export_dir, {"role": "toy_teacher", "data": to_dict(cfg.data),
                                           "pretrain": to_dict(cfg.pretrain), "seconds": result["seconds"]})
+        shutil.copyfile(run_dir / "log.jsonl", Path(export_dir) / "train_log.jsonl")
     return result
 
 

@@ -86,6 +86,8 @@ class PretrainStep:
         loss = (v - flow.velocity_target(x_data, eps)).pow(2).flatten(1).mean(1).mean()
         # Update weights.
         warm = min(1.0, (step + 1) / max(1, self.cfg.warmup_steps))
+        if self.cfg.lr_decay_steps > 0:
+            warm *= min(1.0, (self.cfg.steps - step) / self.cfg.lr_decay_steps)
         for g in self.opt.param_groups:
             g["lr"] = self.cfg.lr * warm
         self.opt.zero_grad(set_to_none=True)

@@ -286,3 +286,11 @@ def test_pretrain_lr_cooldown_only_touches_the_last_steps():
         lrs.append(step.opt.param_groups[0]["lr"])
     # warm-up 0.5, 1; constant until step 6 = steps - decay; then 4/4, 3/4, 2/4, 1/4 of the base lr
     assert lrs == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
+
+
+@pytest.mark.parametrize("override", ["priming.batch_size=0", "equilibrium.batch_size=-1", "pretrain.batch_size=0",
+                                      "train.checkpoint_every=0", "train.log_every=0", "train.keep_checkpoints=0",
+                                      "pretrain.lr_decay_steps=-1", "data.fast_travel=0.1"])
+def test_sizes_and_intervals_below_one_are_config_errors(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[-1]):
+        load_config("configs/toy/demo.yaml", [override])

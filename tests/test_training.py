@@ -69,6 +69,27 @@ def test_zero_init_lora_real_equals_fake_exactly():
     assert torch.equal(v_real2, v_plain)
 
 
+def test_fake_score_restores_the_adapter_state_it_found():
+    teacher = make_wan()
+    R.make_teacher_and_fake(teacher, 4, 4, TARGETS)
+    with torch.no_grad():
+        for n, p in teacher.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    x, c, s = make_latent(), make_cond(), torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        with R.real_score(teacher):
+            v_real = teacher.velocity(x, s, c)
+        teacher.model.disable_adapters()  # adapters off before: still off after the fake score
+        with R.fake_score(teacher):
+            v_fake = teacher.velocity(x, s, c)
+        assert torch.equal(teacher.velocity(x, s, c), v_real)
+        teacher.model.enable_adapters()  # on before: on after
+        with R.fake_score(teacher):
+            pass
+        assert torch.equal(teacher.velocity(x, s, c), v_fake)
+
+
 def test_copy_generator_refuses_after_adapter():
     teacher, _ = _roles()
     with pytest.raises(ValueError, match="before attaching"):

@@ -218,10 +218,17 @@ def validate(cfg: VPAEConfig) -> None:
             raise ConfigError(f"{name} = {value!r}; choose one of {allowed}")
     if (cfg.data.frames - 1) % 4:
         raise ConfigError(f"data.frames must be 4n+1, got {cfg.data.frames}")
-    for name in ("priming.steps", "equilibrium.steps", "pretrain.steps"):
+    for name in ("priming.steps", "equilibrium.steps", "pretrain.steps", "pretrain.lr_decay_steps", "train.eval_every"):
         sec, key = name.split(".")
         if getattr(getattr(cfg, sec), key) < 0:
             raise ConfigError(f"{name} must be >= 0")
+    for name in ("priming.batch_size", "equilibrium.batch_size", "pretrain.batch_size", "train.checkpoint_every",
+                 "train.log_every", "train.keep_checkpoints", "data.heldout_size"):
+        sec, key = name.split(".")
+        if getattr(getattr(cfg, sec), key) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(getattr(cfg, sec), key)}")
+    if not 0 < cfg.data.slow_travel < cfg.data.fast_travel:
+        raise ConfigError(f"need 0 < data.slow_travel < data.fast_travel, got {cfg.data.slow_travel}, {cfg.data.fast_travel}")
 
 
 # -- strict loading ----------------------------------------------------------------------------

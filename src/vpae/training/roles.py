@@ -94,10 +94,22 @@ def real_score(teacher: WanBackbone):
 
 @contextlib.contextmanager
 def fake_score(teacher: WanBackbone):
-    """The teacher with the "fake" LoRA adapter on: the fake score."""
-    teacher.model.set_adapter(FAKE_ADAPTER)
-    teacher.model.enable_adapters()
-    yield teacher
+    """The teacher with the "fake" LoRA adapter on: the fake score. On exit the adapters are put back as
+    they were (active adapter, and switched off if they were off)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    model = teacher.model
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    were_off = bool(layers) and all(m.disable_adapters for m in layers)
+    active = model.active_adapters() if layers else []
+    model.set_adapter(FAKE_ADAPTER)
+    model.enable_adapters()
+    try:
+        yield teacher
+    finally:
+        if active:
+            model.set_adapter(active if len(active) > 1 else active[0])
+        if were_off:
+            model.disable_adapters()
 
 
 class AdapterState(nn.Module):

@@ -83,6 +83,37 @@ def _variant_worker(config_path, base_overrides, overrides, run_dir, shared_prim
     tmp.replace(run_dir / "row.json")
 
 
+def _phase1_worker(config_path, overrides, run_dir):
+    from vpae.config import load_config
+    from vpae.pipeline import run_distill
+    run_distill(load_config(config_path, overrides), run_dir, "priming", progress=False)
+
+
+def _run_pool(ctx, jobs, workers: int, desc: str, progress: bool) -> None:
+    """Run (target, args, label) jobs in fresh processes, `workers` at a time; a failed job stops the pool
+    with its label (finished jobs keep their results, so the next call resumes)."""
+    from tqdm.auto import tqdm
+    jobs, running = list(jobs), []
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
+    while jobs or running:
+        while jobs and len(running) < workers:
+            target, args, label = jobs.pop(0)
+            p = ctx.Process(target=target, args=args)
+            p.start()
+            running.append((p, label))
+        time.sleep(0.2)
+        for p, label in list(running):
+            if not p.is_alive():
+                p.join()
+                running.remove((p, label))
+                bar.update(1)
+                if p.exitcode != 0:
+                    for q, _ in running:
+                        q.join()
+                    raise RuntimeError(f"{label} failed (exit {p.exitcode}); rerun the same command to resume")
+    bar.close()
+
+
 def aggregate(per_seed: dict[str, list[dict]]) -> dict[str, dict]:
     """{variant: [row per seed]} -> {variant: {metric: mean, metric_std: std (ddof 1), seeds: n}}."""
     out = {}
@@ -122,10 +153,7 @@ def judge(agg: dict[str, dict], claims=CLAIMS, metrics=JUDGED_METRICS) -> list[d
 def run_ablation(config_path: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
                  variants: list[str] | None = None, progress: bool = True, seeds: list[int] | None = None,
                  workers: int = 1, proxies: bool = True) -> dict:
-    from tqdm.auto import tqdm
-    from vpae.config import load_config
     from vpae.eval import write_report
-    from vpae.pipeline import run_distill
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,33 +166,16 @@ def run_ablation(config_path: str | Path, out_dir: str | Path, overrides: list[s
     if not seeds or workers < 1:
         raise ValueError("need at least one seed and workers >= 1")
     t0 = time.perf_counter()
-    # Phase I once per seed, shared by every variant that uses it.
-    for seed in tqdm(seeds, desc="phase I per seed", disable=not progress):
-        cfg = load_config(config_path, overrides + [f"train.seed={seed}", "equilibrium.steps=0"])
-        run_distill(cfg, out / f"shared_phase1_seed_{seed}", "priming", progress=False)
     ctx = mp.get_context("spawn")
-    jobs = [(n, s) for s in seeds for n in names if not (out / _slug(n) / f"seed_{s}" / "row.json").is_file()]
-    running: list[tuple[mp.Process, str, int]] = []
-    bar = tqdm(total=len(jobs), desc="ablate", disable=not progress)
-    while jobs or running:
-        while jobs and len(running) < workers:
-            name, seed = jobs.pop(0)
-            p = ctx.Process(target=_variant_worker,
-                            args=(str(config_path), overrides + [f"train.seed={seed}"], VARIANTS[name][1],
-                                  str(out / _slug(name) / f"seed_{seed}"),
-                                  str(out / f"shared_phase1_seed_{seed}" / "priming"), proxies))
-            p.start()
-            running.append((p, name, seed))
-        time.sleep(0.5)
-        for item in list(running):
-            if not item[0].is_alive():
-                item[0].join()
-                running.remove(item)
-                bar.update(1)
-                if item[0].exitcode != 0:
-                    raise RuntimeError(f"variant {item[1]!r} seed {item[2]} failed (exit {item[0].exitcode}); "
-                                       f"its run folder {out / _slug(item[1]) / f'seed_{item[2]}'} resumes on the next call")
-    bar.close()
+    # Phase I once per seed (shared by every variant that uses it), then every (variant, seed) run.
+    phase1 = [(_phase1_worker, (str(config_path), overrides + [f"train.seed={s}", "equilibrium.steps=0"],
+                                str(out / f"shared_phase1_seed_{s}")), f"phase I seed {s}") for s in seeds]
+    variants_jobs = [(_variant_worker, (str(config_path), overrides + [f"train.seed={s}"], VARIANTS[n][1],
+                                        str(out / _slug(n) / f"seed_{s}"), str(out / f"shared_phase1_seed_{s}" / "priming"),
+                                        proxies), f"{n!r} seed {s}")
+                     for s in seeds for n in names if not (out / _slug(n) / f"seed_{s}" / "row.json").is_file()]
+    _run_pool(ctx, phase1, workers, "phase I per seed", progress)
+    _run_pool(ctx, variants_jobs, workers, "ablate", progress)
     per_seed = {n: [json.loads((out / _slug(n) / f"seed_{s}" / "row.json").read_text()) for s in seeds] for n in names}
     agg = aggregate(per_seed)
     verdicts = judge(agg)

@@ -20,9 +20,9 @@ def test_demo_pipeline_writes_report(tmp_path):
     rows = dict(r["rows"])
     truth = rows.pop("ground truth")
     assert truth["oracle/caption_following"] == 1.0 and truth["oracle/mode_assigned"] == 1.0
-    assert list(rows) == ["teacher 4 NFE (2 steps + CFG)", "teacher 4 NFE", "teacher 1 NFE", "V-PAE-I 1 NFE",
+    assert list(rows) == ["teacher 2 NFE (2 steps)", "teacher 4 NFE", "teacher 1 NFE", "V-PAE-I 1 NFE",
                           "V-PAE 4 NFE", "V-PAE 1 NFE"]
-    assert [rows[n]["NFE"] for n in rows] == [4, 4, 1, 1, 4, 1]
+    assert [rows[n]["NFE"] for n in rows] == [2, 4, 1, 1, 4, 1]
     for name, row in rows.items():
         assert 0.0 <= row["oracle/caption_following"] <= 1.0
         assert row["latency_s"] > 0

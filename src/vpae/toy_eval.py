@@ -27,7 +27,8 @@ class Method:
 
 def teacher_methods(steps: int = 50, guidance: float = 5.0, shift: float = 3.0) -> list[Method]:
     nfe = 2 * steps if guidance != 1 else steps
-    return [Method(f"teacher {nfe} NFE ({steps} steps + CFG)", "euler", steps, guidance, shift),
+    how = f"{steps} steps + CFG {guidance:g}" if guidance != 1 else f"{steps} steps"
+    return [Method(f"teacher {nfe} NFE ({how})", "euler", steps, guidance, shift),
             Method("teacher 4 NFE", "euler", 4, 1.0, shift),
             Method("teacher 1 NFE", "euler", 1, 1.0, shift)]
 

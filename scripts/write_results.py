@@ -48,7 +48,7 @@ def demo_section(d):
            f"{d['timings'].get('equilibrium', 0):.0f} s; evaluation {d['timings']['eval_s']:.0f} s). "
            f"Held-out split: {cfg['data']['heldout_size']} videos of {cfg['data']['frames']} x {cfg['data']['height']} x "
            f"{cfg['data']['width']}; mode metrics from 4 samples per video.", "",
-           table(d["rows"], DEMO_COLS), "", "Contract (V-PAE 1 NFE must reach >= 0.90 of the 100-NFE teacher):", ""]
+           table(d["rows"], DEMO_COLS), "", "Contract (V-PAE 1 NFE must reach >= 0.90 of the multi-step teacher, the first row):", ""]
     for m, c in d.get("contract", {}).items():
         out.append(f"- {m}: {c['student']:.3f} / {c['teacher_100nfe']:.3f} = **{c['ratio']:.2f}** "
                    f"({'pass' if c['pass'] else 'FAIL'}); the 1-NFE teacher has {c['teacher_1nfe']:.3f}")
@@ -70,7 +70,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--demo", type=Path, default=Path("outputs/demo/results.json"))
     ap.add_argument("--reproduce", type=Path, default=Path("outputs/reproduce/results.json"))
-    ap.add_argument("--notes", type=Path, default=None, help="Markdown appended verbatim (readings, caveats)")
+    ap.add_argument("--notes", type=Path, default=Path("docs/results_readings.md"),
+                    help="Markdown appended verbatim (readings of the numbers, settings tried, history)")
     ap.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
     a = ap.parse_args()
     parts = ["# Measured results", "",

@@ -37,7 +37,6 @@ def _cfg(name: str, device: str, extra: list[str]):
 
 
 def one(name: str, out: Path, device: str, max_seconds: float) -> dict:
-    import torch
     from vpae.pipeline import build_data, run_pretrain
     from vpae.training.loop import read_log
     from vpae.training.roles import load_wan_backbone
@@ -57,7 +56,6 @@ def one(name: str, out: Path, device: str, max_seconds: float) -> dict:
         rep, _ = oracle_eval(teacher, data, batch, m)
         res["samplers"][m.name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in rep.items()}
     res["params"] = sum(p.numel() for p in teacher.parameters())
-    torch.cuda.empty_cache() if device == "cuda" else None
     return res
 
 

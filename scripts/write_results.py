@@ -50,7 +50,7 @@ def demo_section(d):
            f"{cfg['data']['width']}; mode metrics from 4 samples per video.", "",
            table(d["rows"], DEMO_COLS), "", "Contract (V-PAE 1 NFE must reach >= 0.90 of the multi-step teacher, the first row):", ""]
     for m, c in d.get("contract", {}).items():
-        out.append(f"- {m}: {c['student']:.3f} / {c['teacher_100nfe']:.3f} = **{c['ratio']:.2f}** "
+        out.append(f"- {m}: {c['student']:.3f} / {c['teacher_multistep']:.3f} = **{c['ratio']:.2f}** "
                    f"({'pass' if c['pass'] else 'FAIL'}); the 1-NFE teacher has {c['teacher_1nfe']:.3f}")
     return "\n".join(out)
 

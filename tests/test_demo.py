@@ -66,6 +66,6 @@ def test_claim_verdicts_need_the_gap_to_exceed_the_spread():
     agg = {"A": {"oracle/persistence": 0.8, "oracle/persistence_std": 0.02},
            "B": {"oracle/persistence": 0.7, "oracle/persistence_std": 0.02},
            "C": {"oracle/persistence": 0.79, "oracle/persistence_std": 0.02}}
-    v = judge(agg, [("A over B", "A", "B"), ("A over C", "A", "C"), ("B over A", "B", "A"),
-                    ("A matches C", "A", "C")], ("oracle/persistence",))
+    v = judge(agg, [("A over B", "A", "B", "better"), ("A over C", "A", "C", "better"),
+                    ("B over A", "B", "A", "better"), ("A matches C", "A", "C", "match")], ("oracle/persistence",))
     assert [x["verdict"] for x in v] == ["reproduces", "within spread", "contradicted", "reproduces"]

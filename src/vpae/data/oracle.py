@@ -101,17 +101,26 @@ def caption_following(video, params: ToyVideoParams, cfg: ToyWorldConfig | None 
     """
     v = _np_video(video)
     cfg = _cfg_for(v, cfg)
-    tr = track_object(v, params.rgb)
-    ref = _reference_areas(params, cfg)
-    found = tr["areas"] >= np.maximum(1.0, 0.25 * ref)
+    tr, found = _track(v, params, cfg)
     rows = [_follow_one(tr, found, mode, cfg) for mode in caption_modes(params, cfg)]
     best = max(range(len(rows)), key=lambda i: (rows[i]["follows"], rows[i]["direction_ok"], rows[i]["score"]))
     return {**rows[best], "mode": best}
 
 
-def _follow_one(tr: dict, found: np.ndarray, params: ToyVideoParams, cfg: ToyWorldConfig) -> dict:
+def _track(v: np.ndarray, params: ToyVideoParams, cfg: ToyWorldConfig) -> tuple[dict, np.ndarray]:
+    """track_object plus, per frame, whether the object was found (soft area >= 25 % of the ground truth's)."""
+    tr = track_object(v, params.rgb)
+    return tr, tr["areas"] >= np.maximum(1.0, 0.25 * _reference_areas(params, cfg))
+
+
+def _displacements(params: ToyVideoParams, cfg: ToyWorldConfig) -> np.ndarray:
+    """The trajectory relative to frame 0: (F, 2) px."""
     E = trajectory(params, cfg.frames, cfg.height, cfg.width)
-    e = E - E[0]
+    return E - E[0]
+
+
+def _follow_one(tr: dict, found: np.ndarray, params: ToyVideoParams, cfg: ToyWorldConfig) -> dict:
+    e = _displacements(params, cfg)
     M = tr["centroids"]
     f = cfg.frames
     exp_disp = tuple(float(x) for x in e[-1])
@@ -149,12 +158,11 @@ def assign_mode(video, params: ToyVideoParams, cfg: ToyWorldConfig | None = None
     modes = caption_modes(params, cfg)
     if len(modes) == 1:
         return 0 if caption_following(v, params, cfg)["follows"] else None
-    tr = track_object(v, params.rgb)
-    found = tr["areas"] >= np.maximum(1.0, 0.25 * _reference_areas(params, cfg))
+    tr, found = _track(v, params, cfg)
     if not found.all():
         return None
     m = tr["centroids"] - tr["centroids"][0]
-    rel = [(lambda E: E - E[0])(trajectory(p, cfg.frames, cfg.height, cfg.width)) for p in modes]
+    rel = [_displacements(p, cfg) for p in modes]
     err = [float(np.linalg.norm(m[1:] - e[1:], axis=1).mean()) for e in rel]
     sep = min(float(np.linalg.norm(a[1:] - b[1:], axis=1).mean())
               for i, a in enumerate(rel) for b in rel[i + 1:])

@@ -98,9 +98,10 @@ def fake_score(teacher: WanBackbone):
     they were (active adapter, and switched off if they were off)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
     model = teacher.model
-    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
-    were_off = bool(layers) and all(m.disable_adapters for m in layers)
-    active = model.active_adapters() if layers else []
+    # enable/disable_adapters switch every LoRA layer together, so the first one tells the state
+    layer = next((m for m in model.modules() if isinstance(m, BaseTunerLayer)), None)
+    were_off = layer is not None and layer.disable_adapters
+    active = model.active_adapters() if layer is not None else []
     model.set_adapter(FAKE_ADAPTER)
     model.enable_adapters()
     try:

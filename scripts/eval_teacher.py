@@ -42,7 +42,7 @@ methods = teacher_sweep(s.teacher_steps, s.shift)
 if a.quick:
     methods = [teacher_methods(s.teacher_steps, s.guidance, s.shift)[0], methods[-1]]
 keys = ("caption_following", "direction_accuracy", "caption_score", "first_frame_psnr", "persistence", "sharpness")
-if not data.world.cfg.caption_speed:
+if data.world.cfg.multimodal:
     keys += ("mode_coverage", "mode_diversity", "mode_assigned")
 gt = ground_truth_report(data, batch)
 res["ground truth"] = {k: round(gt[k], 4) for k in keys}

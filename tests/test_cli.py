@@ -99,3 +99,38 @@ def test_generate_corrupt_safetensors_exit_2(model_and_image, tmp_path):
     r = _run("generate", "--model", bad, "--out", tmp_path / "o", "--image", model_and_image[1])
     assert r.exit_code == 2
     assert "bad_model" in r.output and "Traceback" not in r.output
+
+
+def _distill(out, *sets):
+    return _run("distill", "--config", "configs/toy/demo.yaml", "--out", out, "--phase", "priming",
+                *[a for s in ("priming.batch_size=2", "train.eval_every=0", *sets) for a in ("--set", s)])
+
+
+def test_expected_failures_are_one_error_line_with_exit_2(tmp_path):
+    r = _distill(tmp_path / "a", "priming.batch_size=0")
+    assert r.exit_code == 2 and "error: priming.batch_size must be >= 1" in r.output
+    assert "Traceback" not in r.output
+    r = _run("distill", "--config", tmp_path / "missing.yaml")
+    assert r.exit_code == 2 and "config file not found" in r.output
+    # --debug keeps the traceback of an expected failure (for bug reports)
+    r = runner.invoke(app, ["--debug", "distill", "--config", str(tmp_path / "missing.yaml")])
+    assert r.exit_code != 2 and "config file not found" in str(r.exception)
+
+
+def test_diverging_run_stops_with_a_clear_error_and_exports_nothing(tmp_path):
+    # lr 1.0: measured, the fake loss reaches 4e9 and the generator's gradient is exactly 0 from step 2 on
+    r = _distill(tmp_path / "run", "priming.lr=1.0", "priming.steps=20", "train.checkpoint_every=1")
+    assert r.exit_code == 2, r.output
+    assert "error: priming diverged at step 2: loss exploded: loss/fake" in r.output
+    assert "last checkpoint before it is" in r.output and "step_0000001" in r.output
+    assert not (tmp_path / "run" / "generator").exists()
+    assert sorted(p.name for p in (tmp_path / "run" / "priming" / "checkpoints").iterdir()) == ["latest", "step_0000001"]
+
+
+def test_resume_with_an_incompatible_config_is_refused_and_keeps_the_recorded_one(tmp_path):
+    run = tmp_path / "run"
+    assert _distill(run, "priming.steps=1").exit_code == 0
+    recorded = (run / "config.yaml").read_text()
+    r = _distill(run, "priming.steps=2", "priming.lora_rank=8")
+    assert r.exit_code == 2 and "priming.lora_rank: 16 -> 8" in r.output
+    assert (run / "config.yaml").read_text() == recorded

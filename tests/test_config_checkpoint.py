@@ -12,8 +12,9 @@ import torch
 from conftest import make_cond, make_latent, make_wan
 from vpae.config import ConfigError, VPAEConfig, load_config, save_config
 from vpae.training import roles as R
+from vpae.errors import DivergenceError
 from vpae.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from vpae.training.loop import read_log, train
+from vpae.training.loop import DivergenceCheck, read_log, train
 from vpae.training.steps import PretrainStep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,27 +119,37 @@ def test_checkpoint_roundtrip_and_crash_leftovers(tmp_path):
     bad.mkdir()
     (bad / "net.safetensors").write_bytes(b"not a safetensors file")
     (bad / "meta.json").write_text(json.dumps({"step": 8, "phase": "x"}))
-    assert latest_checkpoint(tmp_path) == root / "step_0000004"
+    # resume scans for the newest published checkpoint (not the pointer); a damaged one is named, with the
+    # previous complete checkpoint offered, and loading it changes nothing
+    assert latest_checkpoint(tmp_path) == bad
     fresh = _net(seed=5)
     fresh_opt = torch.optim.Adam(fresh.parameters(), lr=0.1)
-    meta = load_checkpoint(latest_checkpoint(tmp_path), {"net": fresh}, {"opt": fresh_opt}, {"phase": "x"})
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"step_0000008/net.safetensors.*previous complete checkpoint .*step_0000004"):
+        load_checkpoint(bad, {"net": fresh}, {"opt": fresh_opt}, {"phase": "x"})
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+    meta = load_checkpoint(root / "step_0000004", {"net": fresh}, {"opt": fresh_opt}, {"phase": "x"})
     assert meta["step"] == 4
     assert all(torch.equal(saved[k], v) for k, v in fresh.state_dict().items())
     st = fresh_opt.state_dict()["state"]
     assert all(torch.equal(st[i]["exp_avg"], saved_opt["state"][i]["exp_avg"]) for i in st)
     # a corrupt checkpoint is refused with a clear error and changes nothing
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="cannot load checkpoint file"):
         load_checkpoint(bad, {"net": fresh}, {})
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
     # the next save (keep=1) must keep what it just wrote even with a stale newer-named directory around
     save_checkpoint(tmp_path, 5, {"net": fresh}, {"opt": fresh_opt}, {"phase": "x"}, keep=1)
-    assert latest_checkpoint(tmp_path) == root / "step_0000005"
+    assert (root / "latest").read_text() == "step_0000005" and (root / "step_0000005" / "meta.json").is_file()
     assert not (root / "step_0000004").exists() and not (root / "step_0000002").exists()
-    load_checkpoint(latest_checkpoint(tmp_path), {"net": _net()}, {"opt": torch.optim.Adam(_net().parameters())})
+    load_checkpoint(root / "step_0000005", {"net": _net()}, {"opt": torch.optim.Adam(_net().parameters())})
     # a phase mismatch is refused
     with pytest.raises(CheckpointError, match="phase"):
-        load_checkpoint(latest_checkpoint(tmp_path), {"net": _net()}, {}, {"phase": "y"})
+        load_checkpoint(root / "step_0000005", {"net": _net()}, {}, {"phase": "y"})
+    # an existing checkpoint is never overwritten
+    with pytest.raises(CheckpointError, match="refusing to overwrite"):
+        save_checkpoint(tmp_path, 5, {"net": _net(seed=9)}, {}, {"phase": "x"})
+    assert not [p for p in root.iterdir() if ".tmp" in p.name and p.name != "step_0000006.tmp-123"]
 
 
 def test_save_leaves_no_tmp_and_prunes(tmp_path):
@@ -168,11 +179,16 @@ def test_load_refuses_mismatched_shapes_without_modifying(tmp_path):
         load_checkpoint(latest_checkpoint(tmp_path), {"net": _net()}, {"opt": opt_b})
 
 
-def test_latest_pointing_to_missing_dir_is_an_error(tmp_path):
+def test_resume_point_is_found_by_scanning_not_by_the_pointer(tmp_path):
     save_checkpoint(tmp_path, 1, {"net": _net()}, {}, {})
-    (tmp_path / "checkpoints" / "latest").write_text("step_0000099")
-    with pytest.raises(CheckpointError, match="missing or incomplete"):
-        latest_checkpoint(tmp_path)
+    save_checkpoint(tmp_path, 2, {"net": _net()}, {}, {}, keep=3)
+    root = tmp_path / "checkpoints"
+    (root / "latest").write_text("step_0000099")  # dangling
+    assert latest_checkpoint(tmp_path) == root / "step_0000002"
+    (root / "latest").unlink()  # deleted: the run still resumes at step 2 instead of overwriting from step 0
+    assert latest_checkpoint(tmp_path) == root / "step_0000002"
+    (root / "latest").write_text("step_0000001")  # stale
+    assert latest_checkpoint(tmp_path) == root / "step_0000002"
 
 
 def test_adapter_state_checkpoint(tmp_path):
@@ -252,7 +268,8 @@ def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
     ref = _pretrain_objects()
     train("pretrain", ref, _batch, steps=2, run_dir=tmp_path / "ref", progress=False)
     obj = _NaNAt(_pretrain_objects(), bad_step=2)
-    with pytest.raises(FloatingPointError, match="step 2.*loss/flow"):
+    # (1-based: the third step, whose index is 2)
+    with pytest.raises(DivergenceError, match="step 3: non-finite.*loss/flow.*last checkpoint before it is .*step_0000002"):
         train("pretrain", obj, _batch, steps=4, run_dir=tmp_path / "run", checkpoint_every=2, progress=False)
     ckpt = latest_checkpoint(tmp_path / "run")
     assert ckpt.name == "step_0000002"
@@ -261,6 +278,30 @@ def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
     a, b = _params(ref), _params(fresh)
     assert all(torch.isfinite(v).all() for v in b.values())
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_divergence_check_catches_explosion_and_collapse_and_says_when_nothing_was_saved(tmp_path):
+    check = DivergenceCheck(max_loss=1e4, dead_steps=3)
+    assert check({"loss/dmd": 3.0, "grad_norm/generator": 0.5}) is None
+    assert "loss exploded: loss/fake = 3.66e+09" in check({"loss/fake": 3.66e9})
+    for _ in range(2):
+        assert check({"grad_norm/generator": 0.0}) is None
+    assert "gradient collapsed: grad_norm/generator" in check({"grad_norm/generator": 0.0})
+    assert DivergenceCheck(max_loss=0, dead_steps=0)({"loss/x": 1e30, "grad_norm/g": 0.0}) is None  # both off
+    obj = _NaNAt(_pretrain_objects(), bad_step=0)
+    with pytest.raises(DivergenceError, match="step 1: non-finite.*no checkpoint of this phase was written yet"):
+        train("pretrain", obj, _batch, steps=4, run_dir=tmp_path / "run", checkpoint_every=1, progress=False)
+    assert latest_checkpoint(tmp_path / "run") is None
+
+
+def test_dmd_gradient_reports_non_finite_scores_instead_of_hiding_them():
+    from vpae.losses.dmd import dmd_gradient
+    x = torch.zeros(2, 3, 1, 2, 2)
+    fake = torch.ones_like(x)
+    fake[1, 0, 0, 0, 0] = float("inf")
+    with pytest.raises(DivergenceError, match="non-finite DMD gradient.*fake score x0"):
+        dmd_gradient(x, x + 0.1, fake)
+    assert torch.isfinite(dmd_gradient(x, x + 0.1, torch.ones_like(x))).all()
 
 
 @pytest.mark.parametrize("path", sorted(str(p) for p in Path(__file__).resolve().parents[1].glob("configs/**/*.yaml")))
@@ -294,3 +335,74 @@ def test_pretrain_lr_cooldown_only_touches_the_last_steps():
 def test_sizes_and_intervals_below_one_are_config_errors(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[-1]):
         load_config("configs/toy/demo.yaml", [override])
+
+
+class _LinearStep:
+    """The smallest Step: one Linear layer, Adam at a given lr."""
+
+    def __init__(self, lr: float):
+        torch.manual_seed(0)
+        self.net = _net()
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
+        self.modules, self.optimizers = {"net": self.net}, {"opt": self.opt}
+
+    def step(self, step, x, cond):
+        self.opt.zero_grad()
+        loss = self.net(x).square().mean()
+        loss.backward()
+        self.opt.step()
+        return {"loss/x": loss.item()}
+
+
+def test_resume_applies_the_configured_learning_rate_not_the_checkpointed_one(tmp_path):
+    batch = lambda k: (torch.randn(2, 4, generator=torch.Generator().manual_seed(k)), None)  # noqa: E731
+    train("x", _LinearStep(lr=0.1), batch, steps=2, run_dir=tmp_path, progress=False)
+    resumed = _LinearStep(lr=0.01)
+    r = train("x", resumed, batch, steps=3, run_dir=tmp_path, progress=False)
+    assert r["resumed_from"] == 2 and resumed.opt.param_groups[0]["lr"] == 0.01
+
+
+def test_resume_refuses_incompatible_config_changes_and_records_compatible_ones(tmp_path):
+    from vpae.config import record_run_config
+    base = load_config(None, ["priming.lora_rank=4", "priming.lr=1e-6"])
+    record_run_config(base, tmp_path)
+    (tmp_path / "priming" / "checkpoints" / "step_0000001").mkdir(parents=True)  # the run has a checkpoint
+    recorded = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"cannot change on resume: data.frames: 9 -> 5; priming.lora_rank: 4 -> 8"):
+        record_run_config(load_config(None, ["priming.lora_rank=8", "data.frames=5", "priming.lr=1e-6"]), tmp_path)
+    assert (tmp_path / "config.yaml").read_text() == recorded  # the rejected config is not written
+    changes = record_run_config(load_config(None, ["priming.lora_rank=4", "priming.lr=2e-6", "priming.steps=900"]), tmp_path)
+    assert changes == {"priming.lr": (1e-6, 2e-6), "priming.steps": (500, 900)}
+    assert load_config(tmp_path / "config.yaml").priming.lr == 2e-6  # recorded truthfully
+    log = [json.loads(line) for line in (tmp_path / "config_changes.jsonl").read_text().splitlines()]
+    assert log[-1]["changes"] == {"priming.lr": [1e-6, 2e-6], "priming.steps": [500, 900]}
+    # without checkpoints there is nothing to resume: any config may start the run
+    fresh = tmp_path / "fresh"
+    record_run_config(base, fresh)
+    record_run_config(load_config(None, ["priming.lora_rank=8"]), fresh)
+    assert load_config(fresh / "config.yaml").priming.lora_rank == 8
+
+
+@pytest.mark.parametrize("bad", ["truncated_weights", "truncated_optimizer", "garbage_rng", "bad_meta"])
+def test_damaged_checkpoint_files_are_named_and_the_previous_one_offered(tmp_path, bad):
+    batch = lambda k: (torch.randn(2, 4, generator=torch.Generator().manual_seed(k)), None)  # noqa: E731
+    train("x", _LinearStep(lr=0.1), batch, steps=2, run_dir=tmp_path, checkpoint_every=1, progress=False)
+    ckpt = tmp_path / "checkpoints" / "step_0000002"
+    f = {"truncated_weights": "net.safetensors", "truncated_optimizer": "opt.pt", "garbage_rng": "rng.pt",
+         "bad_meta": "meta.json"}[bad]
+    data = (ckpt / f).read_bytes()
+    (ckpt / f).write_bytes(b"{not json" if bad == "bad_meta" else b"garbage" if bad == "garbage_rng" else data[:len(data) // 2])
+    step = _LinearStep(lr=0.1)
+    before = {k: v.clone() for k, v in step.net.state_dict().items()}
+    with pytest.raises(CheckpointError, match=rf"step_0000002/{f}.*previous complete checkpoint .*step_0000001"):
+        train("x", step, batch, steps=3, run_dir=tmp_path, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in step.net.state_dict().items())
+
+
+def test_stale_tmp_folders_of_killed_saves_are_removed_on_the_next_start(tmp_path):
+    batch = lambda k: (torch.randn(2, 4, generator=torch.Generator().manual_seed(k)), None)  # noqa: E731
+    root = tmp_path / "checkpoints"
+    (root / "step_0000009.tmp-999999999").mkdir(parents=True)  # no such process
+    (root / f"step_0000008.tmp-{os.getpid()}").mkdir()        # ours, from an interrupted save: stale too
+    train("x", _LinearStep(lr=0.1), batch, steps=1, run_dir=tmp_path, progress=False)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000001"]

@@ -154,6 +154,7 @@ def judge(agg: dict[str, dict], claims=CLAIMS, metrics=JUDGED_METRICS) -> list[d
 def run_ablation(config_path: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
                  variants: list[str] | None = None, progress: bool = True, seeds: list[int] | None = None,
                  workers: int = 1, proxies: bool = True) -> dict:
+    from vpae.config import ConfigError
     from vpae.eval import write_report
 
     out = Path(out_dir)
@@ -163,9 +164,9 @@ def run_ablation(config_path: str | Path, out_dir: str | Path, overrides: list[s
     seeds = list(seeds if seeds is not None else [0])
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
-        raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+        raise ConfigError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     if not seeds or workers < 1:
-        raise ValueError("need at least one seed and workers >= 1")
+        raise ConfigError("need at least one seed and workers >= 1")
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn")
     # Phase I once per seed (shared by every variant that uses it), then every (variant, seed) run.

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from vpae.errors import VpaeError
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="V-PAE: distil a video diffusion model into a one-step generator.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (latency).")
-app.add_typer(bench_app, name="bench")
 
 SET_HELP = "Override a config value, e.g. --set priming.steps=100 (repeatable; unknown keys are errors)."
+_DEBUG = {"on": False}
 
 
 def _fail(msg: str) -> None:
@@ -21,15 +24,41 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _expected_failures(fn):
+    """Expected failures (VpaeError: bad config, checkpoint, input, divergence; a missing or unreadable
+    file) become one `error:` line and exit code 2; anything else is a bug and keeps its traceback.
+    `vpae --debug CMD` shows the traceback of expected failures too."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (VpaeError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+            if _DEBUG["on"]:
+                raise
+            msg = str(e) if isinstance(e, VpaeError) else f"{e.strerror or e}: {e.filename}"
+            _fail(msg)
+    return run
+
+
+def _command(typer_app: typer.Typer, *args, **kwargs):
+    """typer_app.command(...) for a function wrapped in _expected_failures."""
+    return lambda fn: typer_app.command(*args, **kwargs)(_expected_failures(fn))
+
+
+app.add_typer(bench_app, name="bench")
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks of expected failures too")):
+    _DEBUG["on"] = debug
+
+
 def _load(config: Optional[Path], overrides: List[str]):
-    from vpae.config import ConfigError, load_config
-    try:
-        return load_config(config, overrides)
-    except ConfigError as e:
-        _fail(str(e))
+    from vpae.config import load_config
+    return load_config(config, overrides)  # a ConfigError becomes an `error:` line (_expected_failures)
 
 
-@app.command()
+@_command(app)
 def pretrain(config: Path = typer.Option(..., help="YAML config (e.g. configs/toy/teacher.yaml)"),
              out: Path = typer.Option(Path("runs/teacher"), help="Run directory (checkpoints, log)"),
              export: Optional[Path] = typer.Option(None, help="Write the EMA teacher here as a diffusers folder"),
@@ -46,7 +75,7 @@ def pretrain(config: Path = typer.Option(..., help="YAML config (e.g. configs/to
         typer.echo(f"teacher written to {export}")
 
 
-@app.command()
+@_command(app)
 def distill(config: Path = typer.Option(..., help="YAML config (e.g. configs/toy/demo.yaml)"),
             phase: str = typer.Option("all", help="priming | equilibrium | all (phase I then phase II)"),
             out: Path = typer.Option(Path("runs/distill"), help="Run directory"),
@@ -54,14 +83,11 @@ def distill(config: Path = typer.Option(..., help="YAML config (e.g. configs/toy
     """Phase I (stability priming) and/or phase II (unified adversarial equilibrium), with resume."""
     from vpae.pipeline import run_distill
     cfg = _load(config, set_)
-    try:
-        r = run_distill(cfg, out, phase)
-    except (FileNotFoundError, ValueError) as e:
-        _fail(str(e))
+    r = run_distill(cfg, out, phase)
     typer.echo(f"distill ({phase}): {r['timings']} seconds; generator written to {out / 'generator'}")
 
 
-@app.command()
+@_command(app)
 def generate(model: str = typer.Option(..., help="Model folder (diffusers WanTransformer3DModel) or 'builtin:toy'"),
              out: Path = typer.Option(Path("outputs/generate"), help="Output folder (sample.mp4, sample.gif)"),
              prompt: Optional[str] = typer.Option(None, help="Text prompt (toy models: MiniLM text encoder)"),
@@ -89,7 +115,7 @@ def generate(model: str = typer.Option(..., help="Model folder (diffusers WanTra
                f"total {r['total_s']:.3f}s")
 
 
-@app.command("caption-bank")
+@_command(app, "caption-bank")
 def caption_bank(out: Path = typer.Option(Path(".cache/toy_captions.safetensors")),
                  text_tokens: int = typer.Option(24),
                  bounce: bool = typer.Option(False, help="Also the 'and bounces back' captions (data.bounce=true)"),
@@ -104,7 +130,7 @@ def caption_bank(out: Path = typer.Option(Path(".cache/toy_captions.safetensors"
     typer.echo(f"wrote {build_caption_bank(out, text_tokens, world)}")
 
 
-@app.command()
+@_command(app)
 def demo(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Demo config"),
          out: Path = typer.Option(Path("outputs/demo"), help="Output folder (report.html, report.md, run/)"),
          fresh: bool = typer.Option(True, help="Start from scratch (delete the previous demo run)"),
@@ -120,7 +146,7 @@ def demo(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Demo c
     typer.echo(r["summary"])
 
 
-@app.command()
+@_command(app)
 def ablate(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Base config (the demo's)"),
            out: Path = typer.Option(Path("outputs/ablate"), help="Output folder"),
            variant: List[str] = typer.Option([], help="Run only these variants (repeatable); default all"),
@@ -136,14 +162,15 @@ def ablate(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Base
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         _fail(f"--seeds must be comma-separated integers, got {seeds!r}")
-    try:
-        r = run_ablation(config, out, set_, variant or None, seeds=seed_list, workers=workers, proxies=proxies)
-    except ValueError as e:
-        _fail(str(e))
+    r = run_ablation(config, out, set_, variant or None, seeds=seed_list, workers=workers, proxies=proxies)
     typer.echo(f"ablation finished in {r['total_s']:.0f}s: {out / 'report.html'}")
 
 
 from vpae.eval import eval_command, latency_command  # noqa: E402  (typer command functions)
 
-app.command("eval")(eval_command)
-bench_app.command("latency")(latency_command)
+_command(app, "eval")(eval_command)
+_command(bench_app, "latency")(latency_command)
+
+
+if __name__ == "__main__":
+    app()

@@ -15,8 +15,10 @@ from typing import Any
 
 import yaml
 
+from vpae.errors import VpaeError
 
-class ConfigError(ValueError):
+
+class ConfigError(VpaeError, ValueError):
     pass
 
 
@@ -60,6 +62,11 @@ class DataConfig:
     """Toy world: True: captions state the speed (the old worlds). False: they state neither speed nor bounce,
     so every speed is equally likely for one caption and first frame: a multimodal world in which the
     teacher's one-step sample is the blurred average of the modes (docs/TOY_WORLD.md)."""
+    caption_sign: float = 1.0
+    """Toy world: probability that a caption states the direction ("moves left"); otherwise it names only the
+    axis ("moves left or right"), so both directions are equally likely (a second, wide-apart kind of mode)."""
+    speeds: tuple[str, ...] = ("slow", "fast")
+    """Toy world: the speeds videos are drawn with (one speed: the speed is not a mode)."""
     slow_travel: float = 0.25
     fast_travel: float = 0.5
     """Toy world: distance travelled over the clip at each speed, as a fraction of min(height, width)."""
@@ -179,6 +186,10 @@ class TrainConfig:
     eval_videos: int = 16
     num_workers: int = 0
     """Background processes rendering toy batches (0: render in the training process)."""
+    max_loss: float = 1.0e4
+    """Divergence check: a logged loss above this stops the run before it is checkpointed (0: off)."""
+    dead_grad_steps: int = 5
+    """Divergence check: a gradient norm exactly 0 this many steps in a row stops the run (0: off)."""
 
 
 @dataclass
@@ -227,8 +238,24 @@ def validate(cfg: VPAEConfig) -> None:
         sec, key = name.split(".")
         if getattr(getattr(cfg, sec), key) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(getattr(cfg, sec), key)}")
+    if not 0.0 <= cfg.data.caption_sign <= 1.0:
+        raise ConfigError(f"data.caption_sign is a probability in [0, 1], got {cfg.data.caption_sign}")
+    if not cfg.data.speeds or any(s not in ("slow", "fast") for s in cfg.data.speeds):
+        raise ConfigError(f"data.speeds must be a non-empty list of slow / fast, got {list(cfg.data.speeds)}")
     if not 0 < cfg.data.slow_travel < cfg.data.fast_travel:
         raise ConfigError(f"need 0 < data.slow_travel < data.fast_travel, got {cfg.data.slow_travel}, {cfg.data.fast_travel}")
+    e = cfg.equilibrium
+    if not e.layers or any(not 0.0 < x <= 1.0 for x in e.layers):
+        raise ConfigError(f"equilibrium.layers are depth fractions in (0, 1], got {list(e.layers)}")
+    if e.adv_weight < 0 or e.sds_lambda < 0 or e.adv_weight == e.sds_lambda == 0:
+        raise ConfigError(f"need equilibrium.adv_weight >= 0 and equilibrium.sds_lambda >= 0, not both 0; "
+                          f"got {e.adv_weight}, {e.sds_lambda}")
+    if cfg.data.kind == "toy":  # the world's own checks (sizes, radii, vocabularies), reported as config errors
+        from vpae.data.toy import world_config
+        try:
+            world_config(cfg.data)
+        except ValueError as err:
+            raise ConfigError(f"data: {err}") from None
 
 
 # -- strict loading ----------------------------------------------------------------------------
@@ -306,3 +333,76 @@ def to_dict(cfg) -> dict:
 
 def save_config(cfg: VPAEConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# -- resuming a run with a changed config --------------------------------------------------------
+
+RESUME_FIXED_SECTIONS = ("model.", "data.")
+"""Sections a resumed run may not change: the checkpoints hold the model's shapes and the data it saw."""
+RESUME_FREE_KEYS = {"data.heldout_size", "data.proxy_videos", "data.caption_bank", "model.gradient_checkpointing"}
+"""...except these (evaluation size, a cache path, a memory/speed trade with equal results)."""
+RESUME_FIXED_KEYS = {"train.seed", "priming.generator_mode", "priming.lora_rank", "priming.lora_alpha",
+                     "priming.lora_targets", "equilibrium.backbone", "equilibrium.head", "equilibrium.layers",
+                     "equilibrium.head_dim", "equilibrium.head_queries", "equilibrium.head_attn_heads"}
+"""Keys that change what the checkpoints hold (adapter and head shapes) or which run this is (the seed)."""
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "wan_config":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_changes(recorded: dict, cfg: VPAEConfig) -> tuple[dict, dict]:
+    """Differences between a run's recorded config and `cfg`, split into (allowed, refused); each maps a
+    dotted key to (recorded value, new value). Keys the recorded file lacks (older versions) count as their
+    defaults. Allowed changes (learning rates, step counts, logging, checkpoint cadence, loss weights, ...)
+    take effect from the resumed step; refused ones would not fit the checkpoints or would make another run."""
+    new, default, old = _flat(to_dict(cfg)), _flat(to_dict(VPAEConfig())), _flat(recorded)
+    allowed, refused = {}, {}
+    for k, v in new.items():
+        before = old.get(k, default.get(k))
+        if before == v:
+            continue
+        fixed = k in RESUME_FIXED_KEYS or (k.startswith(RESUME_FIXED_SECTIONS) and k not in RESUME_FREE_KEYS)
+        (refused if fixed else allowed)[k] = (before, v)
+    return allowed, refused
+
+
+def record_run_config(cfg: VPAEConfig, run_dir: str | Path) -> dict:
+    """Write cfg to run_dir/config.yaml, first checking it against the recorded one when the run has
+    checkpoints (a resume): refused changes raise ConfigError naming the keys (nothing is written), allowed
+    ones are recorded in run_dir/config_changes.jsonl and returned."""
+    import json
+    import os
+    import sys
+    import time
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    allowed: dict = {}
+    if path.is_file() and any(run_dir.glob("**/checkpoints/step_*")):
+        try:
+            recorded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} (the config this run was started with) is not valid YAML: {e}") from None
+        allowed, refused = resume_changes(recorded, cfg)
+        if refused:
+            keys = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in refused.items()))
+            raise ConfigError(f"{run_dir} holds checkpoints of a run started with another configuration, and "
+                              f"these keys cannot change on resume: {keys}. Use a new run directory (--out), "
+                              f"or rerun with the values recorded in {path}")
+        if allowed:
+            with (run_dir / "config_changes.jsonl").open("a") as f:
+                f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                    "changes": {k: list(v) for k, v in allowed.items()}}) + "\n")
+            print("note: resuming " + str(run_dir) + " with changed " +
+                  ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in allowed.items()), file=sys.stderr)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)
+    return allowed

@@ -112,7 +112,7 @@ def run_demo(cfg: VPAEConfig, out_dir: str | Path, progress: bool = True, vbench
     grids = {"ground truth": list(batch.video[:4]),
              t100: list(videos[t100][:4]), "teacher 1 NFE": list(videos["teacher 1 NFE"][:4]),
              "V-PAE 1 NFE": list(videos["V-PAE 1 NFE"][:4])}
-    if not data.world.cfg.caption_speed:  # one condition, four noises: are both speeds drawn?
+    if data.world.cfg.multimodal:  # one condition, four noises: are both modes drawn?
         one = type(batch)(batch.video[:1], batch.params[:1], batch.captions[:1])
         for name in (t100, "V-PAE 1 NFE"):
             grids[f"{name}, 4 noises of video 1"] = [generate(models[name], data, one, methods[name], tc.seed + j)[0][0]

@@ -27,10 +27,12 @@ from typing import Optional
 
 import torch
 
+from vpae.errors import VpaeError
+
 SAMPLERS = ("euler", "few-step")
 
 
-class GenerateError(ValueError):
+class GenerateError(VpaeError, ValueError):
     """A generation request that cannot be served; the message says what to change."""
 
 

@@ -18,13 +18,13 @@ import torch
 from vpae.backbones.wan import WanBackbone, tiny_wan_config
 from vpae.codecs import IdentityCodec, make_conditioning
 from vpae.conditioning import Conditioning
-from vpae.config import VPAEConfig, save_config, to_dict
-from vpae.data.toy import ToyBatch, ToyWorld, ToyWorldConfig
+from vpae.config import ConfigError, VPAEConfig, record_run_config, to_dict
+from vpae.data.toy import ToyBatch, ToyWorld, ToyWorldConfig, world_config
 from vpae.discriminator import build_head
 from vpae.encoders import PatchImageEncoder, TextEncoder
 from vpae.training import roles as R
-from vpae.training.checkpoint import latest_checkpoint, load_checkpoint
-from vpae.training.loop import train
+from vpae.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from vpae.training.loop import DivergenceCheck, train
 from vpae.training.steps import EquilibriumStep, PretrainStep, PrimingStep
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -117,12 +117,6 @@ def _text_encoder(d, world: ToyWorldConfig):
     build_caption_bank(tmp, d.text_tokens, world)
     os.replace(tmp, bank_path)
     return CaptionBank(bank_path)
-
-
-def world_config(d) -> ToyWorldConfig:
-    """The toy world a DataConfig describes."""
-    return ToyWorldConfig(frames=d.frames, height=d.height, width=d.width, bounce=d.bounce,
-                          caption_speed=d.caption_speed, pixel_grid=d.pixel_grid, slow_travel=d.slow_travel, fast_travel=d.fast_travel)
 
 
 class ToyData:
@@ -284,11 +278,15 @@ def _probe_fn(ema: WanBackbone, data: ToyData, n: int):
     return probe
 
 
+def divergence_check(cfg: VPAEConfig) -> DivergenceCheck:
+    return DivergenceCheck(cfg.train.max_loss, cfg.train.dead_grad_steps)
+
+
 def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | None = None,
                  progress: bool = True) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    record_run_config(cfg, run_dir)  # refuses config changes a resume cannot honour
     data = build_data(cfg)
     model = build_teacher(cfg)
     model.requires_grad_(True)
@@ -298,6 +296,7 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
                    steps=cfg.pretrain.steps, run_dir=run_dir, seed=cfg.train.seed,
                    checkpoint_every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
                    log_every=cfg.train.log_every, progress=progress, max_seconds=cfg.pretrain.max_seconds,
+                   divergence=divergence_check(cfg),
                    eval_fn=_probe_fn(ema, data, cfg.train.eval_videos), eval_every=cfg.train.eval_every)
     if export_dir is not None:
         # the raw (non-EMA) weights stay in the run folder, so exporting into the package ships the EMA only
@@ -320,6 +319,8 @@ class DistillRoles:
 def build_roles(cfg: VPAEConfig) -> DistillRoles:
     teacher = build_teacher(cfg)
     p = cfg.priming
+    # LoRA A matrices start random: seed them, so two runs of one config (and a resumed one) build the same roles
+    torch.manual_seed(cfg.train.seed)
     generator = R.copy_generator(teacher, p.generator_mode, p.lora_rank, p.lora_alpha, p.lora_targets)
     R.make_teacher_and_fake(teacher, p.lora_rank, p.lora_alpha, p.lora_targets)
     return DistillRoles(teacher, generator)
@@ -355,10 +356,10 @@ def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progre
     latest checkpoint of each, across the phase boundary. Exports the final generator (and its EMA) as
     diffusers folders in run_dir. eval_fn_factory(generator) -> (step -> metrics) adds curves."""
     if phase not in ("priming", "equilibrium", "all"):
-        raise ValueError(f"phase must be priming, equilibrium or all, got {phase!r}")
+        raise ConfigError(f"phase must be priming, equilibrium or all, got {phase!r}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    record_run_config(cfg, run_dir)  # refuses config changes a resume cannot honour
     data = build_data(cfg)
     roles = build_roles(cfg)
     out = {"timings": {}}
@@ -373,25 +374,26 @@ def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progre
     if phase in ("priming", "all"):
         evf = eval_fn_factory(roles.generator) if eval_fn_factory else None
         r = train("priming", priming, data.batch_fn(cfg.priming.batch_size, tc.seed + 1), steps=cfg.priming.steps,
-                  run_dir=pdir, eval_fn=evf, **common)
+                  run_dir=pdir, eval_fn=evf, divergence=divergence_check(cfg), **common)
         out["timings"]["priming"] = r["seconds"]
         out["priming"] = r
     elif cfg.priming.steps > 0:
         # phase II alone starts from the primed generator of this run directory
         ckpt = latest_checkpoint(pdir)
         if ckpt is None:
-            raise FileNotFoundError(f"phase II needs phase I's checkpoint in {pdir}; run --phase priming first "
+            raise CheckpointError(f"phase II needs phase I's checkpoint in {pdir}; run --phase priming first "
                                     f"or set priming.steps=0 to start phase II from the teacher")
         load_checkpoint(ckpt, {"generator": priming.modules["generator"]}, {})
 
     # Phase II: unified adversarial equilibrium.
     if phase in ("equilibrium", "all"):
         if not phase_done(pdir, cfg.priming.steps) and phase == "all":
-            raise RuntimeError("phase I did not finish")
+            raise CheckpointError(f"phase I did not finish in {pdir}; rerun the same command to resume it")
         eq = build_equilibrium(cfg, roles, data)
         evf = eval_fn_factory(roles.generator) if eval_fn_factory else None
         r = train("equilibrium", eq, data.batch_fn(cfg.equilibrium.batch_size, tc.seed + 2),
-                  steps=cfg.equilibrium.steps, run_dir=run_dir / "equilibrium", eval_fn=evf, **common)
+                  steps=cfg.equilibrium.steps, run_dir=run_dir / "equilibrium", eval_fn=evf,
+                  divergence=divergence_check(cfg), **common)
         out["timings"]["equilibrium"] = r["seconds"]
         out["equilibrium"] = r
         out["ema"] = eq.ema

@@ -9,7 +9,7 @@ import torch
 
 from vpae.backbones.base import Backbone
 from vpae.data.oracle import mode_report, oracle_report
-from vpae.data.toy import ToyBatch
+from vpae.data.toy import AXIS_PHRASES, ToyBatch, axis_of
 from vpae import flow
 from vpae.sampling import few_step_sample, few_step_sigmas, initial_noise, teacher_sample
 
@@ -75,7 +75,7 @@ def oracle_eval(backbone: Backbone, data, batch: ToyBatch, method: Method, seed:
     MODE_SAMPLES; noise seeds seed, seed+1, ...) and the report adds mode_coverage / mode_diversity /
     mode_assigned (data.oracle.mode_report); the other metrics and the returned videos are the first set's."""
     cfg = data.world.cfg
-    k = (MODE_SAMPLES if mode_samples is None else mode_samples) if not cfg.caption_speed else 1
+    k = (MODE_SAMPLES if mode_samples is None else mode_samples) if cfg.multimodal else 1
     videos, nfe, secs = generate(backbone, data, batch, method, seed)
     rep = oracle_report(videos, batch.params, batch.first_frame, cfg)
     if k > 1:
@@ -96,7 +96,7 @@ def ground_truth_report(data, batch: ToyBatch, mode_samples: int = MODE_SAMPLES,
     from vpae.data.toy import caption_modes, render
     cfg = data.world.cfg
     rep = oracle_report(batch.video, batch.params, batch.first_frame, cfg)
-    if not cfg.caption_speed:
+    if cfg.multimodal:
         rng = np.random.default_rng(seed)
         sets = []
         for _ in range(mode_samples):
@@ -115,9 +115,15 @@ OPPOSITE_DIRECTION = {"left": "right", "right": "left", "up": "down", "down": "u
 
 
 def opposite_direction_captions(batch: ToyBatch) -> list[str]:
-    """The batch's captions with the motion direction replaced by its opposite (nothing else changes)."""
+    """The batch's captions with the motion direction replaced by its opposite (nothing else changes); an
+    axis-only caption ("moves left or right") gets the other axis."""
     out = []
     for c, p in zip(batch.captions, batch.params):
+        if not p.sign_stated:
+            axis = axis_of(p.direction)
+            other = next(a for a in AXIS_PHRASES if a != axis)
+            out.append(c.replace(f"moves {AXIS_PHRASES[axis]}", f"moves {AXIS_PHRASES[other]}"))
+            continue
         words = c.split(" ")
         words[words.index(p.direction)] = OPPOSITE_DIRECTION[p.direction]
         out.append(" ".join(words))

@@ -38,6 +38,13 @@ DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up"
 SPEEDS: tuple[str, ...] = ("slow", "fast")
 
 SPEED_WORDS = {"slow": "slowly", "fast": "quickly"}
+# Captions that name only the axis of motion, not its sign (ToyWorldConfig.caption_sign < 1).
+AXES: dict[str, tuple[str, str]] = {"horizontal": ("left", "right"), "vertical": ("up", "down")}
+AXIS_PHRASES = {"horizontal": "left or right", "vertical": "up or down"}
+
+
+def axis_of(direction: str) -> str:
+    return next(a for a, ds in AXES.items() if direction in ds)
 BACKGROUND_WORDS = {
     "plain": "plain dark background",
     "hstripes": "horizontally striped background",
@@ -77,6 +84,10 @@ class ToyWorldConfig:
     caption_speed:  True (default): the caption states the speed ("quickly") and a bounce. False: it states
                     neither, so for one first frame and caption every speed is equally likely and the
                     video distribution is multimodal where the caption is silent (docs/TOY_WORLD.md).
+    caption_sign:   probability that a caption states the direction ("moves left"); otherwise it names only
+                    the axis ("moves left or right") and both directions along it are equally likely (1.0:
+                    every caption states it, the older worlds). A second, wide-apart kind of mode: the two
+                    directions are 2 x speed apart from the first frame on.
     shapes, colours, sizes, backgrounds, directions, speeds: the vocabularies to sample from (subsets of
                     the module constants; narrow them to make an easier world).
     """
@@ -95,6 +106,7 @@ class ToyWorldConfig:
     supersample: int = 4
     pixel_grid: bool = False
     caption_speed: bool = True
+    caption_sign: float = 1.0
     shapes: tuple[str, ...] = SHAPES
     colours: tuple[str, ...] = tuple(COLOURS)
     sizes: tuple[str, ...] = SIZES
@@ -115,6 +127,12 @@ class ToyWorldConfig:
             raise ValueError("need 0 < slow_travel < fast_travel")
         if not 0 <= self.bg_dark <= self.bg_light <= 0.4:
             raise ValueError("need 0 <= bg_dark <= bg_light <= 0.4 (backgrounds must stay dark)")
+        if not 0.0 <= self.caption_sign <= 1.0:
+            raise ValueError(f"caption_sign is a probability in [0, 1], got {self.caption_sign}")
+        if self.caption_sign < 1.0 and any(
+                len([d for d in ds if d in self.directions]) == 1 for ds in AXES.values()
+                if any(d in self.directions for d in ds)):
+            raise ValueError("caption_sign < 1 needs both directions of every axis in `directions`")
         if self.supersample < 1:
             raise ValueError("supersample must be >= 1")
         if self.stripe_period <= 0:
@@ -137,6 +155,11 @@ class ToyWorldConfig:
     def span(self) -> int:
         return min(self.height, self.width)
 
+    @property
+    def multimodal(self) -> bool:
+        """Whether some captions leave the video open (the speed or the direction's sign unstated)."""
+        return self.caption_sign < 1 or (not self.caption_speed and len(self.speeds) > 1)
+
     def radius_px(self, size: str) -> float:
         return (self.small_radius if size == "small" else self.large_radius) * self.span
 
@@ -145,6 +168,13 @@ class ToyWorldConfig:
         travel = self.slow_travel if speed == "slow" else self.fast_travel
         v = travel * self.span / max(1, self.frames - 1)
         return float(max(1, round(v))) if self.pixel_grid else v
+
+
+def world_config(d) -> ToyWorldConfig:
+    """The toy world a DataConfig (config.py's `data` section) describes."""
+    return ToyWorldConfig(frames=d.frames, height=d.height, width=d.width, bounce=d.bounce,
+                          caption_speed=d.caption_speed, caption_sign=d.caption_sign, speeds=tuple(d.speeds),
+                          pixel_grid=d.pixel_grid, slow_travel=d.slow_travel, fast_travel=d.fast_travel)
 
 
 @dataclass(frozen=True)
@@ -159,6 +189,7 @@ class ToyVideoParams:
     bg_phase:  offset of the background pattern in pixels.
     bounce:    whether the object reflects at the borders.
     pixel_grid: positions and reflection borders on pixel centres (ToyWorldConfig.pixel_grid).
+    sign_stated: whether the caption names the direction (False: only its axis, ToyWorldConfig.caption_sign).
     """
 
     shape: str
@@ -174,6 +205,7 @@ class ToyVideoParams:
     bg_phase: int = 0
     bounce: bool = False
     pixel_grid: bool = False
+    sign_stated: bool = True
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -228,8 +260,10 @@ def bounces(params: ToyVideoParams, frames: int, height: int, width: int) -> boo
 
 def caption(params: ToyVideoParams, cfg: ToyWorldConfig | None = None) -> str:
     """E.g. "a small red square moves left quickly over a checkered background"; with
-    cfg.caption_speed False "a small red square moves left over a checkered background"."""
-    s = f"a {params.size} {params.colour} {params.shape} moves {params.direction}"
+    cfg.caption_speed False "a small red square moves left over a checkered background"; when the caption
+    does not state the sign (params.sign_stated False) "... moves left or right over ..."."""
+    motion = params.direction if params.sign_stated else AXIS_PHRASES[axis_of(params.direction)]
+    s = f"a {params.size} {params.colour} {params.shape} moves {motion}"
     if cfg is not None and not cfg.caption_speed:
         return s + f" over a {BACKGROUND_WORDS[params.background]}"
     s += f" {SPEED_WORDS[params.speed]}"
@@ -241,10 +275,15 @@ def caption(params: ToyVideoParams, cfg: ToyWorldConfig | None = None) -> str:
 def parse_caption(text: str) -> dict[str, str]:
     """Recover the named attributes from a caption made by `caption` (inverse on the named fields; "speed"
     is absent when the caption does not state it)."""
-    words = text.replace(",", " ").split()
     out: dict[str, str] = {}
-    for key, vocab in (("size", SIZES), ("colour", tuple(COLOURS)), ("shape", SHAPES),
-                       ("direction", tuple(DIRECTIONS))):
+    axis = [a for a, ph in AXIS_PHRASES.items() if f"moves {ph}" in text]
+    if axis:  # an axis-only caption: "axis" instead of "direction"
+        out["axis"] = axis[0]
+        text = text.replace(f"moves {AXIS_PHRASES[axis[0]]}", "moves")
+    words = text.replace(",", " ").split()
+    keys = (("size", SIZES), ("colour", tuple(COLOURS)), ("shape", SHAPES)) + \
+        ((("direction", tuple(DIRECTIONS)),) if not axis else ())
+    for key, vocab in keys:
         hits = [w for w in words if w in vocab]
         if len(hits) != 1:
             raise ValueError(f"caption {text!r}: expected exactly one {key} word, found {hits}")
@@ -266,9 +305,12 @@ def all_captions(cfg: ToyWorldConfig | None = None) -> list[str]:
     for size in cfg.sizes:
         for colour in cfg.colours:
             for shape in cfg.shapes:
-                for direction in cfg.directions:
+                motions = list(cfg.directions) if cfg.caption_sign > 0 else []
+                if cfg.caption_sign < 1:
+                    motions += [AXIS_PHRASES[a] for a, ds in AXES.items() if ds[0] in cfg.directions]
+                for motion in motions:
                     for bg in cfg.backgrounds:
-                        head = f"a {size} {colour} {shape} moves {direction}"
+                        head = f"a {size} {colour} {shape} moves {motion}"
                         if not cfg.caption_speed:
                             out.append(head + f" over a {BACKGROUND_WORDS[bg]}")
                             continue
@@ -281,11 +323,13 @@ def all_captions(cfg: ToyWorldConfig | None = None) -> list[str]:
 
 def caption_modes(params: ToyVideoParams, cfg: ToyWorldConfig) -> list[ToyVideoParams]:
     """Every video the caption and first frame allow, each with its probability under the world's sampler
-    being equal: the params with each speed the caption does not rule out (one entry, `params` itself,
-    when the caption states the speed). Used by the oracle to judge samples of a multimodal world."""
-    if cfg.caption_speed:
+    being equal: the params with each speed and direction the caption does not rule out (one entry,
+    `params` itself, when the caption states both). Used by the oracle to judge samples of a multimodal world."""
+    directions = [params.direction] if params.sign_stated else list(AXES[axis_of(params.direction)])
+    speeds = [params.speed] if cfg.caption_speed else list(cfg.speeds)
+    if directions == [params.direction] and speeds == [params.speed]:
         return [params]
-    return [replace(params, speed=s, speed_px=float(cfg.speed_px(s))) for s in cfg.speeds]
+    return [replace(params, direction=d, speed=s, speed_px=float(cfg.speed_px(s))) for d in directions for s in speeds]
 
 
 def sample_params(rng: np.random.Generator, cfg: ToyWorldConfig | None = None) -> ToyVideoParams:
@@ -313,10 +357,12 @@ def sample_params(rng: np.random.Generator, cfg: ToyWorldConfig | None = None) -
             pos.append(float(rng.integers(math.ceil(lo - 0.5), math.floor(hi - 0.5) + 1)) + 0.5)
         else:
             pos.append(float(rng.uniform(lo, hi)))
+    # drawn last and only when it can vary, so worlds whose captions always state the sign keep their videos
+    sign_stated = bool(rng.random() < cfg.caption_sign) if cfg.caption_sign < 1 else True
     return ToyVideoParams(shape=shape, colour=colour, size=size, background=background,
                           direction=direction, speed=speed, x0=pos[0], y0=pos[1], radius=float(radius),
                           speed_px=float(v), bg_phase=bg_phase, bounce=cfg.bounce,
-                          pixel_grid=cfg.pixel_grid)
+                          pixel_grid=cfg.pixel_grid, sign_stated=sign_stated)
 
 
 def _grid(n: int, s: int) -> np.ndarray:

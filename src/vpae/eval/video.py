@@ -18,11 +18,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from vpae.errors import VpaeError
+
 VIDEO_EXTS = (".mp4", ".gif")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-class VideoError(ValueError):
+class VideoError(VpaeError, ValueError):
     """A video (or image) that cannot be read or does not follow the conventions."""
 
 

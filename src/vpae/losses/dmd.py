@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from vpae.errors import DivergenceError
+
 Tensor = torch.Tensor
 
 
@@ -22,7 +24,11 @@ def dmd_gradient(x0_gen: Tensor, x0_real: Tensor, x0_fake: Tensor) -> Tensor:
     with torch.no_grad():
         weight = _per_sample_mean((x0_gen - x0_real).abs()).clamp_min(1e-8)
         grad = (x0_fake - x0_real) / weight.reshape(-1, *([1] * (x0_gen.ndim - 1)))
-        return torch.nan_to_num(grad)
+        if not torch.isfinite(grad).all():  # report, never hide: a NaN here means a score or the generator diverged
+            parts = {"generator sample": x0_gen, "real score x0": x0_real, "fake score x0": x0_fake}
+            bad = [n for n, t in parts.items() if not torch.isfinite(t).all()] or ["the normalised difference"]
+            raise DivergenceError(f"non-finite DMD gradient (non-finite: {', '.join(bad)})")
+        return grad
 
 
 def dmd_loss(x0_gen: Tensor, x0_real: Tensor, x0_fake: Tensor) -> Tensor:

@@ -5,7 +5,10 @@ Layout of a run directory:
     checkpoints/step_000100/{<module>.safetensors, <optimizer>.pt, meta.json}
     checkpoints/latest            (text: the name of the newest complete checkpoint)
 A checkpoint is written to `step_X.tmp-<pid>` and renamed only when complete, then `latest` is replaced
-atomically, so a crash at any point leaves the last good checkpoint intact.
+atomically, so a crash at any point leaves the last good checkpoint intact. Resume does not trust `latest`
+alone: it scans for the newest complete checkpoint (a deleted or dangling pointer loses nothing), and an
+existing checkpoint is never overwritten. A checkpoint that cannot be read stops the run with a message
+that names the bad file and the previous complete checkpoint.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vpae.errors import VpaeError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(VpaeError, RuntimeError):
     pass
 
 
@@ -33,6 +38,34 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def module_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_tmp(run_dir: str | Path) -> list[Path]:
+    """Remove `step_X.tmp-PID` folders (and `latest.tmp-PID` files) left by saves that were killed, unless
+    their process still runs. Returns what was removed."""
+    root = Path(run_dir) / "checkpoints"
+    removed = []
+    if not root.is_dir():
+        return removed
+    for p in root.iterdir():
+        if ".tmp-" not in p.name:
+            continue
+        pid = p.name.rsplit(".tmp-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 def save_checkpoint(run_dir: str | Path, step: int, modules: dict[str, nn.Module],
@@ -52,8 +85,10 @@ def save_checkpoint(run_dir: str | Path, step: int, modules: dict[str, nn.Module
     torch.save(rng, tmp / "rng.pt")
     (tmp / "meta.json").write_text(json.dumps({**meta, "step": step,
                                                 "modules": sorted(modules), "optimizers": sorted(optimizers)}, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
+    if final.exists():  # never replace a checkpoint silently (resume always starts after the newest one)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{final} already exists; refusing to overwrite it. Resume from it (rerun the same "
+                              f"command) or use a new run directory")
     os.replace(tmp, final)
     _atomic_write_text(root / "latest", name)
     # Prune older complete checkpoints, keeping `keep` including the one just written. Only names before
@@ -66,15 +101,35 @@ def save_checkpoint(run_dir: str | Path, step: int, modules: dict[str, nn.Module
     return final
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Every published checkpoint of a run, oldest first (renamed from its tmp folder, so complete unless
+    damaged afterwards: load_checkpoint checks every file)."""
     root = Path(run_dir) / "checkpoints"
-    marker = root / "latest"
-    if not marker.is_file():
-        return None
-    path = root / marker.read_text().strip()
-    if not (path / "meta.json").is_file():
-        raise CheckpointError(f"{marker} points to {path}, which is missing or incomplete")
-    return path
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and ".tmp" not in p.name
+                  and (p / "meta.json").is_file())
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint, found by scanning (the `latest` pointer is only a hint for people and
+    tools: a deleted, stale or dangling pointer changes nothing)."""
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def previous_checkpoint(path: str | Path) -> Path | None:
+    """The newest complete checkpoint older than `path` in the same run, or None."""
+    path = Path(path)
+    older = [p for p in complete_checkpoints(path.parent.parent) if p.name < path.name]
+    return older[-1] if older else None
+
+
+def _bad(path: Path, f: Path, why: str) -> CheckpointError:
+    prev = previous_checkpoint(path)
+    todo = (f"move {path} out of {path.parent} to resume from the previous complete checkpoint {prev}" if prev else
+            f"no earlier checkpoint exists: move {path} away to start this phase from scratch")
+    return CheckpointError(f"cannot load checkpoint file {f}: {why}; {todo}")
 
 
 def load_checkpoint(path: str | Path, modules: dict[str, nn.Module],
@@ -85,7 +140,12 @@ def load_checkpoint(path: str | Path, modules: dict[str, nn.Module],
     meta_file = path / "meta.json"
     if not meta_file.is_file():
         raise CheckpointError(f"not a checkpoint (no meta.json): {path}")
-    meta = json.loads(meta_file.read_text())
+    try:
+        meta = json.loads(meta_file.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+            raise ValueError("no integer 'step'")
+    except ValueError as e:
+        raise _bad(path, meta_file, f"bad meta.json ({e})") from None
     for k, v in (strict_meta or {}).items():
         if meta.get(k) != v:
             raise CheckpointError(f"incompatible checkpoint {path}: {k} is {meta.get(k)!r}, expected {v!r}")
@@ -96,13 +156,13 @@ def load_checkpoint(path: str | Path, modules: dict[str, nn.Module],
             raise CheckpointError(f"checkpoint {path} has no weights for {key!r}")
         try:
             sd = load_file(str(f))
-        except Exception as e:  # corrupt file
-            raise CheckpointError(f"cannot read {f}: {e}") from e
+        except Exception as e:  # truncated or corrupt file
+            raise _bad(path, f, f"unreadable safetensors ({e})") from None
         own = module.state_dict()
         missing, extra = set(own) - set(sd), set(sd) - set(own)
         bad = [n for n in set(own) & set(sd) if own[n].shape != sd[n].shape]
         if missing or extra or bad:
-            raise CheckpointError(f"{f} does not match {key!r}: missing {sorted(missing)[:5]}, "
+            raise CheckpointError(  # a different model, not damage: the config changedf"{f} does not match {key!r}: missing {sorted(missing)[:5]}, "
                                   f"unexpected {sorted(extra)[:5]}, shape mismatch {sorted(bad)[:5]}")
         states[key] = sd
     opt_states = {}
@@ -110,12 +170,25 @@ def load_checkpoint(path: str | Path, modules: dict[str, nn.Module],
         f = path / f"{key}.pt"
         if not f.is_file():
             raise CheckpointError(f"checkpoint {path} has no optimizer state for {key!r}")
-        opt_states[key] = torch.load(f, weights_only=True, map_location="cpu")
+        try:
+            opt_states[key] = torch.load(f, weights_only=True, map_location="cpu")
+            if not isinstance(opt_states[key], dict) or "state" not in opt_states[key]:
+                raise ValueError("not an optimizer state dict")
+        except Exception as e:
+            raise _bad(path, f, f"unreadable optimizer state ({type(e).__name__}: {str(e)[:200]})") from None
+    rng_file, rng = path / "rng.pt", None
+    if rng_file.is_file():
+        try:
+            rng = torch.load(rng_file, weights_only=True)["torch"]
+            if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8):
+                raise ValueError("not a torch RNG state")
+            torch.Generator().set_state(rng)  # validates it without touching the global generator
+        except Exception as e:
+            raise _bad(path, rng_file, f"unreadable RNG state ({type(e).__name__}: {str(e)[:200]})") from None
     for key, module in modules.items():
         module.load_state_dict(states[key])
     for key, opt in optimizers.items():
         opt.load_state_dict(opt_states[key])
-    rng_file = path / "rng.pt"
-    if rng_file.is_file():
-        torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch"])
+    if rng is not None:
+        torch.set_rng_state(rng)
     return meta

@@ -17,7 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from vpae.conditioning import Conditioning
-from vpae.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vpae.errors import DivergenceError
+from vpae.training.checkpoint import clean_stale_tmp, latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 class Step(Protocol):
@@ -48,24 +49,63 @@ def read_log(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+class DivergenceCheck:
+    """Stops a run that has diverged before its state reaches a checkpoint: a non-finite statistic, a loss
+    above `max_loss` (exploded), or a gradient norm exactly 0 for `dead_steps` steps in a row (collapsed: e.g.
+    a saturated generator whose DMD gradient vanishes). Measured with phase I at lr 1.0: the fake loss is 4e9
+    and the generator's gradient exactly 0 from step 2 on, where a healthy toy run has losses below 10."""
+
+    def __init__(self, max_loss: float = 1e4, dead_steps: int = 5):
+        self.max_loss, self.dead_steps = max_loss, dead_steps
+        self.dead: dict[str, int] = {}
+
+    def __call__(self, stats: dict[str, float]) -> str | None:
+        bad = [k for k, v in stats.items() if not math.isfinite(v)]
+        if bad:
+            return f"non-finite {bad}"
+        big = {k: v for k, v in stats.items() if k.startswith("loss/") and self.max_loss > 0 and abs(v) > self.max_loss}
+        if big:
+            return f"loss exploded: {', '.join(f'{k} = {v:.3g}' for k, v in big.items())} (> train.max_loss = {self.max_loss:g})"
+        for k, v in stats.items():
+            if k.startswith("grad_norm/"):
+                self.dead[k] = self.dead.get(k, 0) + 1 if v == 0.0 else 0
+                if self.dead_steps > 0 and self.dead[k] >= self.dead_steps:
+                    return f"gradient collapsed: {k} has been exactly 0 for {self.dead[k]} steps"
+        return None
+
+
+def _hyperparameters(opt: torch.optim.Optimizer) -> list[dict]:
+    return [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+
+
 def train(phase: str, step_obj: Step, batch_fn: Callable[[int], tuple[torch.Tensor, Conditioning]], *,
           steps: int, run_dir: str | Path, seed: int = 0, checkpoint_every: int = 100, keep: int = 2,
           log_every: int = 10, meta: dict | None = None,
           eval_fn: Callable[[int], dict[str, float]] | None = None, eval_every: int = 0,
-          progress: bool = True, max_seconds: float = 0.0) -> dict:
+          progress: bool = True, max_seconds: float = 0.0, divergence: DivergenceCheck | None = None) -> dict:
     """Run `steps` optimisation steps of one phase in `run_dir`, resuming from its latest checkpoint.
 
     batch_fn(step) -> (x_data, cond) must be deterministic in step. max_seconds > 0 stops early (with a
-    checkpoint) once that much wall time has passed. Returns {"step", "seconds", "last", "resumed_from"}.
+    checkpoint) once that much wall time has passed. A diverged step (see DivergenceCheck) raises
+    DivergenceError naming the last checkpoint before it. Returns {"step", "seconds", "last", "resumed_from"}.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(run_dir)
     meta = {"phase": phase, **(meta or {})}
     start = 0
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
+        # The optimizers were built from the current config: its hyper-parameters (lr, betas, ...) win over
+        # the checkpoint's (a changed lr is applied, not silently replaced by the old one; see resume_changes).
+        hyper = {k: _hyperparameters(o) for k, o in step_obj.optimizers.items()}
         loaded = load_checkpoint(ckpt, step_obj.modules, step_obj.optimizers, strict_meta={"phase": phase})
+        for k, o in step_obj.optimizers.items():
+            for g, h in zip(o.param_groups, hyper[k]):
+                g.update(h)
         start = int(loaded["step"])
+    divergence = divergence or DivergenceCheck()
+    saved = ckpt
     logger = JsonlLogger(run_dir / "log.jsonl")
     last: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -75,12 +115,17 @@ def train(phase: str, step_obj: Step, batch_fn: Callable[[int], tuple[torch.Tens
         t_data = time.perf_counter()
         x_data, cond = batch_fn(step)
         t_step = time.perf_counter()
-        stats = step_obj.step(step, x_data, cond)
+        try:
+            stats = step_obj.step(step, x_data, cond)
+            why = divergence(stats)
+        except DivergenceError as e:  # raised inside a loss (e.g. a non-finite DMD gradient)
+            why = str(e)
+        # Divergence guard: stop before a diverged update can reach a checkpoint.
+        if why:
+            where = (f"the last checkpoint before it is {saved} (resume from it with a lower learning rate: "
+                     f"rerun with --set {phase}.lr=...)" if saved else "no checkpoint of this phase was written yet")
+            raise DivergenceError(f"{phase} diverged at step {step + 1}: {why}; {where}")
         stats["time/data_s"], stats["time/step_s"] = t_step - t_data, time.perf_counter() - t_step
-        # NaN guard: stop before a non-finite update can reach a checkpoint.
-        bad = [k for k, v in stats.items() if not math.isfinite(v)]
-        if bad:
-            raise FloatingPointError(f"{phase} step {step}: non-finite {bad}; last good checkpoint kept in {run_dir}")
         last = stats
         if eval_fn is not None and eval_every > 0 and ((step + 1) % eval_every == 0 or step + 1 == steps):
             stats = {**stats, **{f"eval/{k}": v for k, v in eval_fn(step + 1).items()}}
@@ -89,7 +134,7 @@ def train(phase: str, step_obj: Step, batch_fn: Callable[[int], tuple[torch.Tens
             bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in list(stats.items())[:4]})
         out_of_time = max_seconds > 0 and time.perf_counter() - t0 > max_seconds
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps or out_of_time:
-            save_checkpoint(run_dir, step + 1, step_obj.modules, step_obj.optimizers, meta, keep=keep)
+            saved = save_checkpoint(run_dir, step + 1, step_obj.modules, step_obj.optimizers, meta, keep=keep)
         if out_of_time:
             logger.log({"step": step + 1, "time": time.perf_counter() - t0, **stats})
             steps = step + 1

@@ -61,12 +61,21 @@ def test_generate_one_step_is_deterministic(model_and_image, tmp_path):
     outs = []
     for sub in ("a", "b"):
         r = _run("generate", "--model", model, "--out", tmp_path / sub, "--image", image, "--sampler", "few-step",
-                 "--steps", 1, "--guidance", 1, "--seed", 7, "--frames", 5)
+                 "--steps", 1, "--guidance", 1, "--seed", 7, "--frames", 5, "--prompt", "a red square moves up")
         assert r.exit_code == 0, r.output
         assert "NFE 1" in r.output
         outs.append(read_video(tmp_path / sub / "sample.gif")[0])
     assert outs[0].shape == (5, 32, 32, 3)
     assert np.array_equal(outs[0], outs[1])
+
+
+def test_generate_refuses_a_missing_or_empty_prompt_unless_asked(model_and_image, tmp_path):
+    model, image = model_and_image
+    common = ["generate", "--model", model, "--out", tmp_path, "--image", image, "--sampler", "few-step", "--steps", 1]
+    for extra in ([], ["--prompt", "  "]):
+        r = _run(*common, *extra)
+        assert r.exit_code == 2 and "error: no prompt" in r.output and "--negative-only" in r.output
+    assert _run(*common, "--negative-only").exit_code == 0
 
 
 @pytest.mark.parametrize("extra, msg", [

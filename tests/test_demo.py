@@ -4,6 +4,7 @@ evaluation -> report files. Also the ablation driver on two variants."""
 import json
 
 import pytest
+import torch
 
 from vpae.config import load_config
 
@@ -69,3 +70,21 @@ def test_claim_verdicts_need_the_gap_to_exceed_the_spread():
     v = judge(agg, [("A over B", "A", "B", "better"), ("A over C", "A", "C", "better"),
                     ("B over A", "B", "A", "better"), ("A matches C", "A", "C", "match")], ("oracle/persistence",))
     assert [x["verdict"] for x in v] == ["reproduces", "within spread", "contradicted", "reproduces"]
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_primed_generator_is_the_phase_one_generator_in_both_generator_modes(tmp_path, mode):
+    from safetensors.torch import load_file
+    from vpae.config import load_config
+    from vpae.demo import primed_generator
+    from vpae.pipeline import run_distill
+    cfg = load_config("configs/toy/demo.yaml", [f"priming.generator_mode={mode}", "priming.steps=1", "equilibrium.steps=1",
+                                                "priming.batch_size=1", "equilibrium.batch_size=1", "train.eval_every=0",
+                                                "priming.lora_rank=4", "priming.lr=1e-3", "equilibrium.lr=1e-3"])
+    r = run_distill(cfg, tmp_path, progress=False)
+    primed = primed_generator(r["generator"], tmp_path)
+    saved = load_file(str(tmp_path / "priming" / "checkpoints" / "step_0000001" / "generator.safetensors"))
+    from vpae.training.roles import generator_checkpoint_view
+    now, after_phase_two = (generator_checkpoint_view(g).state_dict() for g in (primed, r["generator"]))
+    assert all(torch.equal(now[k], v) for k, v in saved.items())
+    assert any(not torch.equal(now[k], after_phase_two[k]) for k in saved)  # not silently the phase II generator

@@ -102,13 +102,15 @@ def generate(model: str = typer.Option(..., help="Model folder (diffusers WanTra
              seed: int = typer.Option(0),
              frames: int = typer.Option(9, help="Pixel frames (4n+1)"),
              height: int = typer.Option(32), width: int = typer.Option(32),
-             fps: float = typer.Option(8.0)):
+             fps: float = typer.Option(8.0),
+             negative_only: bool = typer.Option(False, help="Sample with the empty prompt on purpose (toy models "
+                                                             "refuse a missing or empty --prompt otherwise)")):
     """Generate one video (mp4 + GIF) and print NFE and wall time."""
     from vpae.generate import GenerateError, generate_video
     try:
         r = generate_video(model=model, out=out, prompt=prompt, embeddings=embeddings, image=image, sampler=sampler,
                            steps=steps, guidance=guidance, shift=shift, seed=seed, frames=frames, height=height,
-                           width=width, fps=fps)
+                           width=width, fps=fps, negative_only=negative_only)
     except GenerateError as e:
         _fail(str(e))
     typer.echo(f"wrote {r['mp4']} and {r['gif']}: NFE {r['nfe']}, diffusion {r['diffusion_s']:.3f}s, "

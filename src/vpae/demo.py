@@ -17,6 +17,7 @@ import torch
 from vpae.config import VPAEConfig, to_dict
 from vpae.toy_eval import (Method, generate, ground_truth_report, oracle_columns, oracle_eval, proxy_metrics,
                            teacher_methods)
+from vpae.training import roles as R
 from vpae.training.checkpoint import latest_checkpoint, load_checkpoint
 from vpae.training.loop import read_log
 
@@ -70,6 +71,16 @@ def evaluate_methods(models: dict, methods: dict[str, Method], data, batch, seed
     return rows, videos
 
 
+def primed_generator(generator, run_dir: Path):
+    """The generator at the end of phase I (V-PAE-I): a copy of `generator` (full or LoRA: the checkpoint
+    holds the same modules) with phase I's last checkpoint loaded; the generator itself without phase I."""
+    primed = copy.deepcopy(generator)
+    pck = latest_checkpoint(Path(run_dir) / "priming")
+    if pck is not None:
+        load_checkpoint(pck, {"generator": R.generator_checkpoint_view(primed)}, {})
+    return primed
+
+
 def run_demo(cfg: VPAEConfig, out_dir: str | Path, progress: bool = True, vbench: bool = True) -> dict:
     from vpae.eval import write_report
     from vpae.pipeline import build_data, build_teacher, run_distill
@@ -86,10 +97,7 @@ def run_demo(cfg: VPAEConfig, out_dir: str | Path, progress: bool = True, vbench
     # Models to compare: teacher (real score, adapters off), V-PAE-I (end of phase I), V-PAE (end of phase II).
     teacher = build_teacher(cfg).eval()
     generator = result["generator"].eval()
-    primed = copy.deepcopy(generator)
-    pck = latest_checkpoint(out / "run" / "priming")
-    if pck is not None and cfg.priming.generator_mode == "full":
-        load_checkpoint(pck, {"generator": primed}, {})
+    primed = primed_generator(generator, out / "run")
     tm = teacher_methods(cfg.sampling.teacher_steps, cfg.sampling.guidance, cfg.sampling.shift)
     methods = {m.name: m for m in tm}
     methods["V-PAE-I 1 NFE"] = Method("V-PAE-I 1 NFE", "few_step", 1)

@@ -196,13 +196,16 @@ def load_embeddings(path: Path, backbone) -> dict:
 
 
 def build_conditioning(backbone, stack: Stack, prompt: Optional[str], embeddings: Optional[Path],
-                       image: Optional[Path], frames: int, height: int, width: int):
+                       image: Optional[Path], frames: int, height: int, width: int, negative_only: bool = False):
     from vpae.conditioning import Conditioning
     img = None
     if backbone.i2v:
         if image is None:
             raise GenerateError("this is an image-to-video model: pass --image (png/jpg condition frame)")
         img = load_image(image, height, width)
+    if stack.kind == "toy" and not (prompt or "").strip() and not negative_only:
+        raise GenerateError("no prompt (or an empty one): pass --prompt TEXT, or --negative-only to sample "
+                            "with the empty prompt on purpose")
     if stack.kind == "toy":
         text, mask = stack.text_encoder.encode([prompt or ""])
         neg = stack.text_encoder.negative(1)
@@ -231,7 +234,8 @@ def build_conditioning(backbone, stack: Stack, prompt: Optional[str], embeddings
 def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddings: Optional[Path] = None,
                    image: Optional[Path] = None, sampler: str = "euler", steps: int = 50,
                    guidance: Optional[float] = None, shift: float = 3.0, seed: int = 0, frames: int = 9,
-                   height: int = 32, width: int = 32, fps: float = 8.0, device: Optional[str] = None) -> dict:
+                   height: int = 32, width: int = 32, fps: float = 8.0, device: Optional[str] = None,
+                   negative_only: bool = False) -> dict:
     """Generate one video and write ``out/sample.mp4`` and ``out/sample.gif`` (native size).
 
     sampler: 'euler' (the teacher baseline: `steps` Euler steps over shifted sigmas with CFG) or
@@ -262,7 +266,7 @@ def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddin
     load_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    cond = build_conditioning(backbone, stack, prompt, embeddings, image, frames, height, width).to(dev)
+    cond = build_conditioning(backbone, stack, prompt, embeddings, image, frames, height, width, negative_only).to(dev)
     shape = (1, *stack.codec.latent_shape(frames, height, width))
     noise = initial_noise(shape, seed, dev)
     sync_device(dev)

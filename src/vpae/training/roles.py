@@ -153,6 +153,12 @@ def copy_generator(teacher: WanBackbone, mode: str = "full", rank: int = 64, alp
     return gen
 
 
+def generator_checkpoint_view(generator: WanBackbone) -> nn.Module:
+    """What a checkpoint holds of a generator: the whole backbone, or only its adapter when it is a LoRA
+    generator (copy_generator mode "lora"), whose base weights are the teacher's."""
+    return AdapterState(generator, GENERATOR_ADAPTER) if getattr(generator.model, "_hf_peft_config_loaded", False) else generator
+
+
 def make_ema(generator: nn.Module) -> nn.Module:
     return freeze(copy.deepcopy(generator))
 

@@ -109,7 +109,7 @@ class PrimingStep:
         self.gen_opt = torch.optim.Adam(R.trainable_parameters(generator), lr=cfg.lr, betas=tuple(cfg.betas))
         self.fake_opt = torch.optim.Adam(self.fake_params, lr=cfg.fake_lr, betas=tuple(cfg.fake_betas))
         self.optimizers = {"generator_opt": self.gen_opt, "fake_opt": self.fake_opt}
-        self.modules = {"generator": generator if cfg.generator_mode == "full" else R.AdapterState(generator, R.GENERATOR_ADAPTER),
+        self.modules = {"generator": R.generator_checkpoint_view(generator),
                         "fake_lora": R.AdapterState(teacher, R.FAKE_ADAPTER)}
 
     def generate(self, x_data: Tensor, cond: Conditioning) -> Tensor:

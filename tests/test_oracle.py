@@ -164,3 +164,72 @@ def test_caption_following_accepts_any_caption_consistent_speed():
     for p in b.params:
         for m in caption_modes(p, MULTI):
             assert caption_following(render(m, MULTI), p, MULTI)["follows"]
+
+
+# ---- axis-only captions: "moves left or right" (data.caption_sign < 1), one speed ----
+
+AXIS = ToyWorldConfig(frames=5, height=16, width=16, bounce=True, pixel_grid=True, caption_speed=False,
+                      caption_sign=0.5, speeds=("fast",))
+
+
+def test_axis_captions_parse_and_their_modes_are_both_directions():
+    from vpae.data.toy import AXES, axis_of
+    b = ToyWorld(AXIS).heldout(64)
+    silent = [p for p in b.params if not p.sign_stated]
+    assert 16 < len(silent) < 48  # about half (binomial, 64 draws: std 4)
+    for c, p in zip(b.captions, b.params):
+        parsed = parse_caption(c)
+        modes = caption_modes(p, AXIS)
+        if p.sign_stated:
+            assert parsed["direction"] == p.direction and modes == [p]
+        else:
+            assert parsed["axis"] == axis_of(p.direction) and "direction" not in parsed
+            assert p in modes and {m.direction for m in modes} <= set(AXES[parsed["axis"]])
+    # every caption the sampler draws is in the caption list (the caption bank is built from it)
+    assert set(b.captions) <= set(all_captions(AXIS))
+    assert len(all_captions(AXIS)) == 2 * 6 * 4 * 4 * (4 + 2)
+    # a world whose captions always state the sign draws exactly the videos it drew before the field existed
+    old = ToyWorld(ToyWorldConfig(frames=5, height=16, width=16, bounce=True, pixel_grid=True)).heldout(8)
+    assert all(p.sign_stated for p in old.params)
+
+
+def test_mode_metrics_on_axis_captions_separate_data_one_direction_and_the_average():
+    b = ToyWorld(AXIS).heldout(64)
+    n_modes = [len(caption_modes(p, AXIS)) for p in b.params]
+    # an axis caption has two modes unless the object starts against a wall (then both paths are one)
+    assert all(n == 1 for n, p in zip(n_modes, b.params) if p.sign_stated) and 10 < sum(n == 2 for n in n_modes)
+    rng = np.random.default_rng(0)
+    pick = lambda p: caption_modes(p, AXIS)[rng.integers(len(caption_modes(p, AXIS)))]  # noqa: E731
+    data = mode_report([torch.stack([render(pick(p), AXIS) for p in b.params]) for _ in range(4)], b.params, AXIS)
+    assert data["mode_assigned"] == 1.0 and data["mode_coverage"] > 0.85
+    assert data["mode_conditions"] == sum(n == 2 for n in n_modes)
+    first = torch.stack([render(caption_modes(p, AXIS)[0], AXIS) for p in b.params])
+    one = mode_report([first] * 4, b.params, AXIS)
+    assert one["mode_assigned"] == 1.0 and one["mode_coverage"] == 0.5 and one["mode_diversity"] == 0.0
+    average = torch.stack([sum(render(m, AXIS) for m in caption_modes(p, AXIS)) / len(caption_modes(p, AXIS))
+                           for p in b.params])
+    blurred = mode_report([average] * 4, b.params, AXIS)
+    assert blurred["mode_coverage"] == 0.0 and blurred["mode_assigned"] == 0.0
+    for p in b.params:
+        for m in caption_modes(p, AXIS):
+            assert caption_following(render(m, AXIS), p, AXIS)["follows"]
+
+
+def test_mode_report_without_multimodal_conditions_reports_caption_following():
+    uni = ToyWorldConfig(frames=5, height=16, width=16, bounce=True, pixel_grid=True)
+    b = ToyWorld(uni).heldout(8)
+    rep = mode_report([b.video, b.video.flip(2)], b.params, uni)  # time-reversed: does not follow
+    assert rep["mode_conditions"] == 0 and rep["mode_coverage"] == rep["mode_assigned"] == 0.5
+
+
+def test_opposite_captions_swap_the_axis_of_axis_only_captions():
+    from vpae.data.toy import ToyBatch
+    from vpae.toy_eval import opposite_direction_captions
+    b = ToyWorld(AXIS).heldout(32)
+    for c, o, p in zip(b.captions, opposite_direction_captions(ToyBatch(b.video, b.params, b.captions)), b.params):
+        a, q = parse_caption(c), parse_caption(o)
+        if p.sign_stated:
+            assert a["direction"] != q["direction"]
+        else:
+            assert {a["axis"], q["axis"]} == {"horizontal", "vertical"}
+        assert o in all_captions(AXIS)

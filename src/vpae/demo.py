@@ -120,11 +120,13 @@ def run_demo(cfg: VPAEConfig, out_dir: str | Path, progress: bool = True, vbench
     grids = {"ground truth": list(batch.video[:4]),
              t100: list(videos[t100][:4]), "teacher 1 NFE": list(videos["teacher 1 NFE"][:4]),
              "V-PAE 1 NFE": list(videos["V-PAE 1 NFE"][:4])}
-    if data.world.cfg.multimodal:  # one condition, four noises: are both modes drawn?
-        one = type(batch)(batch.video[:1], batch.params[:1], batch.captions[:1])
+    if data.world.cfg.multimodal:  # one condition the caption leaves open, four noises: are both modes drawn?
+        from vpae.data.toy import caption_modes
+        i = next((i for i, p in enumerate(batch.params) if len(caption_modes(p, data.world.cfg)) > 1), 0)
+        one = type(batch)(batch.video[i:i + 1], batch.params[i:i + 1], batch.captions[i:i + 1])
         for name in (t100, "V-PAE 1 NFE"):
-            grids[f"{name}, 4 noises of video 1"] = [generate(models[name], data, one, methods[name], tc.seed + j)[0][0]
-                                                      for j in range(4)]
+            grids[f"{name}, 4 noises of video {i + 1}"] = [generate(models[name], data, one, methods[name], tc.seed + j)[0][0]
+                                                            for j in range(4)]
     total = time.perf_counter() - t0
     machine = f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, torch {torch.__version__}"
     notes = [

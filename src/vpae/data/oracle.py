@@ -173,33 +173,50 @@ def assign_mode(video, params: ToyVideoParams, cfg: ToyWorldConfig | None = None
 def mode_report(sample_sets: Sequence, params: Sequence[ToyVideoParams], cfg: ToyWorldConfig | None = None) -> dict:
     """Mode coverage of a sampler from K sample sets of the same N conditions (sample_sets[k][i] is the k-th
     sample for params[i], each drawn with other noise). The data draws every caption-consistent trajectory
-    with equal probability (caption_modes), so:
-    - mode_coverage = 1 - total variation distance between the pooled histogram of assigned modes (with
-      "none" as one more bin) and the data's proportions: 1 = modes hit in the data's proportions; a sampler
-      that always draws the same mode of two scores 0.5, one whose samples belong to no mode scores 0.
-    - mode_diversity = fraction of conditions whose K samples hit at least two different modes (the data
-      itself scores 1 - m * (1/m)^K for m equal modes: 0.875 for m=2, K=4; see expected_mode_diversity).
-    - mode_assigned = fraction of samples that belong to some mode.
-    Only meaningful in a multimodal world (cfg.caption_speed False); a unimodal one reports coverage = the
-    fraction that follows the caption."""
+    with equal probability (caption_modes). Only conditions with at least two modes count (where the caption
+    is silent; the others are judged by caption_following), grouped by their number of modes m:
+    - mode_coverage = 1 - total variation distance between a group's pooled histogram of assigned modes (with
+      "none" as one more bin) and the data's proportions (1/m each), averaged over groups weighted by size:
+      1 = modes hit in the data's proportions; always the same one of two modes scores 0.5, samples that
+      belong to no mode score 0.
+    - mode_diversity = fraction of those conditions whose K samples hit at least two different modes (the
+      data itself scores 1 - m (1/m)^K: 0.875 for m=2, K=4; see expected_mode_diversity).
+    - mode_assigned = fraction of their samples that belong to some mode.
+    - mode_conditions = how many conditions had two or more modes.
+    A world without such conditions (or a batch without any) reports coverage = assigned = the fraction of
+    samples that follow their caption, diversity 0."""
     params = list(params)
     if not sample_sets or any(len(s) != len(params) for s in sample_sets):
         raise ValueError("every sample set needs one video per condition")
     v0 = _np_video(sample_sets[0][0])
     cfg = _cfg_for(v0, cfg)
-    m = len(caption_modes(params[0], cfg))
-    counts = np.zeros(m + 1)
-    diverse = 0
+    counts: dict[int, np.ndarray] = {}
+    diverse = multi = 0
+    single = []
     for i, p in enumerate(params):
+        m = len(caption_modes(p, cfg))
         hits = [assign_mode(s[i], p, cfg) for s in sample_sets]
+        if m < 2:
+            single += [h is not None for h in hits]
+            continue
+        multi += 1
+        c = counts.setdefault(m, np.zeros(m + 1))
         for h in hits:
-            counts[m if h is None else h] += 1
+            c[m if h is None else h] += 1
         diverse += len({h for h in hits if h is not None}) >= 2
-    hist = counts / counts.sum()
-    target = np.append(np.full(m, 1.0 / m), 0.0)
-    return {"mode_coverage": float(1 - 0.5 * np.abs(hist - target).sum()),
-            "mode_diversity": float(diverse / len(params)), "mode_assigned": float(1 - hist[m]),
-            "mode_samples": len(sample_sets)}
+    if not counts:
+        follows = float(np.mean(single))
+        return {"mode_coverage": follows, "mode_diversity": 0.0, "mode_assigned": follows,
+                "mode_samples": len(sample_sets), "mode_conditions": 0}
+    total = sum(c.sum() for c in counts.values())
+    coverage = assigned = 0.0
+    for m, c in counts.items():
+        hist = c / c.sum()
+        target = np.append(np.full(m, 1.0 / m), 0.0)
+        coverage += c.sum() / total * (1 - 0.5 * np.abs(hist - target).sum())
+        assigned += c.sum() / total * (1 - hist[m])
+    return {"mode_coverage": float(coverage), "mode_diversity": float(diverse / multi), "mode_assigned": float(assigned),
+            "mode_samples": len(sample_sets), "mode_conditions": multi}
 
 
 def expected_mode_diversity(modes: int, samples: int) -> float:

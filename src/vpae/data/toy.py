@@ -329,7 +329,19 @@ def caption_modes(params: ToyVideoParams, cfg: ToyWorldConfig) -> list[ToyVideoP
     speeds = [params.speed] if cfg.caption_speed else list(cfg.speeds)
     if directions == [params.direction] and speeds == [params.speed]:
         return [params]
-    return [replace(params, direction=d, speed=s, speed_px=float(cfg.speed_px(s))) for d in directions for s in speeds]
+    # Modes whose paths coincide are one mode: an object that starts against a wall reflects at once, so
+    # "left" and "right" draw the same video (kept as `params` itself when it is one of them).
+    out: list[tuple[ToyVideoParams, np.ndarray]] = []
+    for d in directions:
+        for s in speeds:
+            m = replace(params, direction=d, speed=s, speed_px=float(cfg.speed_px(s)))
+            path = trajectory(m, cfg.frames, cfg.height, cfg.width)
+            same = next((i for i, (_, q) in enumerate(out) if np.allclose(q, path)), None)
+            if same is None:
+                out.append((m, path))
+            elif m == params:
+                out[same] = (m, path)
+    return [m for m, _ in out]
 
 
 def sample_params(rng: np.random.Generator, cfg: ToyWorldConfig | None = None) -> ToyVideoParams:

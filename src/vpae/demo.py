@@ -38,11 +38,25 @@ def curve_eval_fn(data, n: int, seed: int):
     return factory
 
 
+def sampling_latency(models: dict, methods: dict[str, Method], data, batch, seed: int, repeats: int = 5) -> dict:
+    """Seconds to sample one video (conditioning included) per method, all timed the same way: one warm-up
+    call each, then `repeats` rounds that time every method once in turn (interleaved, so machine load and
+    cache state hit all methods alike); the median per method. Equal work gets equal time."""
+    one = type(batch)(batch.video[:1], batch.params[:1], batch.captions[:1])
+    for name, method in methods.items():
+        generate(models[name], data, one, method, seed)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, method in methods.items():
+            times[name].append(generate(models[name], data, one, method, seed)[2])
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
 def evaluate_methods(models: dict, methods: dict[str, Method], data, batch, seed: int,
                      vbench: bool = True, progress: bool = True, proxy_videos: int = 8) -> tuple[dict, dict]:
     """Sample every method on the held-out batch: oracle metrics on all videos; offline VBench-I2V proxies
     and FD (to the held-out real videos) on the first `proxy_videos` (their feature nets dominate CPU time);
-    latency of one video. The first method is the latency baseline (the teacher's CFG sampler)."""
+    latency of one video (sampling_latency). The first method is the latency baseline (the teacher's sampler)."""
     from tqdm.auto import tqdm
     from vpae.eval import EvalConfig, fd_features
 
@@ -53,15 +67,13 @@ def evaluate_methods(models: dict, methods: dict[str, Method], data, batch, seed
     for name, method in tqdm(methods.items(), desc="evaluate", disable=not progress):
         model = models[name]
         rep, vids = oracle_eval(model, data, batch, method, seed)
-        # Latency: one video, median of 3 after a warm-up, diffusion part only.
-        one = type(batch)(batch.video[:1], batch.params[:1], batch.captions[:1])
-        generate(model, data, one, method, seed)
-        lat = sorted(generate(model, data, one, method, seed)[2] for _ in range(3))[1]
-        row = {"NFE": rep["nfe"], "latency_s": lat, **oracle_columns(rep)}
+        row = {"NFE": rep["nfe"], **oracle_columns(rep)}
         if vbench:
             row.update(proxy_metrics(vids, batch, k, ref_feats, ecfg))
         rows[name] = row
         videos[name] = vids
+    for name, lat in sampling_latency(models, methods, data, batch, seed).items():
+        rows[name]["latency_s"] = lat
     rows["ground truth"] = oracle_columns(ground_truth_report(data, batch, seed=seed))
     base = next(iter(rows.values()))["latency_s"] if rows else None
     if base:

@@ -67,20 +67,6 @@ class Conditioning:
     def __getitem__(self, idx) -> "Conditioning":
         return self.map(lambda t: t[idx])
 
-    @staticmethod
-    def cat(items: list["Conditioning"]) -> "Conditioning":
-        first = items[0]
-        out = {}
-        for f in fields(first):
-            vals = [getattr(c, f.name) for c in items]
-            if all(v is None for v in vals):
-                out[f.name] = None
-            elif any(v is None for v in vals):
-                raise ValueError(f"cannot concatenate conditionings: {f.name} is missing in some")
-            else:
-                out[f.name] = torch.cat(vals, 0)
-        return Conditioning(**out)
-
 
 def first_frame_condition(cond_frame_latent: Tensor, num_frames: int, mask_channels: int) -> tuple[Tensor, Tensor]:
     """Build Wan's I2V condition latent and mask from a latent of the first frame.

@@ -129,10 +129,6 @@ class TextEncoder:
         emb, _ = self.encode([""])
         return emb if batch_size is None else emb.expand(batch_size, -1, -1)
 
-    def negative_mask(self, batch_size: int | None = None) -> Tensor:
-        _, mask = self.encode([""])
-        return mask if batch_size is None else mask.expand(batch_size, -1)
-
 
 class PatchImageEncoder(torch.nn.Module):
     """(B, 3, H, W) -> (B, (H/p)(W/p), 3 p p) image tokens: the frame cut into non-overlapping p x p

@@ -41,10 +41,6 @@ def teacher_sweep(steps: int = 50, shift: float = 3.0, guidances=(1.0, 2.0, 3.0,
     return out + [Method("teacher 4 NFE", "euler", 4, 1.0, shift), Method("teacher 1 NFE", "euler", 1, 1.0, shift)]
 
 
-def student_methods(shift: float = 1.0) -> list[Method]:
-    return [Method("V-PAE 4 NFE", "few_step", 4, 1.0, shift), Method("V-PAE 1 NFE", "few_step", 1, 1.0, shift)]
-
-
 @torch.no_grad()
 def generate(backbone: Backbone, data, batch: ToyBatch, method: Method, seed: int = 0,
              chunk: int = 32) -> tuple[torch.Tensor, int, float]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -156,14 +155,6 @@ class PrimingStep:
 
 # ----------------------------------------------------------------------------------------------
 # Phase II: unified adversarial equilibrium (paper 3.2-3.4).
-
-@dataclass
-class DiscriminatorBackbone:
-    """Which network the discriminator reads (Table 3): the EMA generator, the frozen teacher, or a
-    separately trained full copy."""
-    kind: str
-    module: Backbone
-
 
 class EquilibriumStep:
     def __init__(self, generator: Backbone, ema: Backbone, teacher: Backbone, heads: nn.Module,

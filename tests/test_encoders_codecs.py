@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vpae.backbones.wan import WanBackbone, tiny_wan_config
-from vpae.codecs import IdentityCodec, WanVAECodec, make_conditioning
+from vpae.codecs import CodecError, IdentityCodec, WanVAECodec, make_conditioning
 from vpae.conditioning import first_frame_condition
 from vpae.data.toy import ToyWorld, ToyWorldConfig
 from vpae.encoders import PatchImageEncoder, TextEncoder
@@ -125,6 +125,31 @@ def test_wan_vae_codec_shapes_and_validation(wan_codec, small):
         assert torch.allclose(cond, c.encode(pad), atol=1e-5)
     assert mask.shape == (2, 4, 2, 2, 2)
     assert (mask[:, :, 0] == 1).all() and (mask[:, :, 1:] == 0).all()
+
+
+def test_wan_vae_from_pretrained_is_local_only(wan_codec, tmp_path, monkeypatch):
+    from diffusers import AutoencoderKLWan
+
+    from vpae.errors import VpaeError
+    hub_name = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
+    with pytest.raises(CodecError, match="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers.*must be a local") as e:
+        WanVAECodec.from_pretrained(hub_name)
+    assert isinstance(e.value, VpaeError)
+    wan_codec.vae.save_pretrained(tmp_path / "vae")
+    with pytest.raises(CodecError, match="local only"):
+        WanVAECodec.from_pretrained(str(tmp_path), local_files_only=False)
+    seen = {}
+    real = AutoencoderKLWan.from_pretrained.__func__
+
+    def spy(cls, path, **kw):
+        seen.update(kw)
+        return real(cls, path, **kw)
+
+    monkeypatch.setattr(AutoencoderKLWan, "from_pretrained", classmethod(spy))
+    loaded = WanVAECodec.from_pretrained(str(tmp_path))
+    assert seen == {"subfolder": "vae", "local_files_only": True}
+    sd, ref = loaded.vae.state_dict(), wan_codec.vae.state_dict()
+    assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)   # exact round trip
 
 
 def test_make_conditioning_identity_into_tiny_wan(text_encoder, batch):

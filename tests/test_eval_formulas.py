@@ -5,10 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from vpae.eval import preprocess as P
 from vpae.eval import vbench as V
 from vpae.eval.fd import frechet_distance
-from vpae.eval.metrics import aggregates
+from vpae.eval.metrics import aggregates, dynamic_degree
+from vpae.eval.run import table_row
 from vpae.eval.video import VideoError, to_tensor, to_uint8
 
 
@@ -42,13 +45,63 @@ def test_vfi_score_and_dynamic_params():
     frames[3] = 30
     mids = [np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2, 3), np.uint8)]
     assert V.vfi_score(frames, mids) == pytest.approx((255 - 20) / 255)
-    assert V.dynamic_params(256, 512, 16, 8.0) == (pytest.approx(6.0), 4)
-    assert V.dynamic_params(128, 128, 8, 4.0) == (pytest.approx(2.0 * 6 * 0.5), 2)
+    assert V.dynamic_params(256, 512, 16) == (6.0, 4)          # 6 * min(H, W) / 256, exact in binary
+    assert V.dynamic_params(128, 128, 8) == (3.0, 2)           # no fps factor (vbench 0.1.5 / head)
     assert V.dynamic_frame_interval(30) == 4 and V.dynamic_frame_interval(8) == 1
+    assert V.dynamic_frame_interval(4) == 1 and V.dynamic_frame_interval(12) == 2   # max(1, round(fps/8))
     flow = np.zeros((10, 10, 2))
     flow[0, :5, 0] = 3.0    # top 5 of 100 magnitudes are 3, 4 rest 0
     assert V.top_flow_magnitude(flow) == pytest.approx(3.0)
     assert V.is_dynamic([7, 1, 7], 6.0, 2) and not V.is_dynamic([7, 1, 1], 6.0, 2)
+
+
+def test_dynamic_degree_threshold_ignores_fps():
+    """A 4 fps video whose flow magnitude (4 px) is above 6 * 128 / 256 = 3 px in every pair is dynamic, as
+    in VBench; the briefly-upstream max(1, 8 / fps) factor would have doubled the threshold to 6 px."""
+    video = np.zeros((8, 128, 128, 3), np.uint8)
+    calls = []
+
+    def flow(a, b):
+        calls.append(1)
+        f = np.zeros((128, 128, 2))
+        f[..., 0] = 4.0
+        return f
+
+    value, per, scores = dynamic_degree([video], flow, [4.0])
+    assert (value, per) == (1.0, [1.0]) and scores == [[4.0] * 7] and len(calls) == 7
+    calls.clear()   # 24 fps: every 3rd of 16 frames -> 6 frames, 5 pairs, count_num round(4 * 6 / 16) = 2
+    dynamic_degree([np.zeros((16, 128, 128, 3), np.uint8)], flow, [24.0])
+    assert len(calls) == 5
+
+
+def test_frame_resizes_keep_floats_like_vbench_load_video():
+    """VBench's load_video yields float32 frames, so torchvision's Resize returns unrounded, unclamped
+    floats. Same ops in the same order, so the comparisons are exact."""
+    edge = np.zeros((1, 64, 96, 3), np.uint8)
+    edge[:, :, 48:] = 255
+    x = P.to_nchw(edge)
+    up = F.interpolate(x, size=(224, 336), mode="bicubic", align_corners=False, antialias=False)
+    assert up.max() > 255 and up.min() < 0 and (up != up.round()).any()   # rounding/clamping would show
+    assert torch.equal(P.resize_short(x, 224, "bicubic"), up)
+    assert torch.equal(P.clip_frames(edge), P.normalize(P.center_crop(up, 224) / 255.0, P.CLIP_MEAN, P.CLIP_STD))
+    bil = F.interpolate(x, size=(224, 336), mode="bilinear", align_corners=False, antialias=False)
+    assert torch.equal(P.dino_frames(edge), P.normalize(bil / 255.0, P.IMAGENET_MEAN, P.IMAGENET_STD))
+
+
+def test_i2v_frame_resizes_antialias_like_torchvision_0_17():
+    """The I2V transforms leave antialias to torchvision's default: True since torchvision 0.17 (followed
+    here, preprocess.I2V_TENSOR_ANTIALIAS)."""
+    assert P.I2V_TENSOR_ANTIALIAS is True
+    noise = np.random.default_rng(0).integers(0, 256, (1, 300, 400, 3), dtype=np.uint8)
+    x = P.to_nchw(noise)
+
+    def bicubic(size, aa):
+        return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=aa)
+
+    assert (bicubic((224, 224), True) - bicubic((224, 224), False)).abs().max() > 10   # the setting matters
+    assert torch.equal(P.dreamsim_frames(noise), bicubic((224, 224), True) / 255.0)
+    want = P.normalize(P.center_crop(bicubic((256, 341), True), 224) / 255.0, P.IMAGENET_MEAN, P.IMAGENET_STD)
+    assert torch.equal(P.dino_internet_frames(noise), want)
 
 
 RAW = {"i2v_subject": 0.95, "i2v_background": 0.96, "subject_consistency": 0.94,
@@ -89,6 +142,19 @@ def test_aggregate_names_proxy_unless_all_reference():
     agg = aggregates(dims)
     assert agg["kind"] == "proxy" and "proxy_total_score[renormalized]" in agg
     assert not any(k.startswith("vbench_") for k in agg)
+
+
+def test_camera_motion_labelled_missing_in_aggregates_and_table():
+    dims = {d: {"value": v, "tier": "offline"} for d, v in RAW.items()}
+    dims["aesthetic_quality"] = {"value": None, "tier": "unavailable", "note": "no offline substitute"}
+    agg = aggregates(dims)
+    assert agg["camera_motion"] == V.CAMERA_MOTION_MISSING == "missing (CoTracker not available)"
+    assert agg["missing"] == {"camera_motion": "missing (CoTracker not available)",
+                              "aesthetic_quality": "missing (no offline substitute)"}
+    assert "camera_motion" in agg["missing[missing=0]"] and "camera_motion" in agg["missing[renormalized]"]
+    row = table_row({"dimensions": dims, "aggregates": agg})
+    assert row["Camera Motion"] == "missing (CoTracker not available)"        # a label, never a silent 0
+    assert row["aggregate missing"] == "aesthetic_quality, camera_motion"
 
 
 def test_frechet_distance_zero_and_grows_with_noise():

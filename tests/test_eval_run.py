@@ -6,11 +6,16 @@ import numpy as np
 import pytest
 import torch
 
+from pathlib import Path
+from typing import get_type_hints
+
+from vpae import sampling
+from vpae.errors import VpaeError
 from vpae.eval import bench_latency, latency_markdown, run_eval, write_report
-from vpae.eval.latency import tiny_setup
+from vpae.eval.latency import latency_command, load_wan_transformer, time_interleaved, tiny_setup
 from vpae.eval.metrics import EvalConfig
-from vpae.eval.run import discover
-from vpae.eval.video import VideoError, read_video, write_video
+from vpae.eval.run import discover, eval_command
+from vpae.eval.video import EvalError, VideoError, read_video, write_video
 
 
 def _video(seed, frames=5, h=48, w=64, moving=True):
@@ -65,6 +70,14 @@ def test_run_eval_end_to_end(folder, tmp_path):
     md = (out / "report.md").read_text()
     assert "proxy_total_score[missing=0]" in md and "proxy_total_score[renormalized]" in md
     assert "oracle/pos_err" in md and "NFE" in md and "FD-EffNetLite0-frames" in md and "vbench_" not in md
+    # camera motion is labelled missing in the table, the notes and the aggregates (never a silent 0)
+    assert "| method | Camera Motion |" in md
+    assert md.count("missing (CoTracker not available)") >= 3          # 2 table rows + the note
+    assert "- camera_motion: missing (CoTracker not available)" in md
+    assert "missing (CoTracker not available)" in (out / "report.html").read_text()
+    assert t["aggregates"]["camera_motion"] == "missing (CoTracker not available)"
+    assert t["aggregates"]["missing"]["camera_motion"] == "missing (CoTracker not available)"
+    assert "camera_motion" in md.split("aggregate missing", 1)[1]
     saved = json.loads((out / "results.json").read_text())
     assert saved["backbones"]["effnet_lite0"]["files"]
     grid, _ = read_video(out / "samples_grid.gif")
@@ -123,3 +136,64 @@ def test_bench_latency_tiny():
     assert rows["student_1step"]["nfe_ratio"] == 12.0
     assert all(r["total_s"] > 0 and r["diffusion_s"] > 0 for r in res["rows"])
     assert "student_1step" in latency_markdown(res)
+
+
+def test_time_interleaved_warms_up_every_function_then_interleaves():
+    log = []
+    fns = [(n, lambda n=n: log.append(n) or n) for n in ("a", "b", "c")]
+    times, outs = time_interleaved(fns, "cpu", warmup=2, repeats=3)
+    assert log == ["a", "b", "c"] * (2 + 3)       # same warm-up for each, then round-robin repeats
+    assert outs == {"a": "a", "b": "b", "c": "c"} and all(len(t) == 3 for t in times.values())
+    with pytest.raises(EvalError):
+        time_interleaved(fns, "cpu", warmup=0, repeats=0)
+
+
+def test_bench_latency_warms_up_and_interleaves_configs(monkeypatch):
+    teacher, _, cond, shape = tiny_setup(frames=2, height=4, width=4, student=False)
+    log = []
+
+    def fake_teacher_sample(backbone, z, cond, steps, guidance, shift):
+        log.append(steps)
+        return sampling.SampleResult(x0=z, nfe=2 * steps)
+
+    monkeypatch.setattr(sampling, "teacher_sample", fake_teacher_sample)
+    res = bench_latency(teacher, cond, shape, teacher_steps=6, few_steps=(4, 1), warmup=1, repeats=2, device="cpu")
+    # per round: every config's diffusion then total function, configs in turn; 1 warm-up round + 2 timed
+    assert log == [6, 6, 4, 4, 1, 1] * 3
+    assert [r["nfe"] for r in res["rows"]] == [12, 8, 2]
+    assert all(len(r["diffusion_runs_s"]) == len(r["total_runs_s"]) == 2 for r in res["rows"])
+
+
+def test_bench_latency_identical_configs_same_order_of_magnitude():
+    """Two identical configurations (few_steps=(1, 1)) do equal work, so they must time alike. Real
+    timings on a possibly busy CPU: only the order of magnitude is asserted (medians within 10x)."""
+    teacher, _, cond, shape = tiny_setup(frames=2, height=4, width=4, student=False)
+    res = bench_latency(teacher, cond, shape, teacher_steps=2, few_steps=(1, 1), warmup=1, repeats=5, device="cpu")
+    a, b = res["rows"][1], res["rows"][2]
+    assert a["name"] == b["name"] == "teacher_1step" and a["nfe"] == b["nfe"] == 2
+    for k in ("diffusion_s", "total_s"):
+        assert 0.1 < a[k] / b[k] < 10, (k, a[k], b[k])
+
+
+def test_model_folders_are_local_only(tmp_path, monkeypatch):
+    from diffusers import WanTransformer3DModel
+    hub_name = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
+    with pytest.raises(EvalError, match="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers.*must be a local") as e:
+        load_wan_transformer(hub_name, torch.float32, "teacher")
+    assert isinstance(e.value, VpaeError)
+    with pytest.raises(EvalError, match="local folder"):       # checked before any model is built
+        latency_command(teacher=Path(hub_name), device="cpu")
+    with pytest.raises(EvalError, match="needs --teacher"):
+        latency_command(student=tmp_path, device="cpu")
+    seen = {}
+    monkeypatch.setattr(WanTransformer3DModel, "from_pretrained",
+                        classmethod(lambda cls, path, **kw: seen.update(path=path, **kw) or "model"))
+    assert load_wan_transformer(tmp_path, torch.bfloat16) == "model"
+    assert seen == {"path": str(tmp_path), "torch_dtype": torch.bfloat16, "local_files_only": True}
+
+
+def test_torchscript_options_say_they_run_code():
+    hints = get_type_hints(eval_command, include_extras=True)
+    for opt in ("dino", "clip_b32", "dreamsim", "raft", "amt", "musiq", "aesthetic", "i3d"):
+        help_text = hints[opt].__metadata__[0].help
+        assert "TorchScript" in help_text and "runs the code" in help_text and "trust" in help_text, opt

@@ -10,13 +10,19 @@ first-frame condition) for a batch, so a training loop only does `cond = make_co
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from vpae.conditioning import Conditioning, first_frame_condition
+from vpae.errors import VpaeError
 
 Tensor = torch.Tensor
+
+
+class CodecError(VpaeError, ValueError):
+    """A codec that cannot be loaded as asked (e.g. a path that is not a local model folder)."""
 
 
 class LatentCodec(torch.nn.Module):
@@ -126,9 +132,19 @@ class WanVAECodec(LatentCodec):
 
     @classmethod
     def from_pretrained(cls, path: str, subfolder: str | None = "vae", **kwargs) -> "WanVAECodec":
+        """Load `AutoencoderKLWan` from a LOCAL diffusers folder (`path/subfolder`), always with
+        local_files_only=True: nothing is downloaded. Raises CodecError naming the path when it is not a
+        local folder (e.g. a hub name)."""
+        p = Path(path).expanduser()
+        where = p / subfolder if subfolder else p
+        if not where.is_dir():
+            raise CodecError(f"Wan VAE: {where} is not a local folder; the path must be a local diffusers "
+                             f"model folder (hub names are not downloaded)")
+        if kwargs.pop("local_files_only", True) is not True:
+            raise CodecError("Wan VAE: loading is local only (local_files_only=False is not supported)")
         from diffusers import AutoencoderKLWan
 
-        return cls(AutoencoderKLWan.from_pretrained(path, subfolder=subfolder, **kwargs))
+        return cls(AutoencoderKLWan.from_pretrained(str(p), subfolder=subfolder, local_files_only=True, **kwargs))
 
     def _encode_raw(self, video: Tensor) -> Tensor:
         dist = self.vae.encode(video.to(self.vae.dtype)).latent_dist

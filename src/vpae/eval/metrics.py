@@ -17,9 +17,10 @@ from vpae.eval.video import image_to_uint8, to_uint8
 @dataclass
 class EvalConfig:
     """Local weight files for the reference tier (None -> offline tier for that dimension).
-    See docs/EVALUATION.md for each file's expected format."""
+    See docs/EVALUATION.md for each file's expected format. TorchScript files run their own code when
+    loaded: pass only trusted files (a warning is printed for each)."""
 
-    dino: str | None = None        # DINO ViT-B/16: state dict (dino_vitbase16_pretrain.pth) or TorchScript
+    dino: str | None = None        # DINO ViT-B/16: state dict (.pth / .safetensors, tensors only) or TorchScript
     clip_b32: str | None = None    # CLIP ViT-B/32 image encoder, TorchScript
     dreamsim: str | None = None    # DreamSim embed, TorchScript
     raft: str | None = None        # RAFT-things, TorchScript
@@ -98,7 +99,7 @@ def dynamic_degree(videos, flow, fps, progress=False):
     per, pair_scores = [], []
     for v, f in _bar(list(zip(videos, fps)), "dynamic_degree", progress):
         frames = v[:: V.dynamic_frame_interval(f)]
-        thres, count_num = V.dynamic_params(v.shape[1], v.shape[2], len(frames), f)
+        thres, count_num = V.dynamic_params(v.shape[1], v.shape[2], len(frames))
         scores = [V.top_flow_magnitude(flow(a, b)) for a, b in zip(frames[:-1], frames[1:])]
         per.append(float(V.is_dynamic(scores, thres, count_num)))
         pair_scores.append(scores)
@@ -179,18 +180,31 @@ def evaluate_videos(videos: Sequence, images: Sequence | None = None, config: Ev
 
 def aggregates(dims: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """VBench quality / I2V / total under both missing-dimension policies. Named `vbench_*` only when
-    all eight dimensions were computed with the reference tier; otherwise `proxy_*`. Camera motion is
-    never computed here (it needs CoTracker), so it is always missing."""
+    all eight dimensions were computed with the reference tier; otherwise `proxy_*`.
+
+    Camera motion is never computed here (VBench computes it with CoTracker, which is not available), so
+    it is always missing: `camera_motion` and `missing` say so, with the reason for every missing
+    dimension. Under [missing=0] its raw 0 caps the I2V score at 2 / 2.1 (as the official script would
+    with a 0 entry); [renormalized] leaves it out."""
     official = all(dims.get(d, {}).get("tier") == B.REFERENCE for d in V.DIMENSIONS)
     kind = "vbench" if official else "proxy"
     raw = {d: r.get("value") for d, r in dims.items()}
-    out: dict[str, Any] = {"kind": kind, "camera_motion": "not computed (needs CoTracker)"}
+    out: dict[str, Any] = {"kind": kind, "camera_motion": V.CAMERA_MOTION_MISSING}
     for policy, label in (("zero", "missing=0"), ("renormalize", "renormalized")):
         a = V.aggregate(raw, policy)
         for k in ("quality_score", "i2v_score", "total_score"):
             out[f"{kind}_{k}[{label}]"] = a[k]
         out[f"missing[{label}]"] = a["missing"]
+    out["missing"] = {d: missing_reason(d, dims.get(d)) for d in out["missing[missing=0]"]}
     return out
+
+
+def missing_reason(dim: str, rec: dict[str, Any] | None) -> str:
+    """Why a dimension has no value, as shown in tables and notes."""
+    if dim == "camera_motion":
+        return V.CAMERA_MOTION_MISSING
+    note = (rec or {}).get("note")
+    return f"missing ({note})" if note else "missing (not computed)"
 
 
 def fd_features(videos: Sequence, config: EvalConfig | None = None) -> dict[str, np.ndarray]:

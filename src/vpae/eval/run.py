@@ -165,7 +165,7 @@ def run_eval(video_dir, out_dir, *, config: EvalConfig | None = None, reference=
 
 def table_row(rec: Mapping[str, Any]) -> dict[str, Any]:
     """One paper-style table row from a method's results record."""
-    row: dict[str, Any] = {}
+    row: dict[str, Any] = {"Camera Motion": V.CAMERA_MOTION_MISSING}   # never computed: labelled, not a silent 0
     for d in V.DIMENSIONS:
         r = rec["dimensions"].get(d, {})
         tag = "" if r.get("tier") == "reference" else ("*" if r.get("tier") == "offline" else "")
@@ -174,6 +174,7 @@ def table_row(rec: Mapping[str, Any]) -> dict[str, Any]:
     for k, v in agg.items():
         if k.endswith("]") and not k.startswith("missing"):
             row[k] = v
+    row["aggregate missing"] = ", ".join(agg.get("missing[missing=0]", [])) or "none"
     for k, v in rec.get("fd", {}).items():
         row[k] = v
     lat = rec.get("latency") or {}
@@ -193,8 +194,9 @@ def report_notes(tiers, kind, backbones, has_fd) -> list[str]:
     else:
         notes.append("All eight dimensions used the reference VBench models; aggregates follow "
                      "scripts/cal_i2v_final_score.py.")
-    notes.append("Camera motion is not computed. [missing=0]: missing dimensions count as raw 0, as the official "
-                 "script does; [renormalized]: they are dropped from numerator and denominator.")
+    notes.append(f"camera_motion: {V.CAMERA_MOTION_MISSING}. It is in every aggregate's missing list: "
+                 "[missing=0] counts missing dimensions as raw 0, as the official script does (so the I2V score is "
+                 "at most 2/2.1 = 0.952); [renormalized] drops them from numerator and denominator.")
     for d, t in tiers.items():
         notes.append(f"{d}: {t}")
     for name, info in backbones.items():
@@ -206,18 +208,23 @@ def report_notes(tiers, kind, backbones, has_fd) -> list[str]:
     return notes
 
 
+TS_WARNING = (". SECURITY: a TorchScript file runs the code stored in it when loaded; pass only files you "
+              "trust (made yourself or from the model's authors)")
+
+
 def eval_command(
     video_dir: Annotated[Path, typer.Argument(help="folder with one subfolder of videos per method")],
     out: Annotated[Path, typer.Option(help="output folder")] = Path("eval_out"),
     reference: Annotated[Optional[str], typer.Option(help="method name or folder used as FD reference")] = None,
-    dino: Annotated[Optional[Path], typer.Option(help="DINO ViT-B/16 state dict or TorchScript")] = None,
-    clip_b32: Annotated[Optional[Path], typer.Option(help="CLIP ViT-B/32 TorchScript")] = None,
-    dreamsim: Annotated[Optional[Path], typer.Option(help="DreamSim TorchScript")] = None,
-    raft: Annotated[Optional[Path], typer.Option(help="RAFT TorchScript")] = None,
-    amt: Annotated[Optional[Path], typer.Option(help="AMT-S TorchScript")] = None,
-    musiq: Annotated[Optional[Path], typer.Option(help="MUSIQ-SPAQ TorchScript")] = None,
-    aesthetic: Annotated[Optional[Path], typer.Option(help="CLIP-L/14 + LAION head TorchScript")] = None,
-    i3d: Annotated[Optional[Path], typer.Option(help="I3D TorchScript (enables FVD)")] = None,
+    dino: Annotated[Optional[Path], typer.Option(help="DINO ViT-B/16 weights: a state dict (.pth via torch.load "
+                    "weights_only, or .safetensors; safe) or a TorchScript file" + TS_WARNING)] = None,
+    clip_b32: Annotated[Optional[Path], typer.Option(help="CLIP ViT-B/32 TorchScript" + TS_WARNING)] = None,
+    dreamsim: Annotated[Optional[Path], typer.Option(help="DreamSim TorchScript" + TS_WARNING)] = None,
+    raft: Annotated[Optional[Path], typer.Option(help="RAFT TorchScript" + TS_WARNING)] = None,
+    amt: Annotated[Optional[Path], typer.Option(help="AMT-S TorchScript" + TS_WARNING)] = None,
+    musiq: Annotated[Optional[Path], typer.Option(help="MUSIQ-SPAQ TorchScript" + TS_WARNING)] = None,
+    aesthetic: Annotated[Optional[Path], typer.Option(help="CLIP-L/14 + LAION head TorchScript" + TS_WARNING)] = None,
+    i3d: Annotated[Optional[Path], typer.Option(help="I3D TorchScript, enables FVD" + TS_WARNING)] = None,
     latency_json: Annotated[Optional[Path], typer.Option(help="bench latency JSON")] = None,
     extra_metrics_json: Annotated[Optional[Path], typer.Option(help="{method: {metric: value}} JSON")] = None,
     device: Annotated[str, typer.Option(help="torch device")] = "cpu",

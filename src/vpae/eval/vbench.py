@@ -46,6 +46,10 @@ I2V_LIST = ("camera_motion", "i2v_subject", "i2v_background")
 I2V_WEIGHT = 1.0
 I2V_QUALITY_WEIGHT = 1.0
 I2V_CONSISTENCY_WEIGHTS = (0.4, 0.3, 0.3)  # max(conformity), mean(consecutive), min(consecutive)
+# Camera motion (vbench2_beta_i2v/camera_motion.py) tracks points with CoTracker, which is neither
+# implemented nor loadable here (no weights, no download). It is never computed and every table, note
+# and aggregate labels it with this text instead of showing a silent 0.
+CAMERA_MOTION_MISSING = "missing (CoTracker not available)"
 
 
 # ---------------------------------------------------------------------------------------- features
@@ -103,7 +107,9 @@ def even_odd(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def vfi_score(original: np.ndarray, interpolated: Sequence[np.ndarray]) -> float:
-    """Motion smoothness of one video: (255 - mean_i mean|odd_i - interp_i|) / 255 over uint8 frames.
+    """Motion smoothness of one video: (255 - mean_i mean|odd_i - interp_i|) / 255 over uint8 frames
+    (VBench `MotionSmoothness.vfi_score`; the interpolated frames are uint8 as AMT's `tensor2img` makes
+    them: clipped to 0..255 and truncated, see backbones.AmtInterpolator).
 
     `interpolated[i]` is the frame predicted between even frames 2i and 2i+2, compared with original
     frame 2i+1 (as many as there are interpolations; VBench zips odd frames with interpolated ones)."""
@@ -118,15 +124,17 @@ def vfi_score(original: np.ndarray, interpolated: Sequence[np.ndarray]) -> float
 
 # ---------------------------------------------------------------------------------- dynamic degree
 def dynamic_frame_interval(fps: float) -> int:
-    """VBench keeps every round(fps/8)-th frame (at least 1) for dynamic degree."""
+    """VBench keeps every max(1, round(fps / 8))-th frame for dynamic degree (`DynamicDegree.get_frames`,
+    vbench 0.1.5 and repository head; Python's round, so round(1.5) = round(2.5) = 2)."""
     return max(1, round(fps / 8))
 
 
-def dynamic_params(height: int, width: int, count: int, fps: float = 8.0) -> tuple[float, int]:
-    """(thres, count_num): thres = max(1, 8/fps) * 6 * min(H, W) / 256; count_num = round(4 * count / 16),
-    where count is the number of (sub-sampled) frames."""
-    factor = max(1.0, 8.0 / fps)
-    return factor * 6.0 * (min(height, width) / 256.0), round(4 * (count / 16.0))
+def dynamic_params(height: int, width: int, count: int) -> tuple[float, int]:
+    """(thres, count_num) of VBench `DynamicDegree.set_params`: thres = 6 * min(H, W) / 256 and
+    count_num = round(4 * count / 16), where H, W is the (unpadded) frame size and count the number of
+    kept frames. No fps factor: a `max(1, 8 / fps)` factor existed upstream only from 2024-07-03 to
+    2024-07-13 (commits 11abda9..fc4620b) and is in neither vbench 0.1.5 nor the repository head."""
+    return 6.0 * (min(height, width) / 256.0), round(4 * (count / 16.0))
 
 
 def top_flow_magnitude(flow: np.ndarray, fraction: float = 0.05) -> float:

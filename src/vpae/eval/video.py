@@ -7,6 +7,8 @@ Two in-memory conventions are used across the project:
 
 ``to_uint8`` / ``to_tensor`` convert between them. ``read_video`` / ``write_video`` handle mp4 and gif
 files and raise :class:`VideoError` (a ``ValueError``) with the offending path on anything unreadable.
+Metrics resize the uint8 frames as float tensors, as VBench's ``load_video`` does (``torch.Tensor`` of the
+uint8 frames is float32), without rounding them back (see ``vpae.eval.preprocess``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ VIDEO_EXTS = (".mp4", ".gif")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-class VideoError(VpaeError, ValueError):
+class EvalError(VpaeError, ValueError):
+    """An expected evaluation failure (bad input or option); the message names the problem."""
+
+
+class VideoError(EvalError):
     """A video (or image) that cannot be read or does not follow the conventions."""
 
 

@@ -19,12 +19,13 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
 from vpae.backbones.wan import WanBackbone
+from vpae.errors import VpaeError
 
 FAKE_ADAPTER = "fake"
 GENERATOR_ADAPTER = "generator"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(VpaeError, RuntimeError):
     pass
 
 
@@ -53,7 +54,8 @@ def load_wan_backbone(path: str | Path, dtype: torch.dtype = torch.float32, text
     if not any(path.glob("*.safetensors")):
         raise ModelLoadError(f"{path} has no .safetensors weights")
     try:
-        model = WanTransformer3DModel.from_pretrained(str(path), torch_dtype=dtype, use_safetensors=True)
+        model = WanTransformer3DModel.from_pretrained(str(path), torch_dtype=dtype, use_safetensors=True,
+                                                      local_files_only=True)
     except Exception as e:
         raise ModelLoadError(f"cannot load Wan transformer from {path}: {type(e).__name__}: {e}") from e
     text_len = text_len or int(read_model_meta(path).get("text_len", 512))

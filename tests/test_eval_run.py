@@ -197,3 +197,14 @@ def test_torchscript_options_say_they_run_code():
     for opt in ("dino", "clip_b32", "dreamsim", "raft", "amt", "musiq", "aesthetic", "i3d"):
         help_text = hints[opt].__metadata__[0].help
         assert "TorchScript" in help_text and "runs the code" in help_text and "trust" in help_text, opt
+
+
+def test_videos_of_different_sizes_or_lengths_in_one_comparison_are_refused(tmp_path):
+    from typer.testing import CliRunner
+    from vpae.cli import app
+    for method, (f, h, w) in {"a": (5, 48, 64), "b": (5, 32, 32), "c": (9, 48, 64)}.items():
+        write_video(tmp_path / "v" / method / "000.gif", _video(0, frames=f, h=h, w=w), fps=8)
+    with pytest.raises(EvalError, match=r"same frame count and size.*a: 5x48x64; b: 5x32x32; c: 9x48x64"):
+        run_eval(tmp_path / "v", tmp_path / "out")
+    r = CliRunner().invoke(app, ["eval", str(tmp_path / "v"), "--out", str(tmp_path / "out2")])
+    assert r.exit_code == 2 and "error: videos in one comparison" in r.output

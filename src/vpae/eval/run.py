@@ -24,7 +24,7 @@ import typer
 from vpae.eval import vbench as V
 from vpae.eval.metrics import EvalConfig, evaluate_videos, fd_features, fd_scores
 from vpae.eval.report import write_report
-from vpae.eval.video import VIDEO_EXTS, VideoError, read_image, read_video
+from vpae.eval.video import VIDEO_EXTS, EvalError, VideoError, read_image, read_video
 
 SHORT = {
     "i2v_subject": "I2V Subj", "i2v_background": "I2V Bkg", "subject_consistency": "Subj Cons",
@@ -92,6 +92,17 @@ def _load_method(files: list[Path], method: str, manifest: dict):
     return videos, images, fps, prompts
 
 
+def check_same_shape(loaded: Mapping[str, list]) -> None:
+    """Videos compared with each other (every method and the FD reference) must share frame count and size:
+    the per-frame metrics, the FD features and the dynamic-degree threshold all depend on them, so a
+    comparison across sizes would be silently unfair. Refuses with the shapes found per method."""
+    shapes = {m: sorted({tuple(v.shape[:3]) for v in vids}) for m, vids in loaded.items() if vids}
+    if len({s for ss in shapes.values() for s in ss}) > 1:
+        found = "; ".join(f"{m}: " + ", ".join(f"{f}x{h}x{w}" for f, h, w in ss) for m, ss in shapes.items())
+        raise EvalError(f"videos in one comparison must have the same frame count and size (frames x height x "
+                        f"width), found {found}; resample them to one size first")
+
+
 def _latency_table(latency) -> dict[str, dict[str, Any]]:
     if latency is None:
         return {}
@@ -130,16 +141,17 @@ def run_eval(video_dir, out_dir, *, config: EvalConfig | None = None, reference=
     lat = _latency_table(latency)
     extra = {m: dict(v) for m, v in (extra_metrics or {}).items()}
 
-    ref_feats = None
-    if ref_files:
-        ref_feats = fd_features([read_video(f)[0] for f in ref_files], config)
+    loaded = {m: _load_method(files, m, manifest) for m, files in methods.items()}
+    ref_videos = [read_video(f)[0] for f in ref_files] if ref_files else []
+    check_same_shape({**{m: x[0] for m, x in loaded.items()}, "reference": ref_videos})
+    ref_feats = fd_features(ref_videos, config) if ref_videos else None
 
     results: dict[str, Any] = {"config": config.as_dict(), "video_dir": str(Path(video_dir).resolve()),
                                "reference": [str(f) for f in ref_files] if ref_files else None,
                                "methods": {}, "backbones": {}}
     rows, grids = {}, {}
     for m, files in methods.items():
-        videos, images, fps, prompts = _load_method(files, m, manifest)
+        videos, images, fps, prompts = loaded[m]
         res = evaluate_videos(videos, images, config, fps)
         results["backbones"].update(res.pop("backbones"))
         rec: dict[str, Any] = {"files": [str(f) for f in files], "prompts": prompts, **res}

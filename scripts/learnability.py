@@ -40,7 +40,7 @@ def one(name: str, out: Path, device: str, max_seconds: float) -> dict:
     from vpae.pipeline import build_data, run_pretrain
     from vpae.training.loop import read_log
     from vpae.training.roles import load_wan_backbone
-    from vpae.toy_eval import direction_sensitivity, ground_truth_report, oracle_eval, teacher_sweep
+    from vpae.toy.evaluate import direction_sensitivity, ground_truth_report, oracle_eval, teacher_sweep
     cfg = _cfg(name, device, [f"pretrain.max_seconds={max_seconds}", "train.num_workers=1"])
     t0 = time.time()
     r = run_pretrain(cfg, out / f"run_{name}", out / f"teacher_{name}", progress=False)

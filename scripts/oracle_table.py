@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from vpae.config import load_config
-from vpae.data.oracle import corrupt, mode_report, oracle_report
-from vpae.data.toy import ToyWorld, caption_modes, render
-from vpae.pipeline import world_config
-from vpae.toy_eval import MODE_SAMPLES
+from vpae.toy.oracle import corrupt, mode_report, oracle_report
+from vpae.toy.world import ToyWorld, caption_modes, render
+from vpae.toy.world import world_config
+from vpae.toy.evaluate import MODE_SAMPLES
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--config", default="configs/toy/demo.yaml")

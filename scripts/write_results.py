@@ -3,7 +3,7 @@
     python scripts/write_results.py --demo outputs/demo/results.json --reproduce outputs/reproduce/results.json
 
 Every number in RESULTS.md comes from those files. A paper claim "reproduces" only when its mean gap over
-seeds exceeds the spread (vpae.ablate.judge); the verdicts are the reproduction's own.
+seeds exceeds the spread (vpae.toy.ablate.judge); the verdicts are the reproduction's own.
 """
 import argparse
 import json

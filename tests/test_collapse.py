@@ -1,7 +1,7 @@
 """Collapse detectors: each failure mode of I2V distillation is flagged, healthy toy videos are not."""
 import torch
 
-from vpae.data.toy import ToyWorld, ToyWorldConfig
+from vpae.toy.world import ToyWorld, ToyWorldConfig
 from vpae.training.collapse import collapse_flags, collapse_stats
 
 WORLD = ToyWorld(ToyWorldConfig(frames=5, height=16, width=16, bounce=True, pixel_grid=True, caption_speed=False))

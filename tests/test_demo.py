@@ -15,7 +15,7 @@ TINY = ["priming.steps=2", "equilibrium.steps=2", "priming.batch_size=2", "equil
 
 @pytest.mark.slow
 def test_demo_pipeline_writes_report(tmp_path):
-    from vpae.demo import run_demo
+    from vpae.toy.demo import run_demo
     cfg = load_config("configs/toy/demo.yaml", TINY)
     r = run_demo(cfg, tmp_path, progress=False)
     rows = dict(r["rows"])
@@ -42,7 +42,7 @@ def test_demo_pipeline_writes_report(tmp_path):
 
 @pytest.mark.slow
 def test_ablation_driver_two_variants_two_seeds_resumes(tmp_path):
-    from vpae.ablate import run_ablation
+    from vpae.toy.ablate import run_ablation
     names = ["UAE + V-PAE-I (default)", "lambda 0"]
     r = run_ablation("configs/toy/demo.yaml", tmp_path, TINY + ["train.eval_every=0"], names, progress=False,
                      seeds=[0, 1], workers=2, proxies=False)
@@ -63,7 +63,7 @@ def test_ablation_driver_two_variants_two_seeds_resumes(tmp_path):
 
 
 def test_claim_verdicts_need_the_gap_to_exceed_the_spread():
-    from vpae.ablate import judge
+    from vpae.toy.ablate import judge
     agg = {"A": {"oracle/persistence": 0.8, "oracle/persistence_std": 0.02},
            "B": {"oracle/persistence": 0.7, "oracle/persistence_std": 0.02},
            "C": {"oracle/persistence": 0.79, "oracle/persistence_std": 0.02}}
@@ -76,7 +76,7 @@ def test_claim_verdicts_need_the_gap_to_exceed_the_spread():
 def test_primed_generator_is_the_phase_one_generator_in_both_generator_modes(tmp_path, mode):
     from safetensors.torch import load_file
     from vpae.config import load_config
-    from vpae.demo import primed_generator
+    from vpae.toy.demo import primed_generator
     from vpae.pipeline import run_distill
     cfg = load_config("configs/toy/demo.yaml", [f"priming.generator_mode={mode}", "priming.steps=1", "equilibrium.steps=1",
                                                 "priming.batch_size=1", "equilibrium.batch_size=1", "train.eval_every=0",
@@ -93,8 +93,8 @@ def test_primed_generator_is_the_phase_one_generator_in_both_generator_modes(tmp
 def test_sampling_latency_times_the_same_network_the_same(monkeypatch):
     """The same model and sampler under two names must get about the same latency (the demo once showed
     0.19 s vs 0.016 s for equal work): every method is warmed up and timed in interleaved rounds."""
-    import vpae.demo as demo
-    from vpae.toy_eval import Method
+    import vpae.toy.demo as demo
+    from vpae.toy.evaluate import Method
     calls = []
 
     def fake_generate(model, data, batch, method, seed):
@@ -102,7 +102,7 @@ def test_sampling_latency_times_the_same_network_the_same(monkeypatch):
         return None, 1, 0.5 if len(calls) <= 2 else 0.01  # only the first (warm-up) calls are slow
     monkeypatch.setattr(demo, "generate", fake_generate)
     methods = {n: Method(n, "few_step", 1) for n in ("a", "b")}
-    from vpae.data.toy import ToyBatch
+    from vpae.toy.world import ToyBatch
     batch = ToyBatch(torch.zeros(2, 3, 5, 16, 16), [None, None], ["", ""])
     lat = demo.sampling_latency({"a": None, "b": None}, methods, None, batch, 0, repeats=3)
     assert calls == ["a", "b"] + ["a", "b"] * 3 and lat == {"a": 0.01, "b": 0.01}

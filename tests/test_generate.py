@@ -138,7 +138,7 @@ def test_embeddings_models(tmp_path):
 
 def test_builtin_toy_teacher_one_step(tmp_path):
     from PIL import Image
-    from vpae.data.toy import ToyWorld, ToyWorldConfig
+    from vpae.toy.world import ToyWorld, ToyWorldConfig
     batch = ToyWorld(ToyWorldConfig(frames=9, height=32, width=32)).heldout(1, seed=0)
     frame0 = ((batch.video[0, :, 0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
     Image.fromarray(frame0).save(tmp_path / "first.png")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from vpae.data.oracle import (caption_following, corrupt, first_frame_psnr, object_persistence, oracle_report,
+from vpae.toy.oracle import (caption_following, corrupt, first_frame_psnr, object_persistence, oracle_report,
                               sharpness)
-from vpae.data.toy import ToyWorld, render, render_numpy
+from vpae.toy.world import ToyWorld, render, render_numpy
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
@@ -112,8 +112,8 @@ def test_single_metrics_and_validation(held):
 
 # ---- the multimodal world: captions silent on the speed (data.caption_speed false) ----
 
-from vpae.data.oracle import assign_mode, expected_mode_diversity, mode_report  # noqa: E402
-from vpae.data.toy import ToyWorld, ToyWorldConfig, all_captions, caption_modes, parse_caption, render  # noqa: E402
+from vpae.toy.oracle import assign_mode, expected_mode_diversity, mode_report  # noqa: E402
+from vpae.toy.world import ToyWorld, ToyWorldConfig, all_captions, caption_modes, parse_caption, render  # noqa: E402
 
 MULTI = ToyWorldConfig(frames=5, height=16, width=16, bounce=True, pixel_grid=True, caption_speed=False)
 
@@ -173,7 +173,7 @@ AXIS = ToyWorldConfig(frames=5, height=16, width=16, bounce=True, pixel_grid=Tru
 
 
 def test_axis_captions_parse_and_their_modes_are_both_directions():
-    from vpae.data.toy import AXES, axis_of
+    from vpae.toy.world import AXES, axis_of
     b = ToyWorld(AXIS).heldout(64)
     silent = [p for p in b.params if not p.sign_stated]
     assert 16 < len(silent) < 48  # about half (binomial, 64 draws: std 4)
@@ -223,8 +223,8 @@ def test_mode_report_without_multimodal_conditions_reports_caption_following():
 
 
 def test_opposite_captions_swap_the_axis_of_axis_only_captions():
-    from vpae.data.toy import ToyBatch
-    from vpae.toy_eval import opposite_direction_captions
+    from vpae.toy.world import ToyBatch
+    from vpae.toy.evaluate import opposite_direction_captions
     b = ToyWorld(AXIS).heldout(32)
     for c, o, p in zip(b.captions, opposite_direction_captions(ToyBatch(b.video, b.params, b.captions)), b.params):
         a, q = parse_caption(c), parse_caption(o)

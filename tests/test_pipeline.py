@@ -42,8 +42,8 @@ def test_text_len_processor_splits_image_from_short_text():
 
 
 def test_caption_bank_equals_live_encoding(tmp_path):
-    from vpae.encoders import TextEncoder
-    from vpae.pipeline import CaptionBank, _Fp16TextEncoder, build_caption_bank
+    from vpae.toy.encoders import TextEncoder
+    from vpae.toy.source import CaptionBank, _Fp16TextEncoder, build_caption_bank
     caps = ["a small red square moves left slowly over a plain dark background",
             "a large blue circle moves up quickly over a checkered background"]
     bank = CaptionBank(build_caption_bank(tmp_path / "bank.safetensors", 24, captions=caps))

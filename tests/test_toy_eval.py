@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from vpae.config import load_config
-from vpae.data.toy import parse_caption
-from vpae.pipeline import ToyData
-from vpae.toy_eval import OPPOSITE_DIRECTION, direction_sensitivity, opposite_direction_captions
+from vpae.toy.world import parse_caption
+from vpae.toy.source import ToyData
+from vpae.toy.evaluate import OPPOSITE_DIRECTION, direction_sensitivity, opposite_direction_captions
 
 
 @pytest.fixture(scope="module")

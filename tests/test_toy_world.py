@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from vpae.data.oracle import track_object
-from vpae.data.toy import (BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, ToyWorld, ToyWorldConfig, all_captions,
+from vpae.toy.oracle import track_object
+from vpae.toy.world import (BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, ToyWorld, ToyWorldConfig, all_captions,
                            bounces, caption, parse_caption, render, sample_params, trajectory)
 
 
@@ -113,7 +113,7 @@ def test_rendered_object_matches_params(world):
 
 
 def test_background_is_static_and_low_contrast(world):
-    from vpae.data.toy import object_alpha, render_numpy
+    from vpae.toy.world import object_alpha, render_numpy
 
     for p in world.batch(8, seed=2).params:
         bg = (render_numpy(p, world.cfg, with_object=False) + 1) / 2

@@ -123,8 +123,9 @@ def caption_bank(out: Path = typer.Option(Path(".cache/toy_captions.safetensors"
                  bounce: bool = typer.Option(False, help="Also the 'and bounces back' captions (data.bounce=true)"),
                  config: Path = typer.Option(None, help="Take the world (and text_tokens) from this config's data section")):
     """Precompute the text embeddings of every toy-world caption (for machines without MiniLM)."""
-    from vpae.data.toy import ToyWorldConfig
-    from vpae.pipeline import build_caption_bank, world_config
+    from vpae.toy.world import ToyWorldConfig
+    from vpae.toy.source import build_caption_bank
+    from vpae.toy.world import world_config
     world = ToyWorldConfig(bounce=bounce)
     if config is not None:
         cfg = _load(config, [])
@@ -140,7 +141,7 @@ def demo(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Demo c
          set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
     """The whole method on the toy world: phase I, phase II, evaluation, report (CPU, minutes)."""
     import shutil
-    from vpae.demo import run_demo
+    from vpae.toy.demo import run_demo
     cfg = _load(config, set_)
     if fresh and (out / "run").exists():
         shutil.rmtree(out / "run")
@@ -158,7 +159,7 @@ def ablate(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Base
            set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
     """The paper's ablations (Table 1 phases, Table 2 priming, Table 3 heads/backbone/lambda) with equal
     budgets over several seeds; resumable (rerun the same command)."""
-    from vpae.ablate import run_ablation
+    from vpae.toy.ablate import run_ablation
     _load(config, set_)  # validate overrides up front
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]

@@ -7,7 +7,6 @@ paper's default; configs/toy/*.yaml scale them for a CPU and say so.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     kind: str = "toy"
-    """toy: the procedural world (vpae.data.toy)."""
+    """toy: the procedural world (vpae.toy.world)."""
     frames: int = 9
     height: int = 32
     width: int = 32
@@ -251,7 +250,7 @@ def validate(cfg: VPAEConfig) -> None:
         raise ConfigError(f"need equilibrium.adv_weight >= 0 and equilibrium.sds_lambda >= 0, not both 0; "
                           f"got {e.adv_weight}, {e.sds_lambda}")
     if cfg.data.kind == "toy":  # the world's own checks (sizes, radii, vocabularies), reported as config errors
-        from vpae.data.toy import world_config
+        from vpae.toy.world import world_config
         try:
             world_config(cfg.data)
         except ValueError as err:

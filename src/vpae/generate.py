@@ -84,14 +84,14 @@ def is_toy_model(backbone, meta: dict) -> bool:
 
 @functools.lru_cache(maxsize=4)
 def _minilm(max_tokens: int):
-    from vpae.encoders import TextEncoder
-    from vpae.pipeline import _Fp16TextEncoder
+    from vpae.toy.encoders import TextEncoder
+    from vpae.toy.source import _Fp16TextEncoder
     return _Fp16TextEncoder(TextEncoder(max_tokens=max_tokens))
 
 
 def build_stack(backbone, meta: dict, embeddings: Optional[Path]) -> Stack:
     from vpae.codecs import IdentityCodec
-    from vpae.encoders import PatchImageEncoder
+    from vpae.toy.encoders import PatchImageEncoder
     cfg = backbone.model.config
     if cfg.out_channels != 3:
         raise GenerateError(

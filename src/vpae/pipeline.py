@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -15,20 +14,17 @@ from pathlib import Path
 
 import torch
 
-from vpae.backbones.wan import WanBackbone, tiny_wan_config
-from vpae.codecs import IdentityCodec, make_conditioning
-from vpae.conditioning import Conditioning
+from vpae.backbones.wan import WanBackbone
 from vpae.config import ConfigError, VPAEConfig, record_run_config, to_dict
-from vpae.data.toy import ToyBatch, ToyWorld, ToyWorldConfig, world_config
 from vpae.discriminator import build_head
-from vpae.encoders import PatchImageEncoder, TextEncoder
+from vpae.toy.source import ToyData
 from vpae.training import roles as R
 from vpae.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from vpae.training.loop import DivergenceCheck, train
 from vpae.training.steps import EquilibriumStep, PretrainStep, PrimingStep
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
-BUILTIN_TEACHER = PACKAGE_ROOT / "assets" / "toy_teacher"
+BUILTIN_TEACHER = PACKAGE_ROOT / "toy" / "teacher"
 
 
 def resolve_model_path(path: str) -> Path:
@@ -40,154 +36,6 @@ def resolve_model_path(path: str) -> Path:
 
 # ----------------------------------------------------------------------------------------------
 # Data
-
-class CaptionBank:
-    """Precomputed text embeddings of every toy caption (and the empty negative prompt), with the
-    TextEncoder's interface. Lets machines without the MiniLM package (a GPU box) train on the toy world."""
-
-    def __init__(self, path: str | Path):
-        from safetensors.torch import load_file
-        from safetensors import safe_open
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"caption bank not found: {path}")
-        t = load_file(str(path))
-        with safe_open(str(path), "pt") as f:
-            captions = json.loads(f.metadata()["captions"])
-        self.index = {c: i for i, c in enumerate(captions)}
-        self.emb, self.mask = t["emb"].float(), t["mask"].bool()
-        self.dim = self.emb.shape[-1]
-        self.max_tokens = self.emb.shape[1]
-
-    def encode(self, captions):
-        try:
-            idx = torch.tensor([self.index[c] for c in captions], dtype=torch.long)
-        except KeyError as e:
-            raise KeyError(f"caption not in the bank: {e}") from e
-        return self.emb[idx], self.mask[idx]
-
-    def negative(self, batch_size: int | None = None):
-        e = self.encode([""])[0]
-        return e if batch_size is None else e.expand(batch_size, -1, -1)
-
-
-def build_caption_bank(path: str | Path, max_tokens: int = 24, world_cfg: ToyWorldConfig | None = None,
-                       captions: list[str] | None = None) -> Path:
-    """Encode every toy caption (or the given ones) plus "" into a safetensors bank."""
-    from safetensors.torch import save_file
-    from vpae.data.toy import all_captions
-    captions = [""] + sorted(set(captions) if captions is not None else all_captions(world_cfg or ToyWorldConfig()))
-    enc = _Fp16TextEncoder(TextEncoder(max_tokens=max_tokens))
-    embs, masks = [], []
-    for i in range(0, len(captions), 128):
-        e, m = enc.encode(captions[i:i + 128])
-        embs.append(e), masks.append(m)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"emb": torch.cat(embs).half(), "mask": torch.cat(masks).to(torch.uint8)}, str(path),
-              metadata={"captions": json.dumps(captions)})
-    return path
-
-
-class _Fp16TextEncoder:
-    """TextEncoder outputs rounded to float16 precision, so live encoding equals the CaptionBank exactly."""
-
-    def __init__(self, enc: TextEncoder):
-        self.enc, self.dim, self.max_tokens = enc, enc.dim, enc.max_tokens
-
-    def encode(self, captions):
-        e, m = self.enc.encode(list(captions))
-        return e.half().float(), m
-
-    def negative(self, batch_size: int | None = None):
-        return self.enc.negative(batch_size).half().float()
-
-def _text_encoder(d, world: ToyWorldConfig):
-    """The caption bank d.caption_bank when it holds every caption of this world; a missing or stale bank
-    (another world's captions) is (re)built first, which needs the MiniLM package. No bank: MiniLM live."""
-    if not d.caption_bank:
-        return _Fp16TextEncoder(TextEncoder(max_tokens=d.text_tokens))
-    from vpae.data.toy import all_captions
-    bank_path = Path(d.caption_bank)
-    if bank_path.is_file():
-        bank = CaptionBank(bank_path)
-        if bank.max_tokens == d.text_tokens and set(all_captions(world)) <= set(bank.index):
-            return bank
-    tmp = bank_path.with_name(bank_path.name + f".tmp-{os.getpid()}")
-    build_caption_bank(tmp, d.text_tokens, world)
-    os.replace(tmp, bank_path)
-    return CaptionBank(bank_path)
-
-
-class ToyData:
-    """The toy world with its encoders and codec: batches of (latents, Conditioning)."""
-
-    def __init__(self, cfg: VPAEConfig, device: str = "cpu"):
-        d = cfg.data
-        self.world = ToyWorld(world_config(d))
-        self.text_encoder = _text_encoder(d, self.world.cfg)
-        self.image_encoder = PatchImageEncoder(patch_size=d.image_patch)
-        self.codec = IdentityCodec()
-        self.frames = d.frames
-        self.device = torch.device(device)
-        self.seed = cfg.train.seed
-
-    def conditioning(self, batch: ToyBatch) -> Conditioning:
-        return make_conditioning(batch.video, batch.captions, self.text_encoder, self.image_encoder,
-                                 self.codec, self.frames).to(self.device)
-
-    def encode(self, batch: ToyBatch) -> tuple[torch.Tensor, Conditioning]:
-        return self.codec.encode(batch.video).to(self.device), self.conditioning(batch)
-
-    def batch_fn(self, batch_size: int, stream_seed: int, num_workers: int = 0):
-        """step -> (latents, cond); batch k is world.stream_batch(batch_size, stream_seed, k)."""
-        if num_workers <= 0:
-            return lambda step: self.encode(self.world.stream_batch(batch_size, stream_seed, step))
-        return _PrefetchedBatches(self, batch_size, stream_seed, num_workers)
-
-    def heldout(self, n: int) -> ToyBatch:
-        return self.world.heldout(n, seed=self.seed)
-
-    def wan_config(self, **overrides) -> dict:
-        """A Wan config whose input/output/text/image sizes match this data source."""
-        kw = dict(latent_channels=self.codec.latent_channels, mask_channels=self.codec.mask_channels,
-                  text_dim=self.text_encoder.dim, image_dim=self.image_encoder.dim)
-        kw.update(overrides)
-        return tiny_wan_config(True, **kw)
-
-
-class _StreamDataset(torch.utils.data.Dataset):
-    def __init__(self, world: ToyWorld, batch_size: int, seed: int, start: int):
-        self.world, self.batch_size, self.seed, self.start = world, batch_size, seed, start
-
-    def __len__(self):
-        return 1 << 40
-
-    def __getitem__(self, k):
-        b = self.world.stream_batch(self.batch_size, self.seed, self.start + k)
-        return b.video, b.captions
-
-
-def _one_thread(_worker_id: int) -> None:
-    torch.set_num_threads(1)
-
-
-class _PrefetchedBatches:
-    """Renders stream batches in DataLoader workers, in order; the same batches as the synchronous path."""
-
-    def __init__(self, data: "ToyData", batch_size: int, seed: int, num_workers: int):
-        self.data, self.batch_size, self.seed, self.num_workers = data, batch_size, seed, num_workers
-        self.next_step, self.it = None, None
-
-    def __call__(self, step: int):
-        if step != self.next_step:
-            loader = torch.utils.data.DataLoader(_StreamDataset(self.data.world, self.batch_size, self.seed, step),
-                                                 batch_size=None, num_workers=self.num_workers, prefetch_factor=4,
-                                                 worker_init_fn=_one_thread)
-            self.it = iter(loader)
-        video, captions = next(self.it)
-        self.next_step = step + 1
-        return self.data.encode(ToyBatch(video, [], list(captions)))
 
 def build_data(cfg: VPAEConfig) -> ToyData:
     return ToyData(cfg, cfg.train.device)
@@ -269,7 +117,7 @@ def _atomic_dir(out: Path, write) -> Path:
 
 def _probe_fn(ema: WanBackbone, data: ToyData, n: int):
     """step -> the EMA teacher's direction-word probe on n held-out videos (does it read the caption yet?)."""
-    from vpae.toy_eval import direction_sensitivity
+    from vpae.toy.evaluate import direction_sensitivity
     batch = data.heldout(max(1, n))
 
     def probe(_step: int) -> dict[str, float]:

@@ -123,7 +123,7 @@ def run_eval(video_dir, out_dir, *, config: EvalConfig | None = None, reference=
     reference: a method name or a folder of reference videos for Frechet distances (default: the
         `reference/` subfolder if present; none -> no FD).
     extra_metrics: {method: {metric: value}} merged into the table and results (e.g. toy-world oracle
-        metrics from vpae.data.oracle.oracle_report).
+        metrics from vpae.toy.oracle.oracle_report).
     latency: {method: {"nfe": .., "latency_s": .., ...}}, a JSON file of that, or bench_latency's output
         (rows matched to methods by name).
     """

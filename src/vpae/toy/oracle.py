@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from vpae.data.toy import DIRECTIONS, ToyVideoParams, ToyWorldConfig, caption_modes, render_numpy, trajectory
+from vpae.toy.world import DIRECTIONS, ToyVideoParams, ToyWorldConfig, caption_modes, render_numpy, trajectory
 
 Tensor = torch.Tensor
 

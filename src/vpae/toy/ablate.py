@@ -61,7 +61,7 @@ def _variant_worker(config_path, base_overrides, overrides, run_dir, shared_prim
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from vpae.config import load_config
     from vpae.pipeline import build_data, run_distill
-    from vpae.toy_eval import Method, oracle_columns, oracle_eval, proxy_metrics
+    from vpae.toy.evaluate import Method, oracle_columns, oracle_eval, proxy_metrics
 
     cfg = load_config(config_path, list(base_overrides) + list(overrides))
     run_dir = Path(run_dir)

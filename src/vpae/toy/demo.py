@@ -7,7 +7,6 @@ held-out evaluation of teacher 100/4/1 NFE and V-PAE-I / V-PAE at 4/1 NFE -> rep
 from __future__ import annotations
 
 import copy
-import json
 import platform
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 
 from vpae.config import VPAEConfig, to_dict
-from vpae.toy_eval import (Method, generate, ground_truth_report, oracle_columns, oracle_eval, proxy_metrics,
+from vpae.toy.evaluate import (Method, generate, ground_truth_report, oracle_columns, oracle_eval, proxy_metrics,
                            teacher_methods)
 from vpae.training import roles as R
 from vpae.training.checkpoint import latest_checkpoint, load_checkpoint
@@ -133,7 +132,7 @@ def run_demo(cfg: VPAEConfig, out_dir: str | Path, progress: bool = True, vbench
              t100: list(videos[t100][:4]), "teacher 1 NFE": list(videos["teacher 1 NFE"][:4]),
              "V-PAE 1 NFE": list(videos["V-PAE 1 NFE"][:4])}
     if data.world.cfg.multimodal:  # one condition the caption leaves open, four noises: are both modes drawn?
-        from vpae.data.toy import caption_modes
+        from vpae.toy.world import caption_modes
         i = next((i for i, p in enumerate(batch.params) if len(caption_modes(p, data.world.cfg)) > 1), 0)
         one = type(batch)(batch.video[i:i + 1], batch.params[i:i + 1], batch.captions[i:i + 1])
         for name in (t100, "V-PAE 1 NFE"):
@@ -143,7 +142,7 @@ def run_demo(cfg: VPAEConfig, out_dir: str | Path, progress: bool = True, vbench
     machine = f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, torch {torch.__version__}"
     notes = [
         f"Toy world held-out split: {len(batch)} videos, {cfg.data.frames} frames at {cfg.data.height}x{cfg.data.width}; same noise per video for every method (seed {tc.seed}).",
-        "oracle/* come from the toy world's ground truth (vpae.data.oracle); proxy/* are offline-tier VBench-I2V "
+        "oracle/* come from the toy world's ground truth (vpae.toy.oracle); proxy/* are offline-tier VBench-I2V "
         "dimensions (EffNet-Lite0 / OpenCV flow / NIQE substitutes, not the official models); aesthetic is unavailable offline.",
         "FD-* is a Frechet distance on EffNet-Lite0 frame features to the held-out real videos (not FVD).",
         "latency_s: median wall time of the diffusion part for one video on this CPU; speedup is against the multi-step teacher (first row).",

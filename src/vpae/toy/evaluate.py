@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from vpae.backbones.base import Backbone
-from vpae.data.oracle import mode_report, oracle_report
-from vpae.data.toy import AXIS_PHRASES, ToyBatch, axis_of
+from vpae.toy.oracle import mode_report, oracle_report
+from vpae.toy.world import AXIS_PHRASES, ToyBatch, axis_of
 from vpae import flow
 from vpae.sampling import few_step_sample, few_step_sigmas, initial_noise, teacher_sample
 
@@ -89,7 +89,7 @@ def ground_truth_report(data, batch: ToyBatch, mode_samples: int = MODE_SAMPLES,
     """The oracle metrics of the world itself: the held-out videos, and for the mode metrics videos drawn
     with a random caption-consistent trajectory for each condition (the reference row of every table)."""
     import numpy as np
-    from vpae.data.toy import caption_modes, render
+    from vpae.toy.world import caption_modes, render
     cfg = data.world.cfg
     rep = oracle_report(batch.video, batch.params, batch.first_frame, cfg)
     if cfg.multimodal:

@@ -12,9 +12,10 @@ from typing import get_type_hints
 from vpae import sampling
 from vpae.errors import VpaeError
 from vpae.eval import bench_latency, latency_markdown, run_eval, write_report
-from vpae.eval.latency import latency_command, load_wan_transformer, time_interleaved, tiny_setup
+from vpae.cli import eval_command, latency_command
+from vpae.eval.latency import load_wan_transformer, time_interleaved, tiny_setup
 from vpae.eval.metrics import EvalConfig
-from vpae.eval.run import discover, eval_command
+from vpae.eval.run import discover
 from vpae.eval.video import EvalError, VideoError, read_video, write_video
 
 

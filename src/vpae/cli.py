@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -169,7 +169,85 @@ def ablate(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Base
     typer.echo(f"ablation finished in {r['total_s']:.0f}s: {out / 'report.html'}")
 
 
-from vpae.eval import eval_command, latency_command  # noqa: E402  (typer command functions)
+# -- evaluation ------------------------------------------------------------------------------------
+
+TS_WARNING = (". SECURITY: a TorchScript file runs the code stored in it when loaded; pass only files you "
+              "trust (made yourself or from the model's authors)")
+
+
+def eval_command(
+    video_dir: Annotated[Path, typer.Argument(help="folder with one subfolder of videos per method")],
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("eval_out"),
+    reference: Annotated[Optional[str], typer.Option(help="method name or folder used as FD reference")] = None,
+    dino: Annotated[Optional[Path], typer.Option(help="DINO ViT-B/16 weights: a state dict (.pth via torch.load "
+                    "weights_only, or .safetensors; safe) or a TorchScript file" + TS_WARNING)] = None,
+    clip_b32: Annotated[Optional[Path], typer.Option(help="CLIP ViT-B/32 TorchScript" + TS_WARNING)] = None,
+    dreamsim: Annotated[Optional[Path], typer.Option(help="DreamSim TorchScript" + TS_WARNING)] = None,
+    raft: Annotated[Optional[Path], typer.Option(help="RAFT TorchScript" + TS_WARNING)] = None,
+    amt: Annotated[Optional[Path], typer.Option(help="AMT-S TorchScript" + TS_WARNING)] = None,
+    musiq: Annotated[Optional[Path], typer.Option(help="MUSIQ-SPAQ TorchScript" + TS_WARNING)] = None,
+    aesthetic: Annotated[Optional[Path], typer.Option(help="CLIP-L/14 + LAION head TorchScript" + TS_WARNING)] = None,
+    i3d: Annotated[Optional[Path], typer.Option(help="I3D TorchScript, enables FVD" + TS_WARNING)] = None,
+    latency_json: Annotated[Optional[Path], typer.Option(help="bench latency JSON")] = None,
+    extra_metrics_json: Annotated[Optional[Path], typer.Option(help="{method: {metric: value}} JSON")] = None,
+    device: Annotated[str, typer.Option(help="torch device")] = "cpu",
+) -> None:
+    """Score videos on VBench-I2V dimensions (reference or offline tier) and write reports."""
+    import json
+    from vpae.eval import EvalConfig, run_eval
+    cfg = EvalConfig(dino=_s(dino), clip_b32=_s(clip_b32), dreamsim=_s(dreamsim), raft=_s(raft), amt=_s(amt),
+                     musiq=_s(musiq), aesthetic=_s(aesthetic), i3d=_s(i3d), device=device)
+    extra = json.loads(extra_metrics_json.read_text()) if extra_metrics_json else None
+    res = run_eval(video_dir, out, config=cfg, reference=reference, extra_metrics=extra, latency=latency_json)
+    typer.echo(f"{len(res['methods'])} methods scored ({res['aggregate_kind']} aggregates); "
+               f"report: {Path(out) / 'report.md'}")
+
+
+def _s(p):
+    return None if p is None else str(p)
+
+
+def latency_command(
+    teacher: Annotated[Optional[Path], typer.Option(
+        help="local diffusers WanTransformer3DModel folder, never downloaded (default: tiny random)")] = None,
+    student: Annotated[Optional[Path], typer.Option(
+        help="local student WanTransformer3DModel folder (needs --teacher)")] = None,
+    frames: Annotated[int, typer.Option(help="latent frames")] = 5,
+    height: Annotated[int, typer.Option(help="latent height")] = 16,
+    width: Annotated[int, typer.Option(help="latent width")] = 16,
+    steps: Annotated[int, typer.Option(help="teacher baseline steps")] = 50,
+    guidance: Annotated[float, typer.Option(help="teacher CFG scale")] = 5.0,
+    repeats: Annotated[int, typer.Option()] = 3,
+    warmup: Annotated[int, typer.Option()] = 1,
+    device: Annotated[str, typer.Option(help="torch device (default: cuda when available)")] = "",
+    dtype: Annotated[str, typer.Option(help="float32 | bfloat16")] = "float32",
+    out: Annotated[Optional[Path], typer.Option(help="write the results JSON here")] = None,
+) -> None:
+    """Time teacher (50 steps + CFG = 100 NFE, 4 and 1 steps) vs student (1 and 4 steps)."""
+    import json
+    import torch
+    from vpae.eval.latency import (EvalError, bench_latency, latency_markdown, load_wan_transformer,
+                                   random_condition, tiny_setup)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if student is not None and teacher is None:
+        raise EvalError("--student needs --teacher (the tiny default setup has its own student)")
+    if teacher is not None:
+        from vpae.backbones.wan import WanBackbone
+        dt = getattr(torch, dtype)
+        t = WanBackbone(load_wan_transformer(teacher, dt, "teacher")).to(device).eval()
+        s = WanBackbone(load_wan_transformer(student, dt, "student")).to(device).eval() if student else None
+        shape = (1, t.latent_channels, frames, height, width)
+        cond = random_condition(t, shape).to(device=device, dtype=dt)
+        typer.echo("note: conditioning is random (timing does not depend on content)", err=True)
+    else:
+        t, s, cond, shape = tiny_setup(frames, height, width, device=device)
+    res = bench_latency(t, cond, shape, student=s, teacher_steps=steps, guidance=guidance, warmup=warmup,
+                        repeats=repeats, device=device)
+    typer.echo(latency_markdown(res))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2))
+
 
 _command(app, "eval")(eval_command)
 _command(bench_app, "latency")(latency_command)

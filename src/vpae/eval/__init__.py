@@ -2,23 +2,25 @@
 
 See docs/EVALUATION.md. Public entry points:
 
-* `run_eval(video_dir, out_dir, ...)` / `eval_command` (typer) - score folders of videos, write reports
+* `run_eval(video_dir, out_dir, ...)` - score folders of videos, write reports
 * `evaluate_videos(videos, images, config)` - score in-memory videos of one method
 * `write_report(out_dir, table_rows, grids, curves, ...)` - generic Markdown/HTML/GIF/PNG report
-* `bench_latency(teacher, cond, latent_shape, student=..., codec=...)` / `latency_command` (typer)
+* `bench_latency(teacher, cond, latent_shape, student=..., codec=...)`
+
+The command-line wrappers (`vpae eval`, `vpae bench latency`) live in vpae.cli.
 """
 
 from vpae.eval.backbones import REGISTRY, MissingWeightsError, build
 from vpae.eval.fd import FD_OFFLINE_NAME, FVD_NAME, frechet_distance
-from vpae.eval.latency import bench_latency, latency_command, latency_markdown
+from vpae.eval.latency import bench_latency, latency_markdown
 from vpae.eval.metrics import EvalConfig, aggregates, evaluate_videos, fd_features, fd_scores
 from vpae.eval.report import make_grid, write_report
-from vpae.eval.run import eval_command, run_eval
+from vpae.eval.run import run_eval
 from vpae.eval.video import VideoError, read_video, to_tensor, to_uint8, write_video
 
 __all__ = [
     "REGISTRY", "MissingWeightsError", "build", "FD_OFFLINE_NAME", "FVD_NAME", "frechet_distance",
-    "bench_latency", "latency_command", "latency_markdown", "EvalConfig", "aggregates", "evaluate_videos",
-    "fd_features", "fd_scores", "make_grid", "write_report", "eval_command", "run_eval", "VideoError",
+    "bench_latency", "latency_markdown", "EvalConfig", "aggregates", "evaluate_videos",
+    "fd_features", "fd_scores", "make_grid", "write_report", "run_eval", "VideoError",
     "read_video", "to_tensor", "to_uint8", "write_video",
 ]

@@ -13,14 +13,12 @@ never a hub download.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
-import typer
 
 from vpae import sampling
 from vpae.backbones.base import Backbone
@@ -177,40 +175,3 @@ def load_wan_transformer(path, dtype: torch.dtype, what: str = "model"):
                         f"WanTransformer3DModel folder (hub names are not downloaded)")
     from diffusers import WanTransformer3DModel
     return WanTransformer3DModel.from_pretrained(str(p), torch_dtype=dtype, local_files_only=True)
-
-
-def latency_command(
-    teacher: Annotated[Optional[Path], typer.Option(
-        help="local diffusers WanTransformer3DModel folder, never downloaded (default: tiny random)")] = None,
-    student: Annotated[Optional[Path], typer.Option(
-        help="local student WanTransformer3DModel folder (needs --teacher)")] = None,
-    frames: Annotated[int, typer.Option(help="latent frames")] = 5,
-    height: Annotated[int, typer.Option(help="latent height")] = 16,
-    width: Annotated[int, typer.Option(help="latent width")] = 16,
-    steps: Annotated[int, typer.Option(help="teacher baseline steps")] = 50,
-    guidance: Annotated[float, typer.Option(help="teacher CFG scale")] = 5.0,
-    repeats: Annotated[int, typer.Option()] = 3,
-    warmup: Annotated[int, typer.Option()] = 1,
-    device: Annotated[str, typer.Option()] = "cuda" if torch.cuda.is_available() else "cpu",
-    dtype: Annotated[str, typer.Option(help="float32 | bfloat16")] = "float32",
-    out: Annotated[Optional[Path], typer.Option(help="write the results JSON here")] = None,
-) -> None:
-    """Time teacher (50 steps + CFG = 100 NFE, 4 and 1 steps) vs student (1 and 4 steps)."""
-    if student is not None and teacher is None:
-        raise EvalError("--student needs --teacher (the tiny default setup has its own student)")
-    if teacher is not None:
-        from vpae.backbones.wan import WanBackbone
-        dt = getattr(torch, dtype)
-        t = WanBackbone(load_wan_transformer(teacher, dt, "teacher")).to(device).eval()
-        s = WanBackbone(load_wan_transformer(student, dt, "student")).to(device).eval() if student else None
-        shape = (1, t.latent_channels, frames, height, width)
-        cond = random_condition(t, shape).to(device=device, dtype=dt)
-        typer.echo("note: conditioning is random (timing does not depend on content)", err=True)
-    else:
-        t, s, cond, shape = tiny_setup(frames, height, width, device=device)
-    res = bench_latency(t, cond, shape, student=s, teacher_steps=steps, guidance=guidance, warmup=warmup,
-                        repeats=repeats, device=device)
-    typer.echo(latency_markdown(res))
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2))

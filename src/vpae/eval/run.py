@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Mapping, Optional
+from typing import Any, Mapping
 
 import numpy as np
-import typer
 
 from vpae.eval import vbench as V
 from vpae.eval.metrics import EvalConfig, evaluate_videos, fd_features, fd_scores
 from vpae.eval.report import write_report
-from vpae.eval.video import VIDEO_EXTS, EvalError, VideoError, read_image, read_video
+from vpae.eval.video import VIDEO_EXTS, EvalError, read_image, read_video
 
 SHORT = {
     "i2v_subject": "I2V Subj", "i2v_background": "I2V Bkg", "subject_consistency": "Subj Cons",
@@ -43,9 +42,9 @@ def _load_manifest(path: Path) -> dict[str, dict[str, Any]]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"manifest {path} is not valid JSON: {e}") from e
+        raise EvalError(f"manifest {path} is not valid JSON: {e}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"manifest {path} must map video file -> {{prompt, image}}")
+        raise EvalError(f"manifest {path} must map video file -> {{prompt, image}}")
     out = {}
     for k, v in data.items():
         v = dict(v) if isinstance(v, dict) else {"prompt": v}
@@ -76,7 +75,7 @@ def discover(video_dir) -> tuple[dict[str, list[Path]], list[Path] | None, dict[
         loose = _video_files(root)
         hint = (f" ({len(loose)} videos lie directly in it: put each method's videos in its own subfolder)"
                 if loose else "")
-        raise ValueError(f"no method subfolders with .mp4/.gif videos in {root}{hint}")
+        raise EvalError(f"no method subfolders with .mp4/.gif videos in {root}{hint}")
     return methods, ref, manifest
 
 
@@ -137,7 +136,7 @@ def run_eval(video_dir, out_dir, *, config: EvalConfig | None = None, reference=
             raise FileNotFoundError(f"reference must be a method name {sorted(methods)} or a folder: {reference}")
         ref_files = _video_files(ref_dir)
         if not ref_files:
-            raise ValueError(f"no reference videos in {ref_dir}")
+            raise EvalError(f"no reference videos in {ref_dir}")
     lat = _latency_table(latency)
     extra = {m: dict(v) for m, v in (extra_metrics or {}).items()}
 
@@ -218,41 +217,3 @@ def report_notes(tiers, kind, backbones, has_fd) -> list[str]:
         notes.append("FD-EffNetLite0-frames is a Frechet distance on per-frame EfficientNet-Lite0 features, NOT FVD; "
                      "FVD appears only when an I3D file is supplied.")
     return notes
-
-
-TS_WARNING = (". SECURITY: a TorchScript file runs the code stored in it when loaded; pass only files you "
-              "trust (made yourself or from the model's authors)")
-
-
-def eval_command(
-    video_dir: Annotated[Path, typer.Argument(help="folder with one subfolder of videos per method")],
-    out: Annotated[Path, typer.Option(help="output folder")] = Path("eval_out"),
-    reference: Annotated[Optional[str], typer.Option(help="method name or folder used as FD reference")] = None,
-    dino: Annotated[Optional[Path], typer.Option(help="DINO ViT-B/16 weights: a state dict (.pth via torch.load "
-                    "weights_only, or .safetensors; safe) or a TorchScript file" + TS_WARNING)] = None,
-    clip_b32: Annotated[Optional[Path], typer.Option(help="CLIP ViT-B/32 TorchScript" + TS_WARNING)] = None,
-    dreamsim: Annotated[Optional[Path], typer.Option(help="DreamSim TorchScript" + TS_WARNING)] = None,
-    raft: Annotated[Optional[Path], typer.Option(help="RAFT TorchScript" + TS_WARNING)] = None,
-    amt: Annotated[Optional[Path], typer.Option(help="AMT-S TorchScript" + TS_WARNING)] = None,
-    musiq: Annotated[Optional[Path], typer.Option(help="MUSIQ-SPAQ TorchScript" + TS_WARNING)] = None,
-    aesthetic: Annotated[Optional[Path], typer.Option(help="CLIP-L/14 + LAION head TorchScript" + TS_WARNING)] = None,
-    i3d: Annotated[Optional[Path], typer.Option(help="I3D TorchScript, enables FVD" + TS_WARNING)] = None,
-    latency_json: Annotated[Optional[Path], typer.Option(help="bench latency JSON")] = None,
-    extra_metrics_json: Annotated[Optional[Path], typer.Option(help="{method: {metric: value}} JSON")] = None,
-    device: Annotated[str, typer.Option(help="torch device")] = "cpu",
-) -> None:
-    """Score videos on VBench-I2V dimensions (reference or offline tier) and write reports."""
-    cfg = EvalConfig(dino=_s(dino), clip_b32=_s(clip_b32), dreamsim=_s(dreamsim), raft=_s(raft), amt=_s(amt),
-                     musiq=_s(musiq), aesthetic=_s(aesthetic), i3d=_s(i3d), device=device)
-    extra = json.loads(extra_metrics_json.read_text()) if extra_metrics_json else None
-    try:
-        res = run_eval(video_dir, out, config=cfg, reference=reference, extra_metrics=extra, latency=latency_json)
-    except (VideoError, ValueError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
-    typer.echo(f"{len(res['methods'])} methods scored ({res['aggregate_kind']} aggregates); "
-               f"report: {Path(out) / 'report.md'}")
-
-
-def _s(p):
-    return None if p is None else str(p)

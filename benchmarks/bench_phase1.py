@@ -36,7 +36,7 @@ def parse(argv=None):
 
 def build_fm(args) -> C.Variant:
     """Plain flow-matching fine-tuning of the same model: vpae.training.steps.PretrainStep (AdamW + EMA)."""
-    from vpae.pipeline import build_teacher
+    from vpae.models import build_teacher
     from vpae.training import roles as R
     from vpae.training.steps import PretrainStep
     torch.manual_seed(args.seed)
@@ -50,8 +50,8 @@ def build_fm(args) -> C.Variant:
 
 
 def build_priming(args, k: int) -> C.Variant:
-    """Phase I as the pipeline wires it: build_roles (generator copy + teacher with the fake LoRA), PrimingStep."""
-    from vpae.pipeline import build_roles
+    """Phase I as the recipe wires it: build_roles (generator copy + teacher with the fake LoRA), PrimingStep."""
+    from vpae.recipes import build_roles
     from vpae.training.steps import PrimingStep
     torch.manual_seed(args.seed)
     cfg = C.make_cfg(args, priming={"fake_updates_per_generator": k})
@@ -68,7 +68,7 @@ def build_fake(args, design: str) -> C.Variant:
     'full' = a separate full trainable copy of the teacher beside the frozen teacher (the real score)."""
     from vpae import flow
     from vpae.losses import fake_score_loss
-    from vpae.pipeline import build_teacher
+    from vpae.models import build_teacher
     from vpae.training import roles as R
     from vpae.training.steps import clip_and_norm, sample_band
     torch.manual_seed(args.seed)

@@ -4,8 +4,8 @@ EMA) vs trained (its own full copy) vs frozen (the teacher), and trainable param
     .venv/bin/python benchmarks/bench_phase2.py [--layers N --dim D --batch B --frames F --size S
                                                  --device cpu|cuda --repeats R --head semantic]
 
-Step times: the three EquilibriumSteps are built in this process (pipeline.build_roles +
-pipeline.build_equilibrium) and stepped in turn (interleaved, rotating order); medians and ratios.
+Step times: the three EquilibriumSteps are built in this process (recipes.build_roles +
+recipes.build_equilibrium) and stepped in turn (interleaved, rotating order); medians and ratios.
 Peak memory: each variant in a fresh subprocess (see benchmarks/common.py for the method).
 Writes outputs/benchmarks/phase2.json.
 """
@@ -35,7 +35,7 @@ def parse(argv=None):
 
 
 def build_step(args, backbone: str):
-    from vpae.pipeline import build_equilibrium, build_roles
+    from vpae.recipes import build_equilibrium, build_roles
     torch.manual_seed(args.seed)
     cfg = C.make_cfg(args, equilibrium={"backbone": backbone, "head": args.head})
     roles = build_roles(cfg)

@@ -291,7 +291,7 @@ def measure_in_child(args, build: Callable[[], Variant]) -> dict:
             "tensors": tensor_bytes(v.modules, v.optimizers)}
 
 
-PRELOAD = ["torch", "diffusers", "peft", "peft.tuners.lora", "vpae.pipeline", "vpae.training.steps", "common"]
+PRELOAD = ["torch", "diffusers", "peft", "peft.tuners.lora", "vpae.recipes", "vpae.training.steps", "common"]
 
 
 def _warm_runtime(args) -> None:

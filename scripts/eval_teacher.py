@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from vpae.config import load_config
-from vpae.pipeline import build_teacher
+from vpae.models import build_teacher
 from vpae.toy.source import ToyData
 from vpae.toy.evaluate import direction_sensitivity, ground_truth_report, oracle_eval, teacher_methods, teacher_sweep
 from vpae.training.checkpoint import load_checkpoint

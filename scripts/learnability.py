@@ -37,9 +37,9 @@ def _cfg(name: str, device: str, extra: list[str]):
 
 
 def one(name: str, out: Path, device: str, max_seconds: float) -> dict:
-    from vpae.pipeline import build_data, run_pretrain
+    from vpae.recipes import build_data, run_pretrain
     from vpae.training.loop import read_log
-    from vpae.training.roles import load_wan_backbone
+    from vpae.models import load_wan_backbone
     from vpae.toy.evaluate import direction_sensitivity, ground_truth_report, oracle_eval, teacher_sweep
     cfg = _cfg(name, device, [f"pretrain.max_seconds={max_seconds}", "train.num_workers=1"])
     t0 = time.time()
@@ -78,7 +78,8 @@ def grid(out: Path, device: str, max_seconds: float, only: list[str]) -> None:
 def cpu_rates(steps: int) -> None:
     """CPU seconds per step of each grid member, measured one after another in this process (side by side)."""
     import torch
-    from vpae.pipeline import build_data, build_teacher
+    from vpae.recipes import build_data
+    from vpae.models import build_teacher
     from vpae.training import roles as R
     from vpae.training.steps import PretrainStep
     rates = {}

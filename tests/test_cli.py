@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from vpae.backbones.wan import WanBackbone, tiny_wan_config
 from vpae.cli import app
 from vpae.eval.video import read_video
-from vpae.pipeline import export_backbone
+from vpae.export import export_backbone
 
 runner = CliRunner()
 

@@ -306,7 +306,7 @@ def test_dmd_gradient_reports_non_finite_scores_instead_of_hiding_them():
 
 @pytest.mark.parametrize("path", sorted(str(p) for p in Path(__file__).resolve().parents[1].glob("configs/**/*.yaml")))
 def test_every_shipped_config_loads_strictly(path):
-    from vpae.pipeline import resolve_model_path
+    from vpae.models import resolve_model_path
     cfg = load_config(path)  # unknown keys or wrong types raise
     if cfg.model.teacher:  # the teacher it names ships, and was trained on the world size the config asks for
         meta = json.loads((resolve_model_path(cfg.model.teacher) / "vpae.json").read_text())

@@ -77,7 +77,7 @@ def test_primed_generator_is_the_phase_one_generator_in_both_generator_modes(tmp
     from safetensors.torch import load_file
     from vpae.config import load_config
     from vpae.toy.demo import primed_generator
-    from vpae.pipeline import run_distill
+    from vpae.recipes import run_distill
     cfg = load_config("configs/toy/demo.yaml", [f"priming.generator_mode={mode}", "priming.steps=1", "equilibrium.steps=1",
                                                 "priming.batch_size=1", "equilibrium.batch_size=1", "train.eval_every=0",
                                                 "priming.lora_rank=4", "priming.lr=1e-3", "equilibrium.lr=1e-3"])

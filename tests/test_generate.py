@@ -9,7 +9,7 @@ import torch
 from vpae.backbones.wan import WanBackbone, tiny_wan_config
 from vpae.eval.video import read_video
 from vpae.generate import GenerateError, generate_video
-from vpae.pipeline import export_backbone
+from vpae.export import export_backbone
 
 
 def _random_wan(cfg: dict, seed: int = 0, text_len: int = 24) -> WanBackbone:

@@ -59,8 +59,8 @@ def test_caption_bank_equals_live_encoding(tmp_path):
 
 
 def test_export_round_trip_keeps_outputs_and_text_len(tmp_path):
-    from vpae.pipeline import export_backbone
-    from vpae.training.roles import load_wan_backbone
+    from vpae.export import export_backbone
+    from vpae.models import load_wan_backbone
     torch.manual_seed(0)
     bb = WanBackbone.from_config(tiny_wan_config(True, 3, 1, text_dim=384, image_dim=192), text_len=24)
     export_backbone(bb, tmp_path / "m")
@@ -72,7 +72,7 @@ def test_export_round_trip_keeps_outputs_and_text_len(tmp_path):
 
 def test_pretrain_max_seconds_stops_with_checkpoint(tmp_path):
     from vpae.config import load_config
-    from vpae.pipeline import run_pretrain
+    from vpae.recipes import run_pretrain
     from vpae.training.checkpoint import latest_checkpoint
     wc = tiny_wan_config(True, 3, 1, text_dim=384, image_dim=192, num_layers=1)
     over = ["model.teacher=''", "model.text_len=24", "data.frames=5", "data.height=16", "data.width=16",
@@ -94,8 +94,9 @@ def test_pretrain_max_seconds_stops_with_checkpoint(tmp_path):
 
 def test_lora_generator_export_merges_the_adapter_and_saves_it_separately(tmp_path):
     from diffusers import WanTransformer3DModel
-    from vpae.pipeline import export_backbone
-    from vpae.training.roles import GENERATOR_ADAPTER, copy_generator, load_wan_backbone
+    from vpae.export import export_backbone
+    from vpae.training.roles import GENERATOR_ADAPTER, copy_generator
+    from vpae.models import load_wan_backbone
     torch.manual_seed(0)
     teacher = WanBackbone.from_config(tiny_wan_config(True, 3, 1, text_dim=384, image_dim=192), text_len=24)
     gen = copy_generator(teacher, "lora", rank=4, alpha=4, targets=("to_q", "to_k", "to_v", "to_out.0", "add_k_proj"))
@@ -122,7 +123,7 @@ def test_lora_generator_export_merges_the_adapter_and_saves_it_separately(tmp_pa
 
 
 def test_export_replaces_by_renames_and_recovers_from_a_crash_between_them(tmp_path):
-    from vpae.pipeline import _atomic_dir
+    from vpae.export import _atomic_dir
     out = tmp_path / "m"
     _atomic_dir(out, lambda d: (d / "w").write_text("1"))
     def write_then_crash(d):

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from vpae.config import load_config
-from vpae.pipeline import run_distill
+from vpae.recipes import run_distill
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["priming.steps=3", "equilibrium.steps=3", "priming.batch_size=2", "equilibrium.batch_size=2",

@@ -76,7 +76,7 @@ def test_bounce_world_removes_the_start_position_leak():
 def test_shipped_teacher_reads_the_direction_word(data):
     """The shipped teacher's flow loss is clearly worse with the opposite direction word (it follows captions;
     the session-1 teacher scored 1.000 here). Measured at export: > 2.5 at sigma 0.9 on 32 videos."""
-    from vpae.pipeline import build_teacher
+    from vpae.models import build_teacher
     teacher = build_teacher(load_config("configs/toy/demo.yaml"))
     ratio = direction_sensitivity(teacher, data, data.heldout(16), sigmas=(0.9,))[0.9]
     assert ratio > 1.5

@@ -317,7 +317,7 @@ def test_frozen_backbone_reads_teacher_without_fake_adapter():
 
 
 # ----------------------------------------------------------------------------------------------
-# End to end: both phases of vpae.pipeline.run_distill on the toy world with a tiny Wan
+# End to end: both phases of vpae.recipes.run_distill on the toy world with a tiny Wan
 
 TINY_TOY_WAN = ("{patch_size: [1, 2, 2], num_attention_heads: 2, attention_head_dim: 12, in_channels: 7, "
                 "out_channels: 3, text_dim: 384, freq_dim: 256, ffn_dim: 32, num_layers: 2, cross_attn_norm: true, "
@@ -342,7 +342,7 @@ def _toy_cfg():
 
 
 def test_run_distill_both_phases_and_resume_across_boundary(tmp_path):
-    from vpae.pipeline import run_distill
+    from vpae.recipes import run_distill
     from vpae.training.checkpoint import latest_checkpoint
     from vpae.training.loop import read_log
     cfg = _toy_cfg()

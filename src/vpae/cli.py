@@ -65,7 +65,7 @@ def pretrain(config: Path = typer.Option(..., help="YAML config (e.g. configs/to
              set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
     """Flow-matching training of a teacher on the toy world (EMA, checkpoints, resume)."""
     import torch
-    from vpae.pipeline import run_pretrain
+    from vpae.recipes import run_pretrain
     cfg = _load(config, set_)
     t0 = time.perf_counter()
     r = run_pretrain(cfg, out, export)
@@ -81,7 +81,7 @@ def distill(config: Path = typer.Option(..., help="YAML config (e.g. configs/toy
             out: Path = typer.Option(Path("runs/distill"), help="Run directory"),
             set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
     """Phase I (stability priming) and/or phase II (unified adversarial equilibrium), with resume."""
-    from vpae.pipeline import run_distill
+    from vpae.recipes import run_distill
     cfg = _load(config, set_)
     r = run_distill(cfg, out, phase)
     typer.echo(f"distill ({phase}): {r['timings']} seconds; generator written to {out / 'generator'}")

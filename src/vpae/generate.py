@@ -51,7 +51,7 @@ class Stack:
 
 def find_model_folder(model: str) -> Path:
     """'builtin:toy', a diffusers folder, or a run directory with an exported generator/ folder."""
-    from vpae.pipeline import resolve_model_path
+    from vpae.models import resolve_model_path
     path = resolve_model_path(str(model))
     if not path.exists():
         raise GenerateError(f"model checkpoint folder not found: {path}")
@@ -62,7 +62,7 @@ def find_model_folder(model: str) -> Path:
 
 def load_model(model: str, device: str | torch.device = "cpu"):
     """-> (WanBackbone in eval mode on device, folder, vpae.json metadata). Raises GenerateError."""
-    from vpae.training.roles import ModelLoadError, load_wan_backbone, read_model_meta
+    from vpae.models import ModelLoadError, load_wan_backbone, read_model_meta
     path = find_model_folder(model)
     try:
         meta = read_model_meta(path) if path.is_dir() else {}

@@ -60,7 +60,7 @@ def _variant_worker(config_path, base_overrides, overrides, run_dir, shared_prim
     import torch
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from vpae.config import load_config
-    from vpae.pipeline import build_data, run_distill
+    from vpae.recipes import build_data, run_distill
     from vpae.toy.evaluate import Method, oracle_columns, oracle_eval, proxy_metrics
 
     cfg = load_config(config_path, list(base_overrides) + list(overrides))
@@ -86,7 +86,7 @@ def _variant_worker(config_path, base_overrides, overrides, run_dir, shared_prim
 
 def _phase1_worker(config_path, overrides, run_dir):
     from vpae.config import load_config
-    from vpae.pipeline import run_distill
+    from vpae.recipes import run_distill
     run_distill(load_config(config_path, overrides), run_dir, "priming", progress=False)
 
 

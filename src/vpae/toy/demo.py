@@ -94,7 +94,8 @@ def primed_generator(generator, run_dir: Path):
 
 def run_demo(cfg: VPAEConfig, out_dir: str | Path, progress: bool = True, vbench: bool = True) -> dict:
     from vpae.eval import write_report
-    from vpae.pipeline import build_data, build_teacher, run_distill
+    from vpae.recipes import build_data, run_distill
+    from vpae.models import build_teacher
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

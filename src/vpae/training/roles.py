@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from pathlib import Path
 
 import torch
 from peft import LoraConfig
@@ -19,47 +18,9 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
 from vpae.backbones.wan import WanBackbone
-from vpae.errors import VpaeError
 
 FAKE_ADAPTER = "fake"
 GENERATOR_ADAPTER = "generator"
-
-
-class ModelLoadError(VpaeError, RuntimeError):
-    pass
-
-
-def read_model_meta(path: str | Path) -> dict:
-    """The project's metadata next to a diffusers model folder (vpae.json), {} if absent."""
-    import json
-    f = Path(path) / "vpae.json"
-    if not f.is_file():
-        return {}
-    try:
-        return json.loads(f.read_text())
-    except ValueError as e:
-        raise ModelLoadError(f"corrupt {f}: {e}") from e
-
-
-def load_wan_backbone(path: str | Path, dtype: torch.dtype = torch.float32, text_len: int = 0) -> WanBackbone:
-    """Load a diffusers WanTransformer3DModel folder (config.json + *.safetensors) with clear errors.
-    text_len 0: take it from the folder's vpae.json, else 512 (real Wan)."""
-    from diffusers import WanTransformer3DModel
-
-    path = Path(path)
-    if not path.is_dir():
-        raise ModelLoadError(f"model checkpoint folder not found: {path}")
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(f"{path} is not a diffusers model folder (no config.json)")
-    if not any(path.glob("*.safetensors")):
-        raise ModelLoadError(f"{path} has no .safetensors weights")
-    try:
-        model = WanTransformer3DModel.from_pretrained(str(path), torch_dtype=dtype, use_safetensors=True,
-                                                      local_files_only=True)
-    except Exception as e:
-        raise ModelLoadError(f"cannot load Wan transformer from {path}: {type(e).__name__}: {e}") from e
-    text_len = text_len or int(read_model_meta(path).get("text_len", 512))
-    return WanBackbone(model, text_len)
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -1,7 +1,5 @@
-"""Wiring: config -> data source -> roles -> phase steps -> the training loop -> exported models.
-
-This is the only module that knows how the pieces fit; the CLI and the demo call it.
-"""
+"""Recipes: config -> data source -> roles -> phase steps -> the training loop -> exported models.
+The only module that knows how the pieces fit; the CLI, the demo and the ablation call it."""
 
 from __future__ import annotations
 
@@ -10,6 +8,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass
+
 from pathlib import Path
 
 import torch
@@ -17,99 +16,17 @@ import torch
 from vpae.backbones.wan import WanBackbone
 from vpae.config import ConfigError, VPAEConfig, record_run_config, to_dict
 from vpae.discriminator import build_head
+from vpae.export import export_backbone
+from vpae.models import build_teacher
 from vpae.toy.source import ToyData
 from vpae.training import roles as R
 from vpae.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from vpae.training.loop import DivergenceCheck, train
 from vpae.training.steps import EquilibriumStep, PretrainStep, PrimingStep
 
-PACKAGE_ROOT = Path(__file__).resolve().parent
-BUILTIN_TEACHER = PACKAGE_ROOT / "toy" / "teacher"
-
-
-def resolve_model_path(path: str) -> Path:
-    """'builtin:toy' is the shipped toy teacher; other paths are used as given."""
-    if path in ("builtin:toy", "toy"):
-        return BUILTIN_TEACHER
-    return Path(path).expanduser()
-
-
-# ----------------------------------------------------------------------------------------------
-# Data
 
 def build_data(cfg: VPAEConfig) -> ToyData:
     return ToyData(cfg, cfg.train.device)
-
-
-# ----------------------------------------------------------------------------------------------
-# Models
-
-def dtype_of(cfg: VPAEConfig) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
-
-
-def build_teacher(cfg: VPAEConfig) -> WanBackbone:
-    """The teacher from cfg.model.teacher (a diffusers folder or 'builtin:toy'), or random from wan_config."""
-    if cfg.model.teacher:
-        bb = R.load_wan_backbone(resolve_model_path(cfg.model.teacher), dtype_of(cfg), cfg.model.text_len)
-    else:
-        if not cfg.model.wan_config:
-            raise ValueError("model.teacher is empty and model.wan_config is empty: nothing to build")
-        from diffusers import WanTransformer3DModel
-        wc = dict(cfg.model.wan_config)
-        if "patch_size" in wc:
-            wc["patch_size"] = tuple(wc["patch_size"])
-        torch.manual_seed(cfg.train.seed)  # the same random teacher in every process (resume, tests)
-        model = WanTransformer3DModel(**wc)
-        if dtype_of(cfg) != torch.float32:
-            model = model.to(dtype_of(cfg))
-        bb = WanBackbone(model, cfg.model.text_len or 512)
-    if cfg.model.gradient_checkpointing:
-        bb.model.enable_gradient_checkpointing()
-    return bb.to(cfg.train.device)
-
-
-def export_backbone(backbone: WanBackbone, out_dir: str | Path, extra: dict | None = None,
-                    lora_dir: str | Path | None = None) -> Path:
-    """Write a diffusers WanTransformer3DModel folder (safetensors), loadable by `vpae generate` and by
-    diffusers' WanTransformer3DModel.from_pretrained. A LoRA generator is written merged (diffusers'
-    fuse_lora + unload_lora on a copy; the live model keeps its adapter); with `lora_dir`, its adapter is
-    also written alone in diffusers' LoRA format (load_lora_adapter on the teacher restores the generator)."""
-    out = Path(out_dir)
-    model = backbone.model
-    if getattr(model, "_hf_peft_config_loaded", False):
-        if lora_dir is not None:
-            for name in model.peft_config:
-                _atomic_dir(Path(lora_dir) if len(model.peft_config) == 1 else Path(lora_dir) / name,
-                            lambda tmp, name=name: model.save_lora_adapter(str(tmp), adapter_name=name))
-        model = copy.deepcopy(model)
-        model.fuse_lora()
-        model.unload_lora()
-
-    def write(tmp: Path):
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        (tmp / "vpae.json").write_text(json.dumps({"text_len": backbone.text_len, **(extra or {})}, indent=1))
-    return _atomic_dir(out, write)
-
-
-def _atomic_dir(out: Path, write) -> Path:
-    """write(tmp) fills a sibling temporary folder, which then replaces `out` by renames only: a crash never
-    leaves a half-written export, and the previous one stays complete (as `out` or `out.old`) until the
-    new one is in place."""
-    tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
-    if old.exists() and not out.exists():  # a crash between the two renames: the old export is the good one
-        old.rename(out)
-    for stale in (tmp, old):
-        if stale.exists():
-            shutil.rmtree(stale)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import torch
 
 from vpae.backbones.wan import WanBackbone
 from vpae.config import ConfigError, VPAEConfig, record_run_config, to_dict
+from vpae.data.source import DataSource
 from vpae.discriminator import build_head
 from vpae.export import export_backbone
 from vpae.models import build_teacher
@@ -25,14 +26,18 @@ from vpae.training.loop import DivergenceCheck, train
 from vpae.training.steps import EquilibriumStep, PretrainStep, PrimingStep
 
 
-def build_data(cfg: VPAEConfig) -> ToyData:
-    return ToyData(cfg, cfg.train.device)
+DATA_SOURCES = {"toy": ToyData}
+"""data.kind -> the DataSource class built from the config (vpae.data.source)."""
+
+
+def build_data(cfg: VPAEConfig) -> DataSource:
+    return DATA_SOURCES[cfg.data.kind](cfg, cfg.train.device)
 
 
 # ----------------------------------------------------------------------------------------------
 # Teacher pre-training
 
-def _probe_fn(ema: WanBackbone, data: ToyData, n: int):
+def _probe_fn(ema: WanBackbone, data: ToyData, n: int):  # toy only: the direction-word probe
     """step -> the EMA teacher's direction-word probe on n held-out videos (does it read the caption yet?)."""
     from vpae.toy.evaluate import direction_sensitivity
     batch = data.heldout(max(1, n))
@@ -57,7 +62,7 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
     model.requires_grad_(True)
     ema = R.make_ema(model)
     step = PretrainStep(model, ema, cfg.pretrain)
-    result = train("pretrain", step, data.batch_fn(cfg.pretrain.batch_size, cfg.train.seed, cfg.train.num_workers),
+    result = train("pretrain", step, data.batch_fn(cfg.pretrain.batch_size, cfg.train.seed, num_workers=cfg.train.num_workers),
                    steps=cfg.pretrain.steps, run_dir=run_dir, seed=cfg.train.seed,
                    checkpoint_every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
                    log_every=cfg.train.log_every, progress=progress, max_seconds=cfg.pretrain.max_seconds,
@@ -91,7 +96,7 @@ def build_roles(cfg: VPAEConfig) -> DistillRoles:
     return DistillRoles(teacher, generator)
 
 
-def build_equilibrium(cfg: VPAEConfig, roles: DistillRoles, data: ToyData) -> EquilibriumStep:
+def build_equilibrium(cfg: VPAEConfig, roles: DistillRoles, data: DataSource) -> EquilibriumStep:
     e = cfg.equilibrium
     gen = roles.generator
     ema = R.make_ema(gen)
@@ -99,7 +104,7 @@ def build_equilibrium(cfg: VPAEConfig, roles: DistillRoles, data: ToyData) -> Eq
     n_layers = len(resolve_layers(e.layers, gen.num_layers))
     torch.manual_seed(cfg.train.seed + 1)  # heads start the same whether phase II follows phase I in-process or resumes
     heads = build_head(e.head, feature_dim=gen.feature_dim, num_layers=n_layers,
-                       text_dim=data.text_encoder.dim, image_dim=data.image_encoder.dim,
+                       text_dim=data.sizes.text_dim, image_dim=data.sizes.image_dim,
                        hidden_dim=e.head_dim, num_queries=e.head_queries, num_heads=e.head_attn_heads).to(cfg.train.device)
     trained = None
     if e.backbone == "trained":

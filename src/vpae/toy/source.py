@@ -14,6 +14,7 @@ from vpae.backbones.wan import tiny_wan_config
 from vpae.codecs import IdentityCodec, make_conditioning
 from vpae.conditioning import Conditioning
 from vpae.config import VPAEConfig
+from vpae.data.source import BatchFn, ConditionSizes, rank_share
 from vpae.toy.encoders import PatchImageEncoder, TextEncoder
 from vpae.toy.world import ToyBatch, ToyWorld, ToyWorldConfig, all_captions, world_config
 
@@ -114,11 +115,19 @@ class ToyData:
     def encode(self, batch: ToyBatch) -> tuple[torch.Tensor, Conditioning]:
         return self.codec.encode(batch.video).to(self.device), self.conditioning(batch)
 
-    def batch_fn(self, batch_size: int, stream_seed: int, num_workers: int = 0):
-        """step -> (latents, cond); batch k is world.stream_batch(batch_size, stream_seed, k)."""
+    @property
+    def sizes(self) -> ConditionSizes:
+        return ConditionSizes(latent_channels=self.codec.latent_channels, mask_channels=self.codec.mask_channels,
+                              text_dim=self.text_encoder.dim, text_len=self.text_encoder.max_tokens,
+                              image_dim=self.image_encoder.dim)
+
+    def batch_fn(self, batch_size: int, stream_seed: int, rank: int = 0, world_size: int = 1,
+                 num_workers: int = 0) -> BatchFn:
+        """step -> (latents, cond): this rank's items of world.stream_batch(batch_size, stream_seed, step)."""
+        items = rank_share(batch_size, rank, world_size)
         if num_workers <= 0:
-            return lambda step: self.encode(self.world.stream_batch(batch_size, stream_seed, step))
-        return _PrefetchedBatches(self, batch_size, stream_seed, num_workers)
+            return lambda step: self.encode(self.world.stream_batch(batch_size, stream_seed, step, items))
+        return _PrefetchedBatches(self, batch_size, stream_seed, num_workers, items)
 
     def heldout(self, n: int) -> ToyBatch:
         return self.world.heldout(n, seed=self.seed)
@@ -132,14 +141,14 @@ class ToyData:
 
 
 class _StreamDataset(torch.utils.data.Dataset):
-    def __init__(self, world: ToyWorld, batch_size: int, seed: int, start: int):
-        self.world, self.batch_size, self.seed, self.start = world, batch_size, seed, start
+    def __init__(self, world: ToyWorld, batch_size: int, seed: int, start: int, items: range):
+        self.world, self.batch_size, self.seed, self.start, self.items = world, batch_size, seed, start, items
 
     def __len__(self):
         return 1 << 40
 
     def __getitem__(self, k):
-        b = self.world.stream_batch(self.batch_size, self.seed, self.start + k)
+        b = self.world.stream_batch(self.batch_size, self.seed, self.start + k, self.items)
         return b.video, b.captions
 
 
@@ -150,13 +159,13 @@ def _one_thread(_worker_id: int) -> None:
 class _PrefetchedBatches:
     """Renders stream batches in DataLoader workers, in order; the same batches as the synchronous path."""
 
-    def __init__(self, data: "ToyData", batch_size: int, seed: int, num_workers: int):
-        self.data, self.batch_size, self.seed, self.num_workers = data, batch_size, seed, num_workers
+    def __init__(self, data: "ToyData", batch_size: int, seed: int, num_workers: int, items: range):
+        self.data, self.batch_size, self.seed, self.num_workers, self.items = data, batch_size, seed, num_workers, items
         self.next_step, self.it = None, None
 
     def __call__(self, step: int):
         if step != self.next_step:
-            loader = torch.utils.data.DataLoader(_StreamDataset(self.data.world, self.batch_size, self.seed, step),
+            loader = torch.utils.data.DataLoader(_StreamDataset(self.data.world, self.batch_size, self.seed, step, self.items),
                                                  batch_size=None, num_workers=self.num_workers, prefetch_factor=4,
                                                  worker_init_fn=_one_thread)
             self.it = iter(loader)

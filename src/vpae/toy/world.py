@@ -495,9 +495,10 @@ class ToyWorld:
         """A training batch; item i is drawn from seed (0, seed, i)."""
         return self._keys_batch([(TRAIN_BATCH_TAG, seed, i) for i in range(batch_size)])
 
-    def stream_batch(self, batch_size: int, seed: int, k: int) -> ToyBatch:
-        """Batch k of `stream(batch_size, seed)`: a function of (seed, k) only (resume = skip to k)."""
-        return self._keys_batch([(TRAIN_STREAM_TAG, seed, k, i) for i in range(batch_size)])
+    def stream_batch(self, batch_size: int, seed: int, k: int, items: range | None = None) -> ToyBatch:
+        """Batch k of `stream(batch_size, seed)`: a function of (seed, k) only (resume = skip to k). `items`
+        draws only those items of it (one process's share of a global batch)."""
+        return self._keys_batch([(TRAIN_STREAM_TAG, seed, k, i) for i in (items or range(batch_size))])
 
     def stream(self, batch_size: int, seed: int = 0, start: int = 0) -> Iterator[ToyBatch]:
         """Endless reproducible training stream; batch k depends only on (seed, k)."""

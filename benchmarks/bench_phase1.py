@@ -55,8 +55,8 @@ def build_priming(args, k: int) -> C.Variant:
     from vpae.training.steps import PrimingStep
     torch.manual_seed(args.seed)
     cfg = C.make_cfg(args, priming={"fake_updates_per_generator": k})
-    roles = build_roles(cfg)
-    step = PrimingStep(roles.generator, roles.teacher, cfg.priming)
+    roles = build_roles(cfg, C.data_stub())
+    step = PrimingStep(roles, cfg.priming)
     x, cond = C.make_batch(args)
     return C.Variant(f"phase1_k{k}", lambda i: step.step(i, x, cond),
                      {"teacher": roles.teacher, "generator": roles.generator}, step.optimizers)

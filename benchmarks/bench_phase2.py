@@ -5,7 +5,7 @@ EMA) vs trained (its own full copy) vs frozen (the teacher), and trainable param
                                                  --device cpu|cuda --repeats R --head semantic]
 
 Step times: the three EquilibriumSteps are built in this process (recipes.build_roles +
-recipes.build_equilibrium) and stepped in turn (interleaved, rotating order); medians and ratios.
+EquilibriumStep) and stepped in turn (interleaved, rotating order); medians and ratios.
 Peak memory: each variant in a fresh subprocess (see benchmarks/common.py for the method).
 Writes outputs/benchmarks/phase2.json.
 """
@@ -35,11 +35,12 @@ def parse(argv=None):
 
 
 def build_step(args, backbone: str):
-    from vpae.recipes import build_equilibrium, build_roles
+    from vpae.recipes import build_roles
+    from vpae.training.steps import EquilibriumStep
     torch.manual_seed(args.seed)
     cfg = C.make_cfg(args, equilibrium={"backbone": backbone, "head": args.head})
-    roles = build_roles(cfg)
-    return roles, build_equilibrium(cfg, roles, C.data_stub())
+    roles = build_roles(cfg, C.data_stub())
+    return roles, EquilibriumStep(roles, cfg.equilibrium)
 
 
 def build_variant(args, backbone: str) -> C.Variant:

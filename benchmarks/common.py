@@ -106,8 +106,8 @@ def make_cfg(args, priming: dict | None = None, equilibrium: dict | None = None)
 
 
 def data_stub():
-    """What build_equilibrium reads off the data source: the text and image encoder widths."""
-    return SimpleNamespace(text_encoder=SimpleNamespace(dim=TEXT_DIM), image_encoder=SimpleNamespace(dim=IMAGE_DIM))
+    """What build_roles reads off the data source: the text and image token widths (its ConditionSizes)."""
+    return SimpleNamespace(sizes=SimpleNamespace(text_dim=TEXT_DIM, image_dim=IMAGE_DIM))
 
 
 def make_batch(args, seed: int = 1):

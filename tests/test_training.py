@@ -34,6 +34,15 @@ def _roles(seed: int = 0, mode: str = "full"):
     return teacher, gen
 
 
+def _heads(gen, head="ca"):
+    return build_head(head, feature_dim=gen.feature_dim, num_layers=2, text_dim=32, image_dim=24, hidden_dim=16,
+                      num_queries=2, num_heads=2)
+
+
+def _priming(gen, teacher, cfg):
+    return PrimingStep(R.make_roles(gen, teacher, _heads(gen), cfg, EquilibriumConfig()), cfg)
+
+
 # ----------------------------------------------------------------------------------------------
 # Phase I
 
@@ -104,7 +113,7 @@ def test_priming_step_trains_only_fake_lora_and_generator(mode):
     gen0 = _state(gen)
     cfg = PrimingConfig(lr=1e-3, fake_lr=1e-3, fake_updates_per_generator=2, real_guidance=3.0,
                         lora_rank=4, lora_alpha=4)
-    step = PrimingStep(gen, teacher, cfg)
+    step = _priming(gen, teacher, cfg)
     x, c = make_latent(), make_cond()
     torch.manual_seed(0)
     for i in range(3):
@@ -131,7 +140,7 @@ def test_priming_generator_gradient_is_dmd_of_real_minus_fake():
     """After a zero-init start, real == fake, so the very first generator update has zero DMD gradient."""
     teacher, gen = _roles()
     cfg = PrimingConfig(lr=1e-3, fake_lr=0.0, fake_updates_per_generator=1, real_guidance=1.0)
-    step = PrimingStep(gen, teacher, cfg)
+    step = _priming(gen, teacher, cfg)
     gen0 = _state(gen)
     torch.manual_seed(0)
     stats = step.step(0, make_latent(), make_cond())
@@ -145,12 +154,13 @@ def test_priming_generator_gradient_is_dmd_of_real_minus_fake():
 
 def _eq(dtype=torch.float32, head="ca", seed=0, **kw):
     teacher, gen = _roles(seed)
-    ema = R.make_ema(gen)
-    heads = build_head(head, feature_dim=gen.feature_dim, num_layers=2, text_dim=32, image_dim=24, hidden_dim=16,
-                       num_queries=2, num_heads=2)
+    heads = _heads(gen, head)
     kw = {"layers": (0.5, 1.0), "lr": 1e-3, "head_lr": 1e-3, "sds_lambda": 0.0, **kw}
-    step = EquilibriumStep(gen.to(dtype), ema.to(dtype), teacher.to(dtype), heads.to(dtype),
-                           EquilibriumConfig(**kw))
+    cfg = EquilibriumConfig(**kw)
+    roles = R.make_roles(gen.to(dtype), teacher.to(dtype), heads.to(dtype), PrimingConfig(), cfg,
+                         trained_backbone=cfg.backbone == "trained")
+    step = EquilibriumStep(roles, cfg)
+    ema = roles.ema
     # make the EMA differ from the generator so the test sees which one the discriminator reads
     with torch.no_grad():
         for p in ema.parameters():

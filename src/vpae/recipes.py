@@ -3,11 +3,9 @@ The only module that knows how the pieces fit; the CLI, the demo and the ablatio
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import time
-from dataclasses import dataclass
 
 from pathlib import Path
 
@@ -80,37 +78,20 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
 # ----------------------------------------------------------------------------------------------
 # Distillation: phase I then phase II
 
-@dataclass
-class DistillRoles:
-    teacher: WanBackbone      # real score; with the "fake" adapter on, the fake score
-    generator: WanBackbone
-
-
-def build_roles(cfg: VPAEConfig) -> DistillRoles:
+def build_roles(cfg: VPAEConfig, data: DataSource) -> R.Roles:
+    """Teacher (+ its zero-initialised fake adapter), generator, EMA, discriminator heads and every optimizer."""
     teacher = build_teacher(cfg)
-    p = cfg.priming
+    p, e = cfg.priming, cfg.equilibrium
     # LoRA A matrices start random: seed them, so two runs of one config (and a resumed one) build the same roles
     torch.manual_seed(cfg.train.seed)
     generator = R.copy_generator(teacher, p.generator_mode, p.lora_rank, p.lora_alpha, p.lora_targets)
     R.make_teacher_and_fake(teacher, p.lora_rank, p.lora_alpha, p.lora_targets)
-    return DistillRoles(teacher, generator)
-
-
-def build_equilibrium(cfg: VPAEConfig, roles: DistillRoles, data: DataSource) -> EquilibriumStep:
-    e = cfg.equilibrium
-    gen = roles.generator
-    ema = R.make_ema(gen)
     from vpae.backbones.base import resolve_layers
-    n_layers = len(resolve_layers(e.layers, gen.num_layers))
-    torch.manual_seed(cfg.train.seed + 1)  # heads start the same whether phase II follows phase I in-process or resumes
-    heads = build_head(e.head, feature_dim=gen.feature_dim, num_layers=n_layers,
+    torch.manual_seed(cfg.train.seed + 1)
+    heads = build_head(e.head, feature_dim=generator.feature_dim, num_layers=len(resolve_layers(e.layers, generator.num_layers)),
                        text_dim=data.sizes.text_dim, image_dim=data.sizes.image_dim,
                        hidden_dim=e.head_dim, num_queries=e.head_queries, num_heads=e.head_attn_heads).to(cfg.train.device)
-    trained = None
-    if e.backbone == "trained":
-        trained = copy.deepcopy(gen)
-        trained.requires_grad_(True)
-    return EquilibriumStep(gen, ema, roles.teacher, heads, e, trained)
+    return R.make_roles(generator, teacher, heads, p, e, trained_backbone=e.backbone == "trained")
 
 
 def phase_done(run_dir: Path, steps: int) -> bool:
@@ -131,7 +112,7 @@ def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progre
     run_dir.mkdir(parents=True, exist_ok=True)
     record_run_config(cfg, run_dir)  # refuses config changes a resume cannot honour
     data = build_data(cfg)
-    roles = build_roles(cfg)
+    roles = build_roles(cfg, data)
     out = {"timings": {}}
     t0 = time.perf_counter()
     tc = cfg.train
@@ -139,7 +120,7 @@ def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progre
                   log_every=tc.log_every, progress=progress, eval_every=tc.eval_every)
 
     # Phase I: stability priming.
-    priming = PrimingStep(roles.generator, roles.teacher, cfg.priming)
+    priming = PrimingStep(roles, cfg.priming)
     pdir = run_dir / "priming"
     if phase in ("priming", "all"):
         evf = eval_fn_factory(roles.generator) if eval_fn_factory else None
@@ -159,14 +140,14 @@ def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progre
     if phase in ("equilibrium", "all"):
         if not phase_done(pdir, cfg.priming.steps) and phase == "all":
             raise CheckpointError(f"phase I did not finish in {pdir}; rerun the same command to resume it")
-        eq = build_equilibrium(cfg, roles, data)
+        eq = EquilibriumStep(roles, cfg.equilibrium)  # EMA and phase II optimizers from the primed generator
         evf = eval_fn_factory(roles.generator) if eval_fn_factory else None
         r = train("equilibrium", eq, data.batch_fn(cfg.equilibrium.batch_size, tc.seed + 2),
                   steps=cfg.equilibrium.steps, run_dir=run_dir / "equilibrium", eval_fn=evf,
                   divergence=divergence_check(cfg), **common)
         out["timings"]["equilibrium"] = r["seconds"]
         out["equilibrium"] = r
-        out["ema"] = eq.ema
+        out["ema"] = roles.ema
     lora = run_dir / "generator_lora" if cfg.priming.generator_mode == "lora" else None
     export_backbone(roles.generator, run_dir / "generator", {"role": "generator", "phase": phase}, lora_dir=lora)
     out["generator"] = roles.generator

@@ -1,16 +1,21 @@
-"""Model roles, named explicitly (ARCHITECTURE: "roles are explicit").
+"""Model roles, named explicitly (ARCHITECTURE: "roles are explicit"), held with every optimizer by one
+`Roles` object that `make_roles` builds.
 
 teacher    the frozen real score. With its peft adapter "fake" switched on it IS the fake score: one copy
            of the teacher's weights serves both (the memory reason the paper uses LoRA).
 generator  starts as a copy of the teacher; trained in both phases (full weights or a LoRA adapter).
 ema        the generator's EMA; in phase II it is the discriminator backbone ("unified").
 heads      the discriminator heads (phase II), trained by the discriminator loss only.
+trained_backbone  only for the Table 3 ablation equilibrium.backbone = "trained": a full copy of the
+           generator that the discriminator trains (the memory cost the unified design avoids).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from peft import LoraConfig
@@ -134,3 +139,57 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.mul_(decay).add_(p.detach().to(e.dtype) * (1.0 - decay))
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
+
+
+@dataclass
+class Roles:
+    """The five roles and their optimizers. Optimizer keys: "priming/generator", "priming/fake" (phase I),
+    "equilibrium/generator", "equilibrium/discriminator" (phase II: the heads, plus a trained backbone).
+    The EMA generator (and a trained discriminator backbone) exist only from phase II on (start_equilibrium):
+    phase I does not need them, and at 14B each is another full copy of the generator."""
+
+    generator: WanBackbone
+    teacher: WanBackbone
+    heads: nn.Module
+    equilibrium: Any
+    trained_backbone_wanted: bool = False
+    ema: WanBackbone | None = None
+    trained_backbone: WanBackbone | None = None
+    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+
+    @property
+    def fake_params(self) -> list[nn.Parameter]:
+        return trainable_parameters(self.teacher)  # only the "fake" LoRA is trainable on the teacher
+
+    @property
+    def discriminator_params(self) -> list[nn.Parameter]:
+        extra = trainable_parameters(self.trained_backbone) if self.trained_backbone is not None else []
+        return list(self.heads.parameters()) + extra
+
+    def start_equilibrium(self) -> "Roles":
+        """Phase II starts from the primed generator: the EMA (and, for the "trained" ablation, a full
+        discriminator backbone) start as copies of it, and phase II's optimizers are built. A resumed phase II
+        then loads its checkpoint over them. Idempotent."""
+        if self.ema is None:
+            e = self.equilibrium
+            self.ema = make_ema(self.generator)
+            if self.trained_backbone_wanted:
+                self.trained_backbone = copy.deepcopy(self.generator).requires_grad_(True)
+            self.optimizers["equilibrium/generator"] = torch.optim.Adam(
+                trainable_parameters(self.generator), lr=e.lr, betas=tuple(e.betas))
+            self.optimizers["equilibrium/discriminator"] = torch.optim.Adam(
+                self.discriminator_params, lr=e.head_lr, betas=tuple(e.head_betas))
+        return self
+
+
+def make_roles(generator: WanBackbone, teacher: WanBackbone, heads: nn.Module, priming, equilibrium,
+               trained_backbone: bool = False) -> Roles:
+    """Every role and optimizer in one place. `teacher` already carries its zero-initialised fake adapter
+    (make_teacher_and_fake). priming / equilibrium: the phases' configs (lrs, betas); phase II's roles and
+    optimizers are made by Roles.start_equilibrium, from the generator as phase I left it."""
+    roles = Roles(generator, teacher, heads, equilibrium, trained_backbone)
+    roles.optimizers = {
+        "priming/generator": torch.optim.Adam(trainable_parameters(generator), lr=priming.lr, betas=tuple(priming.betas)),
+        "priming/fake": torch.optim.Adam(roles.fake_params, lr=priming.fake_lr, betas=tuple(priming.fake_betas)),
+    }
+    return roles

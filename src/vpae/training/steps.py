@@ -1,4 +1,4 @@
-"""One optimisation step per phase. Each step object owns its roles' optimizers, calls the pure losses of
+"""One optimisation step per phase. Each step object uses its phase's roles and optimizers (training.roles.Roles), calls the pure losses of
 `vpae.losses`, and returns a dict of floats (every loss term and gradient norm) for the logger.
 
 Data: every step receives `x_data` (B, C, F, H, W) clean latents and their Conditioning.
@@ -102,14 +102,13 @@ class PretrainStep:
 # Phase I: stability priming (paper 3.1).
 
 class PrimingStep:
-    def __init__(self, generator: Backbone, teacher: Backbone, cfg: PrimingConfig):
-        self.generator, self.teacher, self.cfg = generator, teacher, cfg
-        self.fake_params = R.trainable_parameters(teacher)  # only the "fake" LoRA is trainable
-        self.gen_opt = torch.optim.Adam(R.trainable_parameters(generator), lr=cfg.lr, betas=tuple(cfg.betas))
-        self.fake_opt = torch.optim.Adam(self.fake_params, lr=cfg.fake_lr, betas=tuple(cfg.fake_betas))
+    def __init__(self, roles: R.Roles, cfg: PrimingConfig):
+        self.generator, self.teacher, self.cfg = roles.generator, roles.teacher, cfg
+        self.fake_params = roles.fake_params
+        self.gen_opt, self.fake_opt = roles.optimizers["priming/generator"], roles.optimizers["priming/fake"]
         self.optimizers = {"generator_opt": self.gen_opt, "fake_opt": self.fake_opt}
-        self.modules = {"generator": R.generator_checkpoint_view(generator),
-                        "fake_lora": R.AdapterState(teacher, R.FAKE_ADAPTER)}
+        self.modules = {"generator": R.generator_checkpoint_view(roles.generator),
+                        "fake_lora": R.AdapterState(roles.teacher, R.FAKE_ADAPTER)}
 
     def generate(self, x_data: Tensor, cond: Conditioning) -> Tensor:
         """x0_hat = f(x_s, s): one evaluation from the low-SNR band, x_s built from data (Fig. 2a)."""
@@ -157,30 +156,22 @@ class PrimingStep:
 # Phase II: unified adversarial equilibrium (paper 3.2-3.4).
 
 class EquilibriumStep:
-    def __init__(self, generator: Backbone, ema: Backbone, teacher: Backbone, heads: nn.Module,
-                 cfg: EquilibriumConfig, trained_backbone: Backbone | None = None):
-        self.generator, self.ema, self.teacher, self.cfg = generator, ema, teacher, cfg
+    def __init__(self, roles: R.Roles, cfg: EquilibriumConfig):
+        roles.start_equilibrium()
+        self.generator, self.ema, self.teacher, self.cfg = roles.generator, roles.ema, roles.teacher, cfg
         if cfg.adv_weight < 0 or cfg.sds_lambda < 0 or cfg.adv_weight + cfg.sds_lambda == 0:
             raise ValueError(f"need adv_weight >= 0 and sds_lambda >= 0, not both 0; got {cfg.adv_weight}, {cfg.sds_lambda}")
-        self.disc = SelfDiscriminator(heads, cfg.layers)
-        if cfg.backbone == "unified":
-            self.disc_backbone = ema
-        elif cfg.backbone == "frozen":
-            self.disc_backbone = teacher
-        elif cfg.backbone == "trained":
-            if trained_backbone is None:
-                raise ValueError("backbone 'trained' needs its own full copy")
-            self.disc_backbone = trained_backbone
-        self.gen_opt = torch.optim.Adam(R.trainable_parameters(generator), lr=cfg.lr, betas=tuple(cfg.betas))
-        disc_params = list(heads.parameters())
-        if cfg.backbone == "trained":
-            disc_params += R.trainable_parameters(trained_backbone)
-        self.disc_params = disc_params
-        self.head_opt = torch.optim.Adam(disc_params, lr=cfg.head_lr, betas=tuple(cfg.head_betas))
+        self.disc = SelfDiscriminator(roles.heads, cfg.layers)
+        if cfg.backbone == "trained" and roles.trained_backbone is None:
+            raise ValueError("backbone 'trained' needs its own full copy (make_roles(..., trained_backbone=True))")
+        self.disc_backbone = {"unified": roles.ema, "frozen": roles.teacher, "trained": roles.trained_backbone}[cfg.backbone]
+        self.gen_opt = roles.optimizers["equilibrium/generator"]
+        self.head_opt = roles.optimizers["equilibrium/discriminator"]
+        self.disc_params = roles.discriminator_params
         self.optimizers = {"generator_opt": self.gen_opt, "head_opt": self.head_opt}
-        self.modules = {"generator": generator, "ema": ema, "heads": heads}
+        self.modules = {"generator": roles.generator, "ema": roles.ema, "heads": roles.heads}
         if cfg.backbone == "trained":
-            self.modules["disc_backbone"] = trained_backbone
+            self.modules["disc_backbone"] = roles.trained_backbone
 
     def discriminate(self, x_t: Tensor, t: Tensor, cond: Conditioning, backbone_grad: bool) -> Tensor:
         if self.cfg.backbone == "frozen":

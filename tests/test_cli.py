@@ -26,7 +26,7 @@ def model_and_image(tmp_path_factory):
             if p.abs().sum() == 0:
                 p.normal_(0, 0.02)
     root = tmp_path_factory.mktemp("cli")
-    model = export_backbone(bb.eval(), root / "model")
+    model = export_backbone(bb.eval(), root / "model", {"data": {"kind": "toy", "text_tokens": 24, "image_patch": 8}})
     image = root / "first.jpg"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(image)
     return model, image

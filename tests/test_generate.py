@@ -30,7 +30,8 @@ def toy_i2v_config() -> dict:
 @pytest.fixture(scope="session")
 def toy_model(tmp_path_factory):
     """A tiny random toy-compatible I2V model, exported like the pipeline exports (vpae.json text_len 24)."""
-    return export_backbone(_random_wan(toy_i2v_config()), tmp_path_factory.mktemp("models") / "toy_i2v")
+    return export_backbone(_random_wan(toy_i2v_config()), tmp_path_factory.mktemp("models") / "toy_i2v",
+                           {"data": {"kind": "toy", "text_tokens": 24, "image_patch": 8}})
 
 
 @pytest.fixture(scope="session")
@@ -151,3 +152,11 @@ def test_builtin_toy_teacher_one_step(tmp_path):
     # the one-step teacher output keeps the condition frame recognisable (loose: a blurry mean)
     err = np.abs(read_video(r["gif"])[0][0].astype(float) - frame0.astype(float)).mean()
     assert err < 60
+
+
+def test_the_condition_stack_comes_from_the_folder_not_from_its_sizes(tmp_path, cond_image):
+    """A model of the toy sizes (text_dim 384) without vpae.json saying "toy" is not assumed to be one."""
+    bare = export_backbone(_random_wan(toy_i2v_config()), tmp_path / "bare")
+    (bare / "vpae.json").unlink()
+    with pytest.raises(GenerateError, match="no vpae.json.*--embeddings"):
+        _gen(bare, tmp_path / "o", image=cond_image)

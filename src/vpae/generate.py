@@ -74,12 +74,11 @@ def load_model(model: str, device: str | torch.device = "cpu"):
     return backbone.eval().requires_grad_(False).to(device), path, meta
 
 
-def is_toy_model(backbone, meta: dict) -> bool:
+def is_toy_model(meta: dict) -> bool:
+    """Whether the folder says it was trained on the toy world (vpae.json "data.kind": every toy export writes
+    it); a model is never assumed toy from its sizes."""
     data = meta.get("data") or {}
-    if isinstance(data, dict) and data.get("kind") == "toy":
-        return True
-    cfg = backbone.model.config
-    return cfg.text_dim == 384 and cfg.out_channels == 3
+    return isinstance(data, dict) and data.get("kind") == "toy"
 
 
 @functools.lru_cache(maxsize=4)
@@ -100,9 +99,10 @@ def build_stack(backbone, meta: dict, embeddings: Optional[Path]) -> Stack:
     codec = IdentityCodec()
     if embeddings is not None:
         return Stack("embeddings", codec)
-    if not is_toy_model(backbone, meta):
+    if not is_toy_model(meta):
         raise GenerateError(
-            f"this model has no bundled text encoder (text_dim {cfg.text_dim}); pass --embeddings, a safetensors "
+            f"{'this model' if meta else 'this folder has no vpae.json, so'} names no text encoder "
+            f"(text_dim {cfg.text_dim}); pass --embeddings, a safetensors "
             f"file with 'text' (L, {cfg.text_dim}) [+ 'negative_text', 'image' (N, {cfg.image_dim or 'D_img'})]")
     data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
     text_tokens = int(data.get("text_tokens") or meta.get("text_len") or 24)

@@ -68,7 +68,7 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
                    eval_fn=_probe_fn(ema, data, cfg.train.eval_videos), eval_every=cfg.train.eval_every)
     if export_dir is not None:
         # the raw (non-EMA) weights stay in the run folder, so exporting into the package ships the EMA only
-        export_backbone(model, run_dir / "export_raw", {"role": "toy_teacher_raw"})
+        export_backbone(model, run_dir / "export_raw", {"role": "toy_teacher_raw", "data": to_dict(cfg.data)})
         export_backbone(ema, export_dir, {"role": "toy_teacher", "data": to_dict(cfg.data),
                                           "pretrain": to_dict(cfg.pretrain), "seconds": result["seconds"]})
         shutil.copyfile(run_dir / "log.jsonl", Path(export_dir) / "train_log.jsonl")
@@ -149,7 +149,8 @@ def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progre
         out["equilibrium"] = r
         out["ema"] = roles.ema
     lora = run_dir / "generator_lora" if cfg.priming.generator_mode == "lora" else None
-    export_backbone(roles.generator, run_dir / "generator", {"role": "generator", "phase": phase}, lora_dir=lora)
+    export_backbone(roles.generator, run_dir / "generator", {"role": "generator", "phase": phase, "data": to_dict(cfg.data)},
+                    lora_dir=lora)
     out["generator"] = roles.generator
     out["teacher"] = roles.teacher
     out["data"] = data

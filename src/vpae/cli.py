@@ -169,6 +169,17 @@ def ablate(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Base
     typer.echo(f"ablation finished in {r['total_s']:.0f}s: {out / 'report.html'}")
 
 
+@_command(app)
+def export(generator: Path = typer.Option(..., help="Transformer folder of the distilled generator (RUN/generator)"),
+           base: Path = typer.Option(..., help="Local diffusers pipeline folder of the teacher (e.g. Wan2.1-I2V-14B-480P-Diffusers)"),
+           out: Path = typer.Option(..., help="Output pipeline folder"),
+           shift: float = typer.Option(3.0, help="Scheduler shift (one step from sigma 1 does not depend on it)"),
+           link: bool = typer.Option(False, help="Symlink the base components instead of copying them")):
+    """A diffusers pipeline folder that runs the generator in one step (num_inference_steps=1, guidance_scale=1)."""
+    from vpae.export import export_pipeline
+    typer.echo(f"wrote {export_pipeline(generator, base, out, shift, link)}")
+
+
 # -- evaluation ------------------------------------------------------------------------------------
 
 TS_WARNING = (". SECURITY: a TorchScript file runs the code stored in it when loaded; pass only files you "

@@ -312,9 +312,11 @@ def test_every_shipped_config_loads_strictly(path):
         meta = json.loads((resolve_model_path(cfg.model.teacher) / "vpae.json").read_text())
         for key in ("frames", "height", "width", "text_tokens", "image_patch"):
             assert getattr(cfg.data, key) == meta["data"][key], key
-        defaults = {"bounce": False, "pixel_grid": False, "caption_speed": True, "slow_travel": 0.25, "fast_travel": 0.5}
+        defaults = {"bounce": False, "pixel_grid": False, "caption_speed": True, "slow_travel": 0.25, "fast_travel": 0.5,
+                    "caption_sign": 1.0, "speeds": ["slow", "fast"]}
         for key, default in defaults.items():
-            assert getattr(cfg.data, key) == meta["data"].get(key, default), key
+            value = getattr(cfg.data, key)
+            assert (list(value) if isinstance(value, tuple) else value) == meta["data"].get(key, default), key
 
 
 def test_pretrain_lr_cooldown_only_touches_the_last_steps():

@@ -38,7 +38,10 @@ def test_opposite_captions_change_only_the_direction(data):
     batch = data.heldout(8)
     for c, o, p in zip(batch.captions, opposite_direction_captions(batch), batch.params):
         a, b = parse_caption(c), parse_caption(o)
-        assert b.pop("direction") == OPPOSITE_DIRECTION[a.pop("direction")] and a == b
+        if p.sign_stated:
+            assert b.pop("direction") == OPPOSITE_DIRECTION[a.pop("direction")] and a == b
+        else:  # an axis-only caption gets the other axis
+            assert {a.pop("axis"), b.pop("axis")} == {"horizontal", "vertical"} and a == b
         assert len(c.split()) == len(o.split())
 
 
@@ -75,8 +78,9 @@ def test_bounce_world_removes_the_start_position_leak():
 
 def test_shipped_teacher_reads_the_direction_word(data):
     """The shipped teacher's flow loss is clearly worse with the opposite direction word (it follows captions;
-    the session-1 teacher scored 1.000 here). Measured at export: > 2.5 at sigma 0.9 on 32 videos."""
+    the session-1 teacher scored 1.000 here, the session-3 one 3.0). Measured at export: 11.4 at sigma 0.9 on
+    64 videos (eval.json); 16 videos leave room for sampling spread."""
     from vpae.models import build_teacher
     teacher = build_teacher(load_config("configs/toy/demo.yaml"))
     ratio = direction_sensitivity(teacher, data, data.heldout(16), sigmas=(0.9,))[0.9]
-    assert ratio > 1.5
+    assert ratio > 4.0

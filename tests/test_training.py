@@ -59,8 +59,13 @@ def test_zero_init_lora_real_equals_fake_exactly():
         with R.fake_score(teacher):
             v_fake = teacher.velocity(x, s, c)
         v_gen = gen.velocity(x, s, c)
+    # the identity that matters is exact: a zero-initialised adapter adds exactly 0, so fake == real bitwise
     assert (v_real - v_fake).abs().max().item() == 0.0
-    assert torch.equal(v_real, v_plain) and torch.equal(v_gen, v_plain)
+    # against the plain teacher (before peft wrapped its layers) and the generator (a deep copy: same weights,
+    # other memory), the arithmetic is the same but peft's wrapper and the copy's alignment can pick another
+    # SIMD reduction with 2+ threads (measured: 1 ulp); so a few float32 ulps of these O(1) outputs
+    torch.testing.assert_close(v_real, v_plain, rtol=0, atol=1e-6)
+    torch.testing.assert_close(v_gen, v_plain, rtol=0, atol=1e-6)
     # only the LoRA tensors train, and there are some on every target (incl. the I2V image path)
     names = [n for n, p in teacher.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
@@ -75,7 +80,7 @@ def test_zero_init_lora_real_equals_fake_exactly():
         with R.real_score(teacher):
             v_real2 = teacher.velocity(x, s, c)
     assert (v_fake2 - v_plain).abs().max() > 1e-4
-    assert torch.equal(v_real2, v_plain)
+    assert torch.equal(v_real2, v_real)  # a trained adapter switched off leaves the real score bitwise as it was
 
 
 def test_fake_score_restores_the_adapter_state_it_found():

@@ -40,7 +40,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     kind: str = "toy"
-    """toy: the procedural world (vpae.toy.world)."""
+    """toy: the procedural world (vpae.toy); cache: a latent cache folder (vpae.data.cache, data.cache_dir)."""
+    cache_dir: str = ""
+    """data.kind cache: the latent cache folder (index.json + shards)."""
     frames: int = 9
     height: int = 32
     width: int = 32
@@ -221,7 +223,7 @@ def validate(cfg: VPAEConfig) -> None:
         "equilibrium.r1_on": (cfg.equilibrium.r1_on, ("fake", "real", "both")),
         "model.dtype": (cfg.model.dtype, ("float32", "bfloat16")),
         "pretrain.sigma_sampling": (cfg.pretrain.sigma_sampling, ("logit_normal", "uniform")),
-        "data.kind": (cfg.data.kind, ("toy",)),
+        "data.kind": (cfg.data.kind, ("toy", "cache")),
     }
     for name, (value, allowed) in choices.items():
         if value not in allowed:
@@ -249,6 +251,8 @@ def validate(cfg: VPAEConfig) -> None:
     if e.adv_weight < 0 or e.sds_lambda < 0 or e.adv_weight == e.sds_lambda == 0:
         raise ConfigError(f"need equilibrium.adv_weight >= 0 and equilibrium.sds_lambda >= 0, not both 0; "
                           f"got {e.adv_weight}, {e.sds_lambda}")
+    if cfg.data.kind == "cache" and not cfg.data.cache_dir:
+        raise ConfigError("data.kind cache needs data.cache_dir (a folder written by vpae data prepare)")
     if cfg.data.kind == "toy":  # the world's own checks (sizes, radii, vocabularies), reported as config errors
         from vpae.toy.world import world_config
         try:

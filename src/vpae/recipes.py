@@ -13,6 +13,7 @@ import torch
 
 from vpae.backbones.wan import WanBackbone
 from vpae.config import ConfigError, VPAEConfig, record_run_config, to_dict
+from vpae.data.cache import CacheSource
 from vpae.data.source import DataSource
 from vpae.discriminator import build_head
 from vpae.export import export_backbone
@@ -24,7 +25,7 @@ from vpae.training.loop import DivergenceCheck, train
 from vpae.training.steps import EquilibriumStep, PretrainStep, PrimingStep
 
 
-DATA_SOURCES = {"toy": ToyData}
+DATA_SOURCES = {"toy": ToyData, "cache": CacheSource}
 """data.kind -> the DataSource class built from the config (vpae.data.source)."""
 
 
@@ -65,7 +66,7 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
                    checkpoint_every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
                    log_every=cfg.train.log_every, progress=progress, max_seconds=cfg.pretrain.max_seconds,
                    divergence=divergence_check(cfg),
-                   eval_fn=_probe_fn(ema, data, cfg.train.eval_videos), eval_every=cfg.train.eval_every)
+                   eval_fn=_probe_fn(ema, data, cfg.train.eval_videos) if isinstance(data, ToyData) else None, eval_every=cfg.train.eval_every)
     if export_dir is not None:
         # the raw (non-EMA) weights stay in the run folder, so exporting into the package ships the EMA only
         export_backbone(model, run_dir / "export_raw", {"role": "toy_teacher_raw", "data": to_dict(cfg.data)})

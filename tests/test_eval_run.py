@@ -209,3 +209,10 @@ def test_videos_of_different_sizes_or_lengths_in_one_comparison_are_refused(tmp_
         run_eval(tmp_path / "v", tmp_path / "out")
     r = CliRunner().invoke(app, ["eval", str(tmp_path / "v"), "--out", str(tmp_path / "out2")])
     assert r.exit_code == 2 and "error: videos in one comparison" in r.output
+
+
+def test_gif_roundtrip_keeps_repeated_frames(tmp_path):
+    v = _video(0, frames=5)
+    v[:, 2] = v[:, 1]  # a repeated frame, which GIF writers merge into one longer frame
+    out, fps = read_video(write_video(tmp_path / "r.gif", v, fps=8))
+    assert out.shape[0] == 5 and fps == pytest.approx(8.0, rel=0.05)  # GIF durations are whole centiseconds

@@ -46,6 +46,8 @@ def _command(typer_app: typer.Typer, *args, **kwargs):
 
 
 app.add_typer(bench_app, name="bench")
+data_app = typer.Typer(no_args_is_help=True, help="Data: the latent cache training reads.")
+app.add_typer(data_app, name="data")
 
 
 @app.callback()
@@ -178,6 +180,30 @@ def export(generator: Path = typer.Option(..., help="Transformer folder of the d
     """A diffusers pipeline folder that runs the generator in one step (num_inference_steps=1, guidance_scale=1)."""
     from vpae.export import export_pipeline
     typer.echo(f"wrote {export_pipeline(generator, base, out, shift, link)}")
+
+
+@_command(data_app, "prepare")
+def data_prepare(manifest: Path = typer.Argument(..., help="CSV (header: video,caption[,image]) or JSONL manifest"),
+                 out: Path = typer.Option(..., help="Cache folder (resumes if it exists)"),
+                 config: Path = typer.Option(..., help="Config whose data section gives frames, height, width"),
+                 shard_size: int = typer.Option(256, help="Clips per safetensors shard"),
+                 batch_size: int = typer.Option(8, help="Clips encoded at once"),
+                 set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
+    """Videos + captions -> clips -> encoders -> the latent cache (bad videos skipped and listed in report.md)."""
+    from vpae.data.prepare import EncoderStack, PrepareError, prepare
+    cfg = _load(config, set_)
+    if cfg.data.kind != "toy":
+        raise PrepareError("only the toy encoder stack (identity codec, MiniLM, patch encoder) is wired so far; "
+                           "the Wan stack (VAE + UMT5 + CLIP from a local pipeline folder) is not yet")
+    from vpae.toy.encoders import PatchImageEncoder, TextEncoder
+    from vpae.toy.source import ToyData, _Fp16TextEncoder
+    toy = ToyData(cfg)
+    stack = EncoderStack(toy.codec, _Fp16TextEncoder(TextEncoder(max_tokens=cfg.data.text_tokens)),
+                         PatchImageEncoder(patch_size=cfg.data.image_patch), toy.sizes)
+    d = cfg.data
+    r = prepare(manifest, out, stack, d.frames, d.height, d.width, shard_size, batch_size)
+    typer.echo(f"{r['items']} clips from {r['rows']} rows ({len(r['skipped'])} skipped: {out / 'report.md'}); "
+               f"train with --set data.kind=cache --set data.cache_dir={out}")
 
 
 # -- evaluation ------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ class CacheWriter:
             raise CacheError(f"{self.root} holds a cache of other sizes {self.index['sizes']}, not {asdict(sizes)}")
         self.pending: list[dict[str, torch.Tensor]] = []
         self.negative: torch.Tensor | None = None
+        self.rows_done = 0  # set by a producer (vpae data prepare): source rows covered, stored per shard
 
     @property
     def items(self) -> int:
@@ -91,7 +92,7 @@ class CacheWriter:
         tmp = self.root / (name + f".tmp-{os.getpid()}")
         save_file(tensors, str(tmp))
         os.replace(tmp, self.root / name)
-        self.index["shards"].append({"file": name, "count": n})
+        self.index["shards"].append({"file": name, "count": n, "rows": self.rows_done})
         _write_json(self.root / "index.json", self.index)
         self.pending = []
 

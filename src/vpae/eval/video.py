@@ -145,9 +145,16 @@ def _read_gif(path: Path) -> tuple[list[np.ndarray], float]:
     from PIL import Image, ImageSequence
 
     with Image.open(path) as im:
-        duration = im.info.get("duration") or 125
-        frames = [np.asarray(f.convert("RGB")).copy() for f in ImageSequence.Iterator(im)]
-    return frames, 1000.0 / float(duration)
+        default = im.info.get("duration") or 125
+        frames, durations = [], []
+        for f in ImageSequence.Iterator(im):
+            frames.append(np.asarray(f.convert("RGB")).copy())
+            durations.append(float(f.info.get("duration") or default))
+    # GIF writers (Pillow) merge identical consecutive frames into one frame shown longer: expand them back,
+    # so a video with a repeated frame reads with its frame count
+    base = min(durations)
+    frames = [fr for fr, d in zip(frames, durations) for _ in range(max(1, round(d / base)))]
+    return frames, 1000.0 / base
 
 
 def write_video(path, video, fps: float = 8.0) -> Path:

@@ -186,20 +186,25 @@ def export(generator: Path = typer.Option(..., help="Transformer folder of the d
 def data_prepare(manifest: Path = typer.Argument(..., help="CSV (header: video,caption[,image]) or JSONL manifest"),
                  out: Path = typer.Option(..., help="Cache folder (resumes if it exists)"),
                  config: Path = typer.Option(..., help="Config whose data section gives frames, height, width"),
+                 base: Optional[Path] = typer.Option(None, help="Local Wan diffusers pipeline folder: encode with its "
+                                                     "VAE, UMT5 and CLIP (default: the toy stack of a toy config)"),
                  shard_size: int = typer.Option(256, help="Clips per safetensors shard"),
                  batch_size: int = typer.Option(8, help="Clips encoded at once"),
                  set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
     """Videos + captions -> clips -> encoders -> the latent cache (bad videos skipped and listed in report.md)."""
     from vpae.data.prepare import EncoderStack, PrepareError, prepare
     cfg = _load(config, set_)
-    if cfg.data.kind != "toy":
-        raise PrepareError("only the toy encoder stack (identity codec, MiniLM, patch encoder) is wired so far; "
-                           "the Wan stack (VAE + UMT5 + CLIP from a local pipeline folder) is not yet")
-    from vpae.toy.encoders import PatchImageEncoder, TextEncoder
-    from vpae.toy.source import ToyData, _Fp16TextEncoder
-    toy = ToyData(cfg)
-    stack = EncoderStack(toy.codec, _Fp16TextEncoder(TextEncoder(max_tokens=cfg.data.text_tokens)),
-                         PatchImageEncoder(patch_size=cfg.data.image_patch), toy.sizes)
+    if base is not None:
+        from vpae.data.wan_stack import wan_stack
+        stack = wan_stack(base)
+    elif cfg.data.kind == "toy":
+        from vpae.toy.encoders import PatchImageEncoder, TextEncoder
+        from vpae.toy.source import ToyData, _Fp16TextEncoder
+        toy = ToyData(cfg)
+        stack = EncoderStack(toy.codec, _Fp16TextEncoder(TextEncoder(max_tokens=cfg.data.text_tokens)),
+                             PatchImageEncoder(patch_size=cfg.data.image_patch), toy.sizes)
+    else:
+        raise PrepareError("pass --base, a local Wan pipeline folder whose VAE, UMT5 and CLIP encode the videos")
     d = cfg.data
     r = prepare(manifest, out, stack, d.frames, d.height, d.width, shard_size, batch_size)
     typer.echo(f"{r['items']} clips from {r['rows']} rows ({len(r['skipped'])} skipped: {out / 'report.md'}); "

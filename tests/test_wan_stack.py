@@ -1,0 +1,113 @@
+"""The Wan encoder stack of `vpae data prepare`, on a tiny local Wan pipeline folder written with
+save_pretrained (tiny Wan VAE, UMT5 + a word-level tokenizer, CLIP vision + processor, transformer): the
+cached text and image tokens equal what WanImageToVideoPipeline itself computes, and `vpae distill` trains
+the folder's transformer from the cache."""
+
+from __future__ import annotations
+
+import csv
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import IMAGE_DIM, TEXT_DIM, make_wan
+
+from vpae.config import load_config
+from vpae.data.prepare import prepare
+from vpae.data.wan_stack import wan_stack
+from vpae.eval.video import read_video, write_video
+from vpae.recipes import build_data, run_distill
+
+WORDS = "a small large red green blue square circle moves left right up down over background <pad> </s> <unk>".split()
+
+
+@pytest.fixture(scope="module")
+def wan_folder(tmp_path_factory):
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerFast,
+                              UMT5Config, UMT5EncoderModel)
+    torch.manual_seed(0)
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    t5 = UMT5EncoderModel(UMT5Config(vocab_size=len(WORDS), d_model=TEXT_DIM, d_kv=8, d_ff=32, num_layers=1,
+                                     num_heads=2)).eval()
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True]).eval()
+    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=IMAGE_DIM, intermediate_size=32, num_hidden_layers=2,
+                                            num_attention_heads=2, image_size=32, patch_size=8)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    pipe = WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=t5, vae=vae,
+                                   scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), image_processor=proc,
+                                   image_encoder=clip, transformer=make_wan(i2v=True, seed=3).model)
+    root = tmp_path_factory.mktemp("wan")
+    pipe.save_pretrained(str(root))
+    return root, pipe
+
+
+@pytest.fixture(scope="module")
+def cache(wan_folder, tmp_path_factory):
+    root, _ = wan_folder
+    d = tmp_path_factory.mktemp("videos")
+    rng = np.random.default_rng(0)
+    captions = ["a red square moves left", "a large blue circle moves up over background", "green"]
+    rows = []
+    for i, c in enumerate(captions):
+        write_video(d / f"v{i}.gif", rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8), fps=8)
+        rows.append({"video": f"v{i}.gif", "caption": c})
+    with (d / "m.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["video", "caption"])
+        w.writeheader(), w.writerows(rows)
+    stack = wan_stack(root)
+    r = prepare(d / "m.csv", d / "cache", stack, 5, 32, 32, shard_size=2, batch_size=2, progress=False)
+    assert r["items"] == 3 and not r["skipped"]
+    return d, captions, stack
+
+
+def test_cached_conditioning_equals_the_wan_pipeline(wan_folder, cache):
+    from PIL import Image
+    _, pipe = wan_folder
+    d, captions, stack = cache
+    src = build_data(load_config(None, ["data.kind=cache", f"data.cache_dir={d / 'cache'}"]))
+    assert src.sizes.text_len == 512 and src.sizes.latent_channels == 16 and src.sizes.mask_channels == 4
+    x, c = src.items([0, 1, 2])
+    with torch.no_grad():
+        want_text = pipe._get_t5_prompt_embeds(captions, max_sequence_length=512, device=torch.device("cpu"))
+        frames = [read_video(d / f"v{i}.gif")[0] for i in range(3)]
+        want_image = torch.cat([pipe.encode_image(Image.fromarray(f[0]), torch.device("cpu")) for f in frames])
+        clips = torch.stack([torch.from_numpy(f).permute(3, 0, 1, 2).float() / 127.5 - 1 for f in frames])
+        want_latents = stack.codec.encode(clips)
+    torch.testing.assert_close(c.text, want_text, rtol=0, atol=0)
+    torch.testing.assert_close(c.image, want_image, rtol=0, atol=0)
+    # float32: the same VAE forward on a batch of 2 + 1 items instead of 3 (batch-size-dependent reductions)
+    torch.testing.assert_close(x, want_latents, rtol=0, atol=1e-5)
+
+
+def test_distill_trains_the_wan_folder_from_the_cache(wan_folder, cache, tmp_path):
+    root, _ = wan_folder
+    d, _, _ = cache
+    cfg = load_config(None, [f"model.teacher={root / 'transformer'}", "data.kind=cache", f"data.cache_dir={d / 'cache'}",
+                             "priming.steps=1", "equilibrium.steps=1", "priming.batch_size=1", "equilibrium.batch_size=1",
+                             "priming.lora_rank=4", "priming.lora_alpha=4", "equilibrium.layers=[0.5, 1.0]",
+                             "equilibrium.head_dim=16", "equilibrium.head_queries=2", "equilibrium.head_attn_heads=2"])
+    r = run_distill(cfg, tmp_path / "run", progress=False)
+    assert r["equilibrium"]["step"] == 1 and (tmp_path / "run" / "generator" / "config.json").is_file()
+
+
+def test_data_prepare_command_with_a_wan_folder(wan_folder, cache, tmp_path):
+    from typer.testing import CliRunner
+    from vpae.cli import app
+    root, _ = wan_folder
+    d, _, _ = cache
+    r = CliRunner().invoke(app, ["data", "prepare", str(d / "m.csv"), "--out", str(tmp_path / "c"), "--config",
+                                 "configs/toy/demo.yaml", "--base", str(root), "--set", "data.height=32",
+                                 "--set", "data.width=32"])
+    assert r.exit_code == 0, r.output
+    assert "3 clips from 3 rows (0 skipped" in r.output
+    r = CliRunner().invoke(app, ["data", "prepare", str(d / "m.csv"), "--out", str(tmp_path / "e"), "--config",
+                                 "configs/toy/demo.yaml", "--base", str(tmp_path)])
+    assert r.exit_code == 2 and "not a local Wan pipeline folder" in r.output

@@ -308,7 +308,7 @@ def test_dmd_gradient_reports_non_finite_scores_instead_of_hiding_them():
 def test_every_shipped_config_loads_strictly(path):
     from vpae.models import resolve_model_path
     cfg = load_config(path)  # unknown keys or wrong types raise
-    if cfg.model.teacher:  # the teacher it names ships, and was trained on the world size the config asks for
+    if cfg.model.teacher in ("builtin:toy", "toy"):  # the shipped teacher, trained on the world the config asks for
         meta = json.loads((resolve_model_path(cfg.model.teacher) / "vpae.json").read_text())
         for key in ("frames", "height", "width", "text_tokens", "image_patch"):
             assert getattr(cfg.data, key) == meta["data"][key], key

@@ -111,3 +111,17 @@ def test_data_prepare_command_with_a_wan_folder(wan_folder, cache, tmp_path):
     r = CliRunner().invoke(app, ["data", "prepare", str(d / "m.csv"), "--out", str(tmp_path / "e"), "--config",
                                  "configs/toy/demo.yaml", "--base", str(tmp_path)])
     assert r.exit_code == 2 and "not a local Wan pipeline folder" in r.output
+
+
+def test_the_wan_i2v_config_runs_on_a_folder_of_the_same_layout(wan_folder, cache, tmp_path):
+    """configs/wan/i2v_14b_480p.yaml as shipped (bf16, gradient checkpointing, paper hyper-parameters), with only
+    the paths, the step counts and the batch pointed at the tiny folder and its cache."""
+    root, _ = wan_folder
+    d, _, _ = cache
+    cfg = load_config("configs/wan/i2v_14b_480p.yaml", [f"model.teacher={root / 'transformer'}",
+                                                         f"data.cache_dir={d / 'cache'}", "priming.steps=1",
+                                                         "equilibrium.steps=1", "priming.batch_size=1",
+                                                         "equilibrium.batch_size=1"])
+    assert cfg.model.dtype == "bfloat16" and cfg.model.gradient_checkpointing and cfg.equilibrium.sds_lambda == 10.0
+    r = run_distill(cfg, tmp_path / "run", progress=False)
+    assert r["equilibrium"]["step"] == 1 and (tmp_path / "run" / "generator" / "config.json").is_file()

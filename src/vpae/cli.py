@@ -211,6 +211,36 @@ def data_prepare(manifest: Path = typer.Argument(..., help="CSV (header: video,c
                f"train with --set data.kind=cache --set data.cache_dir={out}")
 
 
+@_command(data_app, "synthesize")
+def data_synthesize(manifest: Path = typer.Argument(..., help="CSV (header: caption[,image]) or JSONL manifest"),
+                    out: Path = typer.Option(..., help="Cache folder (resumes if it exists)"),
+                    config: Path = typer.Option(..., help="Config: the teacher (model.teacher), frames / height / width, sampling"),
+                    base: Optional[Path] = typer.Option(None, help="Local Wan pipeline folder for the encoders (default: the toy stack)"),
+                    seed: int = typer.Option(0, help="Noise seed (row i uses seed * 100003 + i)"),
+                    shard_size: int = typer.Option(256), batch_size: int = typer.Option(4),
+                    set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
+    """The paper's synthetic set: the teacher's multi-step CFG samples (sampling.teacher_steps, .guidance) for a
+    caption (+ image) list, written as a latent cache."""
+    from vpae.data.prepare import EncoderStack
+    from vpae.data.synthesize import synthesize
+    from vpae.models import build_teacher
+    cfg = _load(config, set_)
+    if base is not None:
+        from vpae.data.wan_stack import wan_stack
+        stack = wan_stack(base)
+    else:
+        from vpae.toy.encoders import TextEncoder
+        from vpae.toy.source import ToyData, _Fp16TextEncoder
+        toy = ToyData(cfg)
+        stack = EncoderStack(toy.codec, _Fp16TextEncoder(TextEncoder(max_tokens=cfg.data.text_tokens)),
+                             toy.image_encoder, toy.sizes)
+    d, s = cfg.data, cfg.sampling
+    r = synthesize(manifest, out, build_teacher(cfg).eval(), stack, d.frames, d.height, d.width, s.teacher_steps,
+                   s.guidance, s.shift, seed, shard_size, batch_size)
+    typer.echo(f"{r['items']} synthetic clips from {r['rows']} rows ({len(r['skipped'])} skipped); "
+               f"train with --set data.kind=cache --set data.cache_dir={out}")
+
+
 # -- evaluation ------------------------------------------------------------------------------------
 
 TS_WARNING = (". SECURITY: a TorchScript file runs the code stored in it when loaded; pass only files you "

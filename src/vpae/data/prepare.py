@@ -44,7 +44,7 @@ class EncoderStack:
     sizes: ConditionSizes
 
 
-def read_manifest(path: str | Path) -> list[dict]:
+def read_manifest(path: str | Path, need_video: bool = True) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise PrepareError(f"manifest not found: {path}")
@@ -57,8 +57,9 @@ def read_manifest(path: str | Path) -> list[dict]:
     except (ValueError, csv.Error) as e:
         raise PrepareError(f"manifest {path} cannot be parsed: {e}") from None
     for i, r in enumerate(rows):
-        if not isinstance(r, dict) or not r.get("video") or r.get("caption") is None:
-            raise PrepareError(f"manifest {path} row {i + 1} needs 'video' and 'caption' fields, got {r!r}")
+        if not isinstance(r, dict) or (need_video and not r.get("video")) or r.get("caption") is None:
+            need = "'video' and 'caption' fields" if need_video else "a 'caption' field"
+            raise PrepareError(f"manifest {path} row {i + 1} needs {need}, got {r!r}")
         for key in ("video", "image"):
             if r.get(key) and not Path(r[key]).is_absolute():
                 r[key] = str(path.parent / r[key])

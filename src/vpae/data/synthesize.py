@@ -6,16 +6,12 @@ shards record the rows they cover, so a killed run resumes after the last comple
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from vpae.codecs import make_conditioning
-from vpae.data.cache import CacheWriter
-from vpae.data.prepare import EncoderStack, PrepareError, read_manifest
-from vpae.errors import VpaeError
+from vpae.data.prepare import EncoderStack, PrepareError, fill_cache, read_manifest
 from vpae.sampling import initial_noise, teacher_sample
 
 
@@ -30,45 +26,21 @@ def synthesize(manifest: str | Path, out: str | Path, teacher, stack: EncoderSta
                width: int, steps: int = 50, guidance: float = 5.0, shift: float = 3.0, seed: int = 0,
                shard_size: int = 256, batch_size: int = 4, progress: bool = True) -> dict:
     """Returns {"items", "rows", "skipped"} (rows whose condition image cannot be read are skipped, listed in
-    report.json). Latent shape from the codec: frames and size divided by its strides."""
+    report.json / report.md)."""
     rows = read_manifest(manifest, need_video=False)
     if teacher.i2v and stack.image_encoder is None:
         raise PrepareError("an image-to-video teacher needs an image encoder in the stack")
-    out = Path(out)
-    writer = CacheWriter(out, stack.sizes, shard_size)
-    start = writer.index["shards"][-1].get("rows", 0) if writer.index["shards"] else 0
-    codec = stack.codec
-    ts, ss = getattr(codec, "temporal_stride", 1), getattr(codec, "spatial_stride", 1)
-    shape = (stack.sizes.latent_channels, (frames - 1) // ts + 1, height // ss, width // ss)
-    skipped, pending = [], []
+    shape = stack.codec.latent_shape(frames, height, width)
 
-    def flush_pending():
-        if not pending:
-            return
-        idx, captions, images = zip(*pending)
-        image = torch.stack(images) if teacher.i2v else None
-        cond = make_conditioning(image, list(captions), stack.text_encoder, stack.image_encoder if teacher.i2v else None,
-                                 codec if teacher.i2v else None, frames)
+    def load(i, r):
+        if teacher.i2v and not r.get("image"):
+            raise PrepareError("no condition image")
+        return i, str(r["caption"]), _image(r["image"], height, width) if teacher.i2v else None
+
+    def encode(items):
+        idx, captions, images = zip(*items)
+        cond = make_conditioning(torch.stack(images) if teacher.i2v else None, list(captions), stack.text_encoder,
+                                 stack.image_encoder if teacher.i2v else None, stack.codec if teacher.i2v else None, frames)
         noise = torch.stack([initial_noise(shape, seed * 100003 + i) for i in idx])
-        x0 = teacher_sample(teacher, noise, cond, steps, guidance, shift).x0
-        text_len = cond.text_mask.sum(1) if cond.text_mask is not None else torch.full((len(idx),), cond.text.shape[1])
-        writer.add(x0, cond, text_len)
-        pending.clear()
-
-    for i in tqdm(range(start, len(rows)), desc="synthesize", disable=not progress, initial=start, total=len(rows)):
-        r = rows[i]
-        try:
-            image = _image(r["image"], height, width) if teacher.i2v else None
-        except (VpaeError, KeyError) as e:
-            skipped.append({"row": i, "image": r.get("image"), "reason": str(e) if isinstance(e, VpaeError) else "no image"})
-            continue
-        pending.append((i, str(r["caption"]), image))
-        writer.rows_done = i + 1
-        if len(pending) == batch_size or len(writer.pending) + len(pending) >= shard_size:
-            flush_pending()
-    flush_pending()
-    writer.rows_done = len(rows)
-    writer.flush()
-    result = {"items": writer.items, "rows": len(rows), "skipped": skipped}
-    (out / "report.json").write_text(json.dumps(result, indent=1))
-    return result
+        return teacher_sample(teacher, noise, cond, steps, guidance, shift).x0, cond
+    return fill_cache(rows, out, stack.sizes, load, encode, shard_size, batch_size, "synthesize", progress)

@@ -67,6 +67,25 @@ def make_cond(batch: int = 2, *, i2v: bool = True, text_len: int = 7, image_len:
     return Conditioning(text=text, negative_text=neg, image=image, cond_latent=cond_latent, cond_mask=cond_mask)
 
 
+def tiny_wan_vae_and_clip(seed: int = 0):
+    """The VAE and the CLIP vision encoder + processor of a tiny Wan I2V pipeline, built offline: a random
+    AutoencoderKLWan (z_dim = LATENT_C, 8x spatial, 4x temporal) and a CLIPVisionModel of width IMAGE_DIM on
+    32 x 32 images. Returns (vae, clip, processor)."""
+    import warnings
+
+    from diffusers import AutoencoderKLWan
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=LATENT_C, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True]).eval()
+    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=IMAGE_DIM, intermediate_size=32, num_hidden_layers=2,
+                                            num_attention_heads=2, image_size=32, patch_size=8)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return vae, clip, proc
+
+
 def make_latent(shape=LATENT_SHAPE, seed: int = 1) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 

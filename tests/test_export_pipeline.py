@@ -4,12 +4,10 @@ test_sampling.py: no tokenizer / T5, the text goes in as prompt_embeds zero-padd
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGE_DIM, LATENT_C, MASK_C, make_latent, make_wan
+from conftest import LATENT_C, MASK_C, make_latent, make_wan, tiny_wan_vae_and_clip
 
 from vpae.backbones.wan import WAN_TEXT_LEN, pad_text
 from vpae.conditioning import Conditioning
@@ -24,16 +22,8 @@ LAT_SHAPE = (2, LATENT_C, 2, 4, 4)
 
 @pytest.fixture(scope="module")
 def base_pipeline(tmp_path_factory):
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True]).eval()
-    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=IMAGE_DIM, intermediate_size=32, num_hidden_layers=2,
-                                            num_attention_heads=2, image_size=32, patch_size=8)).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
+    vae, clip, proc = tiny_wan_vae_and_clip()
     teacher = make_wan(i2v=True, seed=3)
     # the teacher's own multi-step scheduler (Wan ships UniPC); the export replaces it
     pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=UniPCMultistepScheduler(),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGE_DIM, LATENT_C, MASK_C, TEXT_DIM, make_cond, make_latent, make_wan
+from conftest import LATENT_C, MASK_C, TEXT_DIM, make_cond, make_latent, make_wan, tiny_wan_vae_and_clip
 
 from vpae import flow
 from vpae.backbones.base import Backbone
@@ -33,27 +33,15 @@ LAT_SHAPE = (2, LATENT_C, 2, 4, 4)
 # -- a real diffusers client ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny_vae():
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(0)
-    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                            temperal_downsample=[False, True, True]).eval()
+def tiny_components():
+    return tiny_wan_vae_and_clip()
 
 
 @pytest.fixture(scope="module")
-def i2v_pipe(tiny_vae):
-    import warnings
-
+def i2v_pipe(tiny_components):
     from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-    torch.manual_seed(0)
-    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=IMAGE_DIM, intermediate_size=32, num_hidden_layers=2,
-                                            num_attention_heads=2, image_size=32, patch_size=8)).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    tiny_vae, clip, proc = tiny_components
     bb = make_wan(i2v=True, seed=3)
     pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=tiny_vae,
                                    scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
@@ -63,11 +51,11 @@ def i2v_pipe(tiny_vae):
 
 
 @pytest.fixture(scope="module")
-def t2v_pipe(tiny_vae):
+def t2v_pipe(tiny_components):
     from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 
     bb = make_wan(i2v=False, seed=4)
-    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=tiny_vae,
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=tiny_components[0],
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=bb.model)
     pipe.set_progress_bar_config(disable=True)
     return pipe, bb

@@ -6,12 +6,10 @@ the folder's transformer from the cache."""
 from __future__ import annotations
 
 import csv
-import warnings
-
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGE_DIM, TEXT_DIM, make_wan
+from conftest import TEXT_DIM, make_wan, tiny_wan_vae_and_clip
 
 from vpae.config import load_config
 from vpae.data.prepare import prepare
@@ -24,23 +22,15 @@ WORDS = "a small large red green blue square circle moves left right up down ove
 
 @pytest.fixture(scope="module")
 def wan_folder(tmp_path_factory):
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerFast,
-                              UMT5Config, UMT5EncoderModel)
-    torch.manual_seed(0)
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+    vae, clip, proc = tiny_wan_vae_and_clip()
     tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
     t5 = UMT5EncoderModel(UMT5Config(vocab_size=len(WORDS), d_model=TEXT_DIM, d_kv=8, d_ff=32, num_layers=1,
                                      num_heads=2)).eval()
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True]).eval()
-    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=IMAGE_DIM, intermediate_size=32, num_hidden_layers=2,
-                                            num_attention_heads=2, image_size=32, patch_size=8)).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     pipe = WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=t5, vae=vae,
                                    scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), image_processor=proc,
                                    image_encoder=clip, transformer=make_wan(i2v=True, seed=3).model)

@@ -49,6 +49,13 @@ class Stack:
 # ----------------------------------------------------------------------------------------------
 # Model
 
+def pipeline_root(transformer: Path) -> Path | None:
+    """The diffusers pipeline folder a transformer/ folder belongs to (`vpae export` writes one), else None."""
+    ok = transformer.name == "transformer" and (transformer / "config.json").is_file() \
+        and (transformer.parent / "model_index.json").is_file()
+    return transformer.parent if ok else None
+
+
 def find_model_folder(model: str) -> Path:
     """'builtin:toy', a diffusers folder, a run directory with an exported generator/ folder, or a diffusers
     pipeline folder (`vpae export` writes one: its transformer/, with the pipeline's encoders and VAE)."""
@@ -56,7 +63,7 @@ def find_model_folder(model: str) -> Path:
     path = resolve_model_path(str(model))
     if not path.exists():
         raise GenerateError(f"model checkpoint folder not found: {path}")
-    if (path / "model_index.json").is_file() and (path / "transformer" / "config.json").is_file():
+    if pipeline_root(path / "transformer") is not None:
         return path / "transformer"
     if path.is_dir() and not (path / "config.json").is_file() and (path / "generator" / "config.json").is_file():
         return path / "generator"
@@ -95,9 +102,9 @@ def build_stack(backbone, meta: dict, embeddings: Optional[Path], folder: Option
     from vpae.codecs import IdentityCodec
     from vpae.toy.encoders import PatchImageEncoder
     cfg = backbone.model.config
-    if folder is not None and folder.name == "transformer" and (folder.parent / "model_index.json").is_file():
+    if folder is not None and pipeline_root(folder) is not None:
         from vpae.data.wan_stack import wan_stack
-        w = wan_stack(folder.parent)
+        w = wan_stack(pipeline_root(folder))
         return Stack("wan", w.codec, w.text_encoder, w.image_encoder, 1)
     if cfg.out_channels != 3:
         raise GenerateError(

@@ -20,7 +20,7 @@ from vpae.training.checkpoint import load_checkpoint
 ap = argparse.ArgumentParser()
 ap.add_argument("teacher", help="diffusers folder, builtin:toy, or a pretrain checkpoint directory (its EMA)")
 ap.add_argument("--n", type=int, default=64, help="held-out videos")
-ap.add_argument("--quick", action="store_true", help="only the configured CFG sampler and 1 NFE (no guidance sweep)")
+ap.add_argument("--quick", action="store_true", help="only the configured sampler and 1 NFE (no sampler sweep)")
 ap.add_argument("--key", default="ema", help="module in a checkpoint: ema | model")
 ap.add_argument("--out", type=Path)
 ap.add_argument("--threads", type=int, default=0)
@@ -41,7 +41,7 @@ print("direction sensitivity (loss ratio, opposite / true direction word):", res
 s = cfg.sampling
 methods = teacher_sweep(s.teacher_steps, s.shift)
 if a.quick:
-    methods = [teacher_methods(s.teacher_steps, s.guidance, s.shift)[0], methods[-1]]
+    methods = [teacher_methods(s.teacher_steps, s.guidance, s.shift, s.teacher_sampler)[0], methods[-1]]
 keys = ("caption_following", "direction_accuracy", "caption_score", "first_frame_psnr", "persistence", "sharpness")
 if data.world.cfg.multimodal:
     keys += ("mode_coverage", "mode_diversity", "mode_assigned")

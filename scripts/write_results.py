@@ -66,10 +66,34 @@ def repro_section(r):
     return "\n".join(out)
 
 
+TABLE_METRICS = ["oracle/caption_following", "oracle/persistence", "oracle/first_frame_psnr", "oracle/mode_coverage",
+                 "oracle/sharpness"]
+TABLE_COLS = ([f"1nfe/{m}" for m in TABLE_METRICS] + ["1nfe/latency_s"] + [f"4nfe/{m}" for m in TABLE_METRICS]
+              + ["4nfe/latency_s", "train_s"])
+
+
+def methods_table_section(r):
+    """`vpae ablate --table 1 | 2` (vpae.toy.ablate.run_table): the comparison with the other methods."""
+    n = r["table"]
+    what = ("V-PAE against DMD2, MD, LCM, PCM, DCM, ADD, APT" if n == 1 else "none / LCM / V-PAE-I as the first phase")
+    out = [f"## Table {n} analogue ({what}; mean ± std over seeds)", "",
+           f"Command: `vpae ablate --table {n}` (docs/METHODS.md). Seeds {r['seeds']}; wall time {r['total_s']:.0f} s; "
+           f"overrides {r.get('overrides') or 'none'}.", "",
+           table(r["rows"], TABLE_COLS, std=True).replace("1nfe/", "1 NFE ").replace("4nfe/", "4 NFE "), "",
+           "### Paper claims", "",
+           "| claim | metric | gap (better - worse) | spread (std + std) | verdict |", "|---|---|---|---|---|"]
+    for v in r["verdicts"]:
+        out.append(f"| {v['claim']} | {v['metric'].replace('oracle/', '')} | {v['gap']:+.3f} | {v['spread']:.3f} | "
+                   f"{v['verdict']} |")
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--demo", type=Path, default=Path("outputs/demo/results.json"))
     ap.add_argument("--reproduce", type=Path, default=Path("outputs/reproduce/results.json"))
+    ap.add_argument("--table1", type=Path, default=Path("outputs/table1/results.json"))
+    ap.add_argument("--table2", type=Path, default=Path("outputs/table2/results.json"))
     ap.add_argument("--notes", type=Path, default=Path("docs/results_readings.md"),
                     help="Markdown appended verbatim (readings of the numbers, settings tried, history)")
     ap.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
@@ -81,6 +105,9 @@ def main():
         parts += [demo_section(json.loads(a.demo.read_text())), ""]
     if a.reproduce.is_file():
         parts += [repro_section(json.loads(a.reproduce.read_text())), ""]
+    for t in (a.table1, a.table2):
+        if t.is_file():
+            parts += [methods_table_section(json.loads(t.read_text())), ""]
     if a.notes and a.notes.is_file():
         parts += [a.notes.read_text()]
     a.out.write_text("\n".join(parts) + "\n")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import os
 from pathlib import Path
 
@@ -112,12 +114,13 @@ def test_checkpoint_roundtrip_and_crash_leftovers(tmp_path):
     save_checkpoint(tmp_path, 4, {"net": net}, {"opt": opt}, {"phase": "x"})
     root = tmp_path / "checkpoints"
     assert (root / "latest").read_text().strip() == "step_0000004"
-    # a crash mid-write leaves a tmp dir; a half-written newer checkpoint has a corrupt safetensors
+    # a crash mid-write leaves a tmp dir; a damaged newer checkpoint has a truncated data file
     (root / "step_0000006.tmp-123").mkdir()
-    (root / "step_0000006.tmp-123" / "net.safetensors").write_bytes(b"\x00garbage")
+    (root / "step_0000006.tmp-123" / "__0_0.distcp").write_bytes(b"\x00garbage")
     bad = root / "step_0000008"
-    bad.mkdir()
-    (bad / "net.safetensors").write_bytes(b"not a safetensors file")
+    shutil.copytree(root / "step_0000004", bad)
+    data = (bad / "__0_0.distcp").read_bytes()
+    (bad / "__0_0.distcp").write_bytes(data[:len(data) // 3])
     (bad / "meta.json").write_text(json.dumps({"step": 8, "phase": "x"}))
     # resume scans for the newest published checkpoint (not the pointer); a damaged one is named, with the
     # previous complete checkpoint offered, and loading it changes nothing
@@ -125,14 +128,16 @@ def test_checkpoint_roundtrip_and_crash_leftovers(tmp_path):
     fresh = _net(seed=5)
     fresh_opt = torch.optim.Adam(fresh.parameters(), lr=0.1)
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    with pytest.raises(CheckpointError, match=r"step_0000008/net.safetensors.*previous complete checkpoint .*step_0000004"):
+    with pytest.raises(CheckpointError, match=r"step_0000008/__0_0.distcp.*previous complete checkpoint .*step_0000004"):
         load_checkpoint(bad, {"net": fresh}, {"opt": fresh_opt}, {"phase": "x"})
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
     meta = load_checkpoint(root / "step_0000004", {"net": fresh}, {"opt": fresh_opt}, {"phase": "x"})
     assert meta["step"] == 4
     assert all(torch.equal(saved[k], v) for k, v in fresh.state_dict().items())
     st = fresh_opt.state_dict()["state"]
+    assert st.keys() == saved_opt["state"].keys()
     assert all(torch.equal(st[i]["exp_avg"], saved_opt["state"][i]["exp_avg"]) for i in st)
+    assert all(torch.equal(st[i]["step"], saved_opt["state"][i]["step"]) for i in st)
     # a corrupt checkpoint is refused with a clear error and changes nothing
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
     with pytest.raises(CheckpointError, match="cannot load checkpoint file"):
@@ -142,7 +147,8 @@ def test_checkpoint_roundtrip_and_crash_leftovers(tmp_path):
     save_checkpoint(tmp_path, 5, {"net": fresh}, {"opt": fresh_opt}, {"phase": "x"}, keep=1)
     assert (root / "latest").read_text() == "step_0000005" and (root / "step_0000005" / "meta.json").is_file()
     assert not (root / "step_0000004").exists() and not (root / "step_0000002").exists()
-    load_checkpoint(root / "step_0000005", {"net": _net()}, {"opt": torch.optim.Adam(_net().parameters())})
+    n = _net()
+    load_checkpoint(root / "step_0000005", {"net": n}, {"opt": torch.optim.Adam(n.parameters())})
     # a phase mismatch is refused
     with pytest.raises(CheckpointError, match="phase"):
         load_checkpoint(root / "step_0000005", {"net": _net()}, {}, {"phase": "y"})
@@ -385,18 +391,18 @@ def test_resume_refuses_incompatible_config_changes_and_records_compatible_ones(
     assert load_config(fresh / "config.yaml").priming.lora_rank == 8
 
 
-@pytest.mark.parametrize("bad", ["truncated_weights", "truncated_optimizer", "garbage_rng", "bad_meta"])
+@pytest.mark.parametrize("bad", ["truncated_data", "garbage_metadata", "garbage_rng", "bad_meta"])
 def test_damaged_checkpoint_files_are_named_and_the_previous_one_offered(tmp_path, bad):
     batch = lambda k: (torch.randn(2, 4, generator=torch.Generator().manual_seed(k)), None)  # noqa: E731
     train("x", _LinearStep(lr=0.1), batch, steps=2, run_dir=tmp_path, checkpoint_every=1, progress=False)
     ckpt = tmp_path / "checkpoints" / "step_0000002"
-    f = {"truncated_weights": "net.safetensors", "truncated_optimizer": "opt.pt", "garbage_rng": "rng.pt",
+    f = {"truncated_data": "__0_0.distcp", "garbage_metadata": ".metadata", "garbage_rng": "rng_rank0.pt",
          "bad_meta": "meta.json"}[bad]
     data = (ckpt / f).read_bytes()
-    (ckpt / f).write_bytes(b"{not json" if bad == "bad_meta" else b"garbage" if bad == "garbage_rng" else data[:len(data) // 2])
+    (ckpt / f).write_bytes(b"{not json" if bad == "bad_meta" else b"garbage" if bad.startswith("garbage") else data[:len(data) // 2])
     step = _LinearStep(lr=0.1)
     before = {k: v.clone() for k, v in step.net.state_dict().items()}
-    with pytest.raises(CheckpointError, match=rf"step_0000002/{f}.*previous complete checkpoint .*step_0000001"):
+    with pytest.raises(CheckpointError, match=rf"step_0000002/{re.escape(f)}.*previous complete checkpoint .*step_0000001"):
         train("x", step, batch, steps=3, run_dir=tmp_path, progress=False)
     assert all(torch.equal(before[k], v) for k, v in step.net.state_dict().items())
 

@@ -21,7 +21,7 @@ def test_demo_pipeline_writes_report(tmp_path):
     rows = dict(r["rows"])
     truth = rows.pop("ground truth")
     assert truth["oracle/caption_following"] == 1.0 and truth["oracle/mode_assigned"] == 1.0
-    assert list(rows) == ["teacher 2 NFE (2 steps)", "teacher 4 NFE", "teacher 1 NFE", "V-PAE-I 1 NFE",
+    assert list(rows) == ["teacher 2 NFE (2 stochastic steps)", "teacher 4 NFE", "teacher 1 NFE", "V-PAE-I 1 NFE",
                           "V-PAE 4 NFE", "V-PAE 1 NFE"]
     assert [rows[n]["NFE"] for n in rows] == [2, 4, 1, 1, 4, 1]
     for name, row in rows.items():
@@ -74,16 +74,16 @@ def test_claim_verdicts_need_the_gap_to_exceed_the_spread():
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_primed_generator_is_the_phase_one_generator_in_both_generator_modes(tmp_path, mode):
-    from safetensors.torch import load_file
     from vpae.config import load_config
     from vpae.toy.demo import primed_generator
+    from vpae.training.checkpoint import checkpoint_tensors
     from vpae.recipes import run_distill
     cfg = load_config("configs/toy/demo.yaml", [f"priming.generator_mode={mode}", "priming.steps=1", "equilibrium.steps=1",
                                                 "priming.batch_size=1", "equilibrium.batch_size=1", "train.eval_every=0",
                                                 "priming.lora_rank=4", "priming.lr=1e-3", "equilibrium.lr=1e-3"])
     r = run_distill(cfg, tmp_path, progress=False)
     primed = primed_generator(r["generator"], tmp_path)
-    saved = load_file(str(tmp_path / "priming" / "checkpoints" / "step_0000001" / "generator.safetensors"))
+    saved = checkpoint_tensors(tmp_path / "priming" / "checkpoints" / "step_0000001", "model.generator.")
     from vpae.training.roles import generator_checkpoint_view
     now, after_phase_two = (generator_checkpoint_view(g).state_dict() for g in (primed, r["generator"]))
     assert all(torch.equal(now[k], v) for k, v in saved.items())

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vpae.training import randomness
+from vpae.training.randomness import batch_stream
+
 from vpae.losses import (conditional_sds_loss, discriminator_loss, dmd_gradient, dmd_loss, fake_score_loss,
                          generator_adversarial_loss, spatiotemporal_perturbation, st_r1_penalty)
 
@@ -125,7 +128,8 @@ def test_st_r1_linear_discriminator():
     x = torch.randn(2, 3, 4, 2, 2, generator=g, dtype=torch.float64)
     w = torch.randn(3, 4, 2, 2, generator=g, dtype=torch.float64)
     D = lambda v: (v * w).flatten(1).sum(1)  # noqa: E731
-    delta = spatiotemporal_perturbation(x, 0.01, 0.1, generator=g)
+    with batch_stream(0):
+        delta = spatiotemporal_perturbation(x, 0.01, 0.1)
     pen = st_r1_penalty(D(x + delta), D(x), delta)
     expected = torch.stack([(w * delta[i]).sum() ** 2 / delta[i].pow(2).sum() for i in range(2)])
     assert pen.shape == (2,)
@@ -141,7 +145,8 @@ def test_st_r1_linear_discriminator():
 
 def test_spatiotemporal_perturbation_temporal_part_varies_across_frames_only():
     like = torch.zeros(2, 3, 5, 4, 6)
-    d = spatiotemporal_perturbation(like, 0.0, 0.1, generator=torch.Generator().manual_seed(0))
+    with batch_stream(0):
+        d = spatiotemporal_perturbation(like, 0.0, 0.1)
     assert d.shape == like.shape
     # constant over H, W within each (sample, channel, frame)
     assert torch.equal(d, d[..., :1, :1].expand_as(d))
@@ -151,11 +156,17 @@ def test_spatiotemporal_perturbation_temporal_part_varies_across_frames_only():
     assert (per_frame[:, 1:] != per_frame[:, :-1]).all()
     assert 0.05 < per_frame.std().item() < 0.2
     # spatial part alone: independent per element
-    ds = spatiotemporal_perturbation(like, 0.01, 0.0, generator=torch.Generator().manual_seed(0))
+    with batch_stream(0):
+        ds = spatiotemporal_perturbation(like, 0.01, 0.0)
     assert not torch.equal(ds, ds[..., :1, :1].expand_as(ds))
     assert 0.005 < ds.std().item() < 0.02
     # both parts: the sum of the two scaled draws
-    dsum = spatiotemporal_perturbation(like, 0.01, 0.1, generator=torch.Generator().manual_seed(3))
-    g = torch.Generator().manual_seed(3)
-    es, et = torch.randn(like.shape, generator=g), torch.randn(2, 3, 5, 1, 1, generator=g)
+    with batch_stream(3):
+        dsum = spatiotemporal_perturbation(like, 0.01, 0.1)
+    with batch_stream(3):  # the same per-sample streams: the spatial draw, then the temporal one
+        es, et = randomness.randn_like(like), randomness.randn((2, 3, 5, 1, 1))
     assert torch.allclose(dsum, 0.01 * es + 0.1 * et)
+    # sample i's perturbation depends on its global index only: rank 1 of 2 draws the second sample's
+    with batch_stream(3, rank=1):
+        second = spatiotemporal_perturbation(like[:1], 0.01, 0.1)
+    assert torch.equal(second, dsum[1:])

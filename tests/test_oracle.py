@@ -233,3 +233,18 @@ def test_opposite_captions_swap_the_axis_of_axis_only_captions():
         else:
             assert {a["axis"], q["axis"]} == {"horizontal", "vertical"}
         assert o in all_captions(AXIS)
+
+
+def test_persistence_tolerates_pixel_noise_but_not_identity_changes(held):
+    """The colour term's dead zone (oracle.COLOUR_NOISE): zero-mean pixel noise at a sampler's level (per-channel
+    std 0.08 in [-1, 1], the shipped teacher's residual) barely moves persistence (sharpness reports it), while
+    half-transparent objects, fades and colour changes stay far below."""
+    g = torch.Generator().manual_seed(0)
+    noisy = (held.video + 0.08 * torch.randn(held.video.shape, generator=g)).clamp(-1, 1)
+    r_noisy = oracle_report(noisy, held.params)
+    assert r_noisy["persistence"] > 0.93 and r_noisy["sharpness"] > 1.1
+    bgs = torch.stack([torch.from_numpy(render_numpy(p, with_object=False)) for p in held.params])
+    half = bgs + (held.video - bgs) * torch.cat([torch.ones(1), torch.full((8,), 0.5)]).view(1, 1, 9, 1, 1)
+    assert oracle_report(half, held.params)["persistence"] < 0.5
+    noisy_half = (half + 0.08 * torch.randn(half.shape, generator=g)).clamp(-1, 1)
+    assert oracle_report(noisy_half, held.params)["persistence"] < 0.55

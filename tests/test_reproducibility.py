@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from vpae.config import load_config
 from vpae.recipes import run_distill
+from vpae.training.checkpoint import checkpoint_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["priming.steps=3", "equilibrium.steps=3", "priming.batch_size=2", "equilibrium.batch_size=2",
@@ -27,7 +27,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     for phase, files in (("priming", ("generator", "fake_lora")), ("equilibrium", ("generator", "ema", "heads"))):
         ckpt = run / phase / "checkpoints" / "step_0000003"
         for f in files:
-            out.update({f"{phase}/{f}/{k}": v for k, v in load_file(str(ckpt / f"{f}.safetensors")).items()})
+            out.update({f"{phase}/{f}/{k}": v for k, v in checkpoint_tensors(ckpt, f"model.{f}.").items()})
     return out
 
 

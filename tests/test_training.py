@@ -380,9 +380,9 @@ def test_run_distill_both_phases_and_resume_across_boundary(tmp_path):
     assert not _same(primed, final)  # phase II trained the primed generator
     # phase II started from the primed generator: its EMA starts as that copy, so after step 1
     # ema = d * primed + (1 - d) * generator_after_step_1 (both read from the step-1 checkpoint)
-    from safetensors.torch import load_file
+    from vpae.training.checkpoint import checkpoint_tensors
     ck1 = run / "equilibrium" / "checkpoints" / "step_0000001"
-    ema1, gen1 = load_file(str(ck1 / "ema.safetensors")), load_file(str(ck1 / "generator.safetensors"))
+    ema1, gen1 = checkpoint_tensors(ck1, "model.ema."), checkpoint_tensors(ck1, "model.generator.")
     d = cfg.equilibrium.ema_decay
     assert set(ema1) == set(primed) == set(gen1)
     for k in primed:

@@ -104,15 +104,17 @@ def test_data_prepare_command_with_a_wan_folder(wan_folder, cache, tmp_path):
 
 
 def test_the_wan_i2v_config_runs_on_a_folder_of_the_same_layout(wan_folder, cache, tmp_path):
-    """configs/wan/i2v_14b_480p.yaml as shipped (bf16, gradient checkpointing, paper hyper-parameters), with only
-    the paths, the step counts and the batch pointed at the tiny folder and its cache."""
+    """configs/wan/i2v_14b_480p.yaml (gradient checkpointing, paper hyper-parameters), with only the paths, the
+    step counts and the batch pointed at the tiny folder and its cache, in bf16 weights (the one-process
+    setting of a GPU that holds the roles) as well as the shipped fp32 master weights (test below)."""
     root, _ = wan_folder
     d, _, _ = cache
     cfg = load_config("configs/wan/i2v_14b_480p.yaml", [f"model.teacher={root / 'transformer'}",
                                                          f"data.cache_dir={d / 'cache'}", "priming.steps=1",
                                                          "equilibrium.steps=1", "priming.batch_size=1",
-                                                         "equilibrium.batch_size=1"])
-    assert cfg.model.dtype == "bfloat16" and cfg.model.gradient_checkpointing and cfg.equilibrium.sds_lambda == 10.0
+                                                         "equilibrium.batch_size=1", "model.dtype=bfloat16"])
+    assert cfg.model.gradient_checkpointing and cfg.equilibrium.sds_lambda == 10.0
+    assert load_config("configs/wan/i2v_14b_480p.yaml").parallel.param_dtype == "bfloat16"
     r = run_distill(cfg, tmp_path / "run", progress=False)
     assert r["equilibrium"]["step"] == 1 and (tmp_path / "run" / "generator" / "config.json").is_file()
 

@@ -71,6 +71,8 @@ def pretrain(config: Path = typer.Option(..., help="YAML config (e.g. configs/to
     cfg = _load(config, set_)
     t0 = time.perf_counter()
     r = run_pretrain(cfg, out, export)
+    if not _finish_ranks(r):
+        return
     typer.echo(f"pretrain: {r['step']} steps ({r['resumed_from']} resumed) in {time.perf_counter() - t0:.1f}s "
                f"on {cfg.train.device} ({torch.get_num_threads()} threads); last {r['last']}")
     if export:
@@ -86,7 +88,28 @@ def distill(config: Path = typer.Option(..., help="YAML config (e.g. configs/toy
     from vpae.recipes import run_distill
     cfg = _load(config, set_)
     r = run_distill(cfg, out, phase)
-    typer.echo(f"distill ({phase}): {r['timings']} seconds; generator written to {out / 'generator'}")
+    if _finish_ranks(r):
+        typer.echo(f"distill ({phase}): {r['timings']} seconds; generator written to {out / 'generator'}")
+
+
+def _finish_ranks(result: dict) -> bool:
+    """Under torchrun: close the process group; True on the rank that reports (rank 0)."""
+    from vpae.training.parallel import close_world
+    world = result.get("world")
+    if world is None:
+        return True
+    close_world(world)
+    return world.main
+
+
+@_command(app)
+def consolidate(run: Path = typer.Option(..., help="Run directory of `vpae distill` (one process or torchrun)"),
+                checkpoint: Optional[Path] = typer.Option(None, help="A checkpoint folder of that run (default: the newest "
+                                                          "of phase II, else of phase I)"),
+                out: Optional[Path] = typer.Option(None, help="Output transformer folder (default: RUN/generator)")):
+    """Consolidate a sharded (DCP) checkpoint into the generator's diffusers folder, in one process."""
+    from vpae.recipes import export_checkpoint
+    typer.echo(f"wrote {export_checkpoint(run, checkpoint, out)}")
 
 
 @_command(app)
@@ -153,21 +176,35 @@ def demo(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Demo c
 
 @_command(app)
 def ablate(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Base config (the demo's)"),
-           out: Path = typer.Option(Path("outputs/ablate"), help="Output folder"),
-           variant: List[str] = typer.Option([], help="Run only these variants (repeatable); default all"),
-           seeds: str = typer.Option("0", help="Comma-separated training seeds, e.g. 0,1,2 (mean and spread)"),
+           out: Path = typer.Option(None, help="Output folder (default outputs/ablate, or outputs/table<N>)"),
+           table: Optional[int] = typer.Option(None, help="Run the paper's Table 1 (V-PAE against DMD2, MD, LCM, PCM, "
+                                               "DCM, ADD, APT at 1 and 4 NFE) or Table 2 (none / LCM / V-PAE-I as the "
+                                               "first phase) instead of the ablations"),
+           variant: List[str] = typer.Option([], help="Run only these variants / table rows (repeatable); default all"),
+           seeds: Optional[str] = typer.Option(None, help="Comma-separated training seeds, e.g. 0,1,2 (mean and spread); "
+                                               "default 0, and 0,1,2 for --table"),
            workers: int = typer.Option(1, help="Variant runs at a time (each in its own process)"),
-           proxies: bool = typer.Option(True, help="Also the offline VBench-I2V proxies and FD (slow on a CPU)"),
+           proxies: Optional[bool] = typer.Option(None, help="Also the offline VBench-I2V proxies and FD (slow on a CPU); "
+                                                  "default on, off for --table"),
            set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
     """The paper's ablations (Table 1 phases, Table 2 priming, Table 3 heads/backbone/lambda) with equal
-    budgets over several seeds; resumable (rerun the same command)."""
-    from vpae.toy.ablate import run_ablation
+    budgets over several seeds, or with --table 1/2 the comparison with the other methods; resumable (rerun
+    the same command)."""
+    from vpae.toy.ablate import run_ablation, run_table
     _load(config, set_)  # validate overrides up front
     try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        seed_list = [int(s) for s in (seeds or ("0,1,2" if table else "0")).split(",") if s.strip()]
     except ValueError:
         _fail(f"--seeds must be comma-separated integers, got {seeds!r}")
-    r = run_ablation(config, out, set_, variant or None, seeds=seed_list, workers=workers, proxies=proxies)
+    if table is not None:
+        out = out or Path(f"outputs/table{table}")
+        r = run_table(table, config, out, set_, seeds=seed_list, workers=workers, proxies=bool(proxies),
+                      rows=variant or None)
+        typer.echo(f"table {table} finished in {r['total_s']:.0f}s: {out / 'report.html'}")
+        return
+    out = out or Path("outputs/ablate")
+    r = run_ablation(config, out, set_, variant or None, seeds=seed_list, workers=workers,
+                     proxies=True if proxies is None else proxies)
     typer.echo(f"ablation finished in {r['total_s']:.0f}s: {out / 'report.html'}")
 
 

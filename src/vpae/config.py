@@ -85,6 +85,10 @@ class SamplingConfig:
     teacher_steps: int = 50
     guidance: float = 5.0
     """CFG scale, standard convention v_neg + w (v_pos - v_neg)."""
+    teacher_sampler: str = "euler"
+    """The teacher's multi-step baseline: euler (deterministic Euler + CFG, Wan's sampler) | stochastic (x0
+    prediction + fresh noise over the same teacher_steps shifted sigmas; the toy teacher's choice by
+    measurement, docs/TEACHER.md)."""
 
 
 @dataclass
@@ -133,6 +137,9 @@ class PrimingConfig:
     lora_alpha: int = 64
     lora_targets: tuple = ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj")
     grad_clip: float = 10.0
+    kind: str = "vpae"
+    """Phase I objective: vpae (V-PAE-I, DMD from the low-SNR band) | lcm (latent consistency distillation,
+    Table 2's alternative first phase; its knobs in the `consistency` section)."""
 
 
 @dataclass
@@ -175,6 +182,112 @@ class EquilibriumConfig:
     grad_clip: float = 10.0
 
 
+METHODS = ("vpae", "dmd2", "lcm", "pcm", "dcm", "add", "apt", "md")
+"""`method`: V-PAE or one of the paper's comparison methods (Table 1), all trained by the same `vpae distill`
+(training/methods.py; docs/METHODS.md)."""
+
+
+@dataclass
+class BaselineConfig:
+    """What every comparison method (method != vpae) shares, so that budgets are equal: generator updates x
+    batch, the generator's optimizer, and the few-step sigmas the multi-step methods train and sample with.
+    The paper does not give the baselines' hyper-parameters; the defaults are V-PAE's phase II ones."""
+    steps: int = 1500
+    """Generator updates (the paper's V-PAE budget: phase I 500 + phase II 1000)."""
+    batch_size: int = 32
+    lr: float = 2e-6
+    betas: tuple = (0.9, 0.999)
+    disc_lr: float = 2e-6
+    """Learning rate of every discriminator head (and APT's trained discriminator backbone)."""
+    disc_betas: tuple = (0.5, 0.999)
+    grad_clip: float = 10.0
+    nfe: int = 4
+    """Steps of the multi-step schedule: DMD2 / ADD / MD train at the few-step sampler's sigmas
+    (sampling.few_step_sigmas(nfe, shift), what `4 NFE` samples with), PCM / DCM phases end at those sigmas
+    (flow.sigma_schedule(nfe, shift); diffusers' schedule: 1, 0.667, 0.334, 0.001 | 0 at shift 1)."""
+    shift: float = 1.0
+    """Timestep shift of that schedule (the few-step samplers use the same sigmas)."""
+    guidance: float = 5.0
+    """CFG of the teacher wherever a method queries it (real score, ODE solver, distillation target):
+    standard convention; Wan's 5.0. The toy world uses 2.0 like the demo's phase I."""
+
+
+@dataclass
+class DMD2Config:
+    """DMD2 (Yin et al. 2024a): DMD + two time-scale updates + a GAN head on the fake score."""
+    fake_updates_per_generator: int = 5
+    """Two time-scale update rule: fake-score (and GAN head) updates per generator update (DMD2: 5)."""
+    fake_lr: float = 2e-6
+    gan_weight_generator: float = 3e-3
+    """DMD2's generator GAN weight (its SDXL / ImageNet recipes: 3e-3)."""
+    gan_weight_fake: float = 1e-2
+    """DMD2's classifier (fake-score side) GAN weight (its recipes: 1e-2)."""
+    renoise_band: tuple = (0.02, 0.98)
+    backward_simulation: bool = True
+    """Multi-step training inputs come from running the generator itself from noise (DMD2 sec. 4.5); False:
+    noised real data at the student sigma."""
+
+
+@dataclass
+class ConsistencyConfig:
+    """LCM (Luo et al. 2023), PCM (Wang et al. 2024), DCM (Lv et al. 2025): consistency distillation of the
+    teacher's CFG-augmented probability-flow ODE with an EMA target."""
+    num_timesteps: int = 48
+    """The discrete ODE grid (LCM: 1000 DDPM steps skipped by k = 20, i.e. 50 solver steps; a multiple of nfe
+    here so the phase edges lie on the grid)."""
+    skip: int = 1
+    """Skipping-step k: the teacher solver jumps k grid points (LCM sec. 4.3)."""
+    ema_decay: float = 0.95
+    """Target network EMA (LCM: 0.95)."""
+    distance: str = "huber"
+    """huber (LCM's released code, c = 0.001) | l2 (LCM eq. 9)."""
+    huber_c: float = 1e-3
+    temporal_weight: float = 1.0
+    """DCM: temporal coherence loss weight on the semantic expert (paper silent on the value; 1.0)."""
+    adv_weight: float = 0.1
+    """DCM: GAN weight on the detail expert (paper silent at our scale; 0.1). PCM/LCM: unused."""
+    feature_matching_weight: float = 1.0
+    """DCM: feature-matching weight on the detail expert (paper silent; 1.0)."""
+    semantic_phases: int = 2
+    """DCM: the first (high-noise) phases belong to the semantic expert, the rest to the detail expert; the
+    experts switch at that phase edge (paper: semantic layout/motion early, details late; 2 of 4 chosen)."""
+
+
+@dataclass
+class ADDConfig:
+    """ADD (Sauer et al. 2024b): adversarial loss with a frozen feature discriminator + score distillation."""
+    distill_weight: float = 2.5
+    """lambda of ADD eq. 5 (ADD: 2.5)."""
+    r1_weight: float = 1e-5
+    """R1 on real data (ADD: 1e-5), here the approximated finite-difference form (no double backward)."""
+    r1_sigma: float = 0.01
+    disc_sigma: float = 0.0
+    """Noise level the frozen teacher features are read at (ADD's DINOv2 reads clean images: 0)."""
+
+
+@dataclass
+class APTConfig:
+    """APT (Lin et al. 2025a): adversarial post-training from pure noise."""
+    r1_weight: float = 100.0
+    """Approximated R1 weight (APT: lambda = 100)."""
+    r1_sigma: float = 0.1
+    """Approximated R1 perturbation std (APT: 0.01 images, 0.1 video)."""
+    disc_band: tuple = (0.0, 1.0)
+    """Discriminator input noise t ~ U(band) (APT samples t for the discriminator; paper's shift not given)."""
+
+
+@dataclass
+class MDConfig:
+    """MD, MagicDistillation (Shao et al. 2025): weak-to-strong distribution matching."""
+    weak_weight: float = 0.25
+    """W2S: the real score is the teacher plus the fake LoRA at this weak weight (0 = plain DMD real score)."""
+    fake_updates_per_generator: int = 5
+    fake_lr: float = 2e-6
+    gt_weight: float = 1.0
+    """Ground-truth term: (1 - s) |x0_gen - x_data|^2 for generator inputs noised from data at sigma s."""
+    renoise_band: tuple = (0.02, 0.98)
+
+
 @dataclass
 class TrainConfig:
     seed: int = 0
@@ -194,6 +307,23 @@ class TrainConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """Multi-process training under torchrun (training/parallel.py): every role is sharded with FSDP2
+    (`fully_shard` per transformer block, then the embedders, then the root). Activation checkpointing is
+    model.gradient_checkpointing. One process (plain `vpae ...`) ignores this section."""
+
+    param_dtype: str = "float32"
+    """FSDP2 MixedPrecisionPolicy: the dtype blocks compute in (bfloat16 on GPUs; master weights and optimizer
+    states stay in model.dtype)."""
+    reduce_dtype: str = "float32"
+    """FSDP2 MixedPrecisionPolicy: the dtype gradients are reduce-scattered in (float32, as torchtitan)."""
+    reshard_after_forward: bool = True
+    """Free each block's gathered weights after its forward (ZeRO-3); False keeps them until backward (ZeRO-2)."""
+    backend: str = "auto"
+    """torch.distributed backend: auto = nccl on CUDA, gloo on CPU."""
+
+
+@dataclass
 class VPAEConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -202,6 +332,15 @@ class VPAEConfig:
     priming: PrimingConfig = field(default_factory=PrimingConfig)
     equilibrium: EquilibriumConfig = field(default_factory=EquilibriumConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    method: str = "vpae"
+    """vpae | dmd2 | lcm | pcm | dcm | add | apt | md (docs/METHODS.md)."""
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    dmd2: DMD2Config = field(default_factory=DMD2Config)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    add: ADDConfig = field(default_factory=ADDConfig)
+    apt: APTConfig = field(default_factory=APTConfig)
+    md: MDConfig = field(default_factory=MDConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -224,6 +363,13 @@ def validate(cfg: VPAEConfig) -> None:
         "model.dtype": (cfg.model.dtype, ("float32", "bfloat16")),
         "pretrain.sigma_sampling": (cfg.pretrain.sigma_sampling, ("logit_normal", "uniform")),
         "data.kind": (cfg.data.kind, ("toy", "cache")),
+        "sampling.teacher_sampler": (cfg.sampling.teacher_sampler, ("euler", "stochastic")),
+        "parallel.param_dtype": (cfg.parallel.param_dtype, ("float32", "bfloat16")),
+        "parallel.reduce_dtype": (cfg.parallel.reduce_dtype, ("float32", "bfloat16")),
+        "parallel.backend": (cfg.parallel.backend, ("auto", "gloo", "nccl")),
+        "method": (cfg.method, METHODS),
+        "priming.kind": (cfg.priming.kind, ("vpae", "lcm")),
+        "consistency.distance": (cfg.consistency.distance, ("huber", "l2")),
     }
     for name, (value, allowed) in choices.items():
         if value not in allowed:
@@ -251,6 +397,7 @@ def validate(cfg: VPAEConfig) -> None:
     if e.adv_weight < 0 or e.sds_lambda < 0 or e.adv_weight == e.sds_lambda == 0:
         raise ConfigError(f"need equilibrium.adv_weight >= 0 and equilibrium.sds_lambda >= 0, not both 0; "
                           f"got {e.adv_weight}, {e.sds_lambda}")
+    validate_methods(cfg)
     if cfg.data.kind == "cache" and not cfg.data.cache_dir:
         raise ConfigError("data.kind cache needs data.cache_dir (a folder written by vpae data prepare)")
     if cfg.data.kind == "toy":  # the world's own checks (sizes, radii, vocabularies), reported as config errors
@@ -259,6 +406,30 @@ def validate(cfg: VPAEConfig) -> None:
             world_config(cfg.data)
         except ValueError as err:
             raise ConfigError(f"data: {err}") from None
+
+
+def validate_methods(cfg: VPAEConfig) -> None:
+    """The comparison methods' sections (training/methods.py)."""
+    b, c = cfg.baseline, cfg.consistency
+    for name, value in (("baseline.steps", b.steps), ("consistency.skip", c.skip)):
+        if value < 0 or (name == "consistency.skip" and value < 1):
+            raise ConfigError(f"{name} must be >= {0 if name.endswith('steps') else 1}, got {value}")
+    for name, value in (("baseline.batch_size", b.batch_size), ("baseline.nfe", b.nfe),
+                        ("dmd2.fake_updates_per_generator", cfg.dmd2.fake_updates_per_generator),
+                        ("md.fake_updates_per_generator", cfg.md.fake_updates_per_generator)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if c.num_timesteps % b.nfe:
+        raise ConfigError(f"consistency.num_timesteps ({c.num_timesteps}) must be a multiple of baseline.nfe "
+                          f"({b.nfe}) so every phase edge lies on the ODE grid")
+    for name, band_ in (("dmd2.renoise_band", cfg.dmd2.renoise_band), ("md.renoise_band", cfg.md.renoise_band),
+                        ("apt.disc_band", cfg.apt.disc_band)):
+        if len(band_) != 2 or not 0.0 <= band_[0] <= band_[1] <= 1.0:
+            raise ConfigError(f"{name} must be (lo, hi) with 0 <= lo <= hi <= 1, got {band_}")
+    if not 0.0 <= cfg.md.weak_weight <= 1.0:
+        raise ConfigError(f"md.weak_weight is in [0, 1], got {cfg.md.weak_weight}")
+    if not 0 < c.semantic_phases < b.nfe:
+        raise ConfigError(f"consistency.semantic_phases must be in 1..baseline.nfe - 1 = {b.nfe - 1}, got {c.semantic_phases}")
 
 
 # -- strict loading ----------------------------------------------------------------------------
@@ -346,7 +517,8 @@ RESUME_FREE_KEYS = {"data.heldout_size", "data.proxy_videos", "data.caption_bank
 """...except these (evaluation size, a cache path, a memory/speed trade with equal results)."""
 RESUME_FIXED_KEYS = {"train.seed", "priming.generator_mode", "priming.lora_rank", "priming.lora_alpha",
                      "priming.lora_targets", "equilibrium.backbone", "equilibrium.head", "equilibrium.layers",
-                     "equilibrium.head_dim", "equilibrium.head_queries", "equilibrium.head_attn_heads"}
+                     "equilibrium.head_dim", "equilibrium.head_queries", "equilibrium.head_attn_heads",
+                     "method", "priming.kind"}
 """Keys that change what the checkpoints hold (adapter and head shapes) or which run this is (the seed)."""
 
 

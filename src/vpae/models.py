@@ -64,8 +64,9 @@ def dtype_of(cfg: VPAEConfig) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
 
 
-def build_teacher(cfg: VPAEConfig) -> WanBackbone:
-    """The teacher from cfg.model.teacher (a diffusers folder or 'builtin:toy'), or random from wan_config."""
+def build_teacher(cfg: VPAEConfig, device: str | None = None) -> WanBackbone:
+    """The teacher from cfg.model.teacher (a diffusers folder or 'builtin:toy'), or random from wan_config, on
+    `device` (default cfg.train.device)."""
     if cfg.model.teacher:
         bb = load_wan_backbone(resolve_model_path(cfg.model.teacher), dtype_of(cfg), cfg.model.text_len)
     else:
@@ -82,4 +83,4 @@ def build_teacher(cfg: VPAEConfig) -> WanBackbone:
         bb = WanBackbone(model, cfg.model.text_len or 512)
     if cfg.model.gradient_checkpointing:
         bb.model.enable_gradient_checkpointing()
-    return bb.to(cfg.train.device)
+    return bb.to(device or cfg.train.device)

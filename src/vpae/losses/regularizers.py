@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import torch
 
+from vpae.training import randomness
+
 Tensor = torch.Tensor
 
 
-def spatiotemporal_perturbation(like: Tensor, sigma_s: float, sigma_t: float,
-                                generator: torch.Generator | None = None) -> Tensor:
-    """delta = sigma_s eps_s + sigma_t eps_t for a video batch like (B, C, F, H, W)."""
+def spatiotemporal_perturbation(like: Tensor, sigma_s: float, sigma_t: float) -> Tensor:
+    """delta = sigma_s eps_s + sigma_t eps_t for a video batch like (B, C, F, H, W) (per-sample streams in a
+    training step: vpae.training.randomness)."""
     b, c, f, _, _ = like.shape
-    eps_s = torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
-    eps_t = torch.randn((b, c, f, 1, 1), generator=generator, device=like.device, dtype=like.dtype)
+    eps_s = randomness.randn_like(like)
+    eps_t = randomness.randn((b, c, f, 1, 1), device=like.device, dtype=like.dtype)
     return sigma_s * eps_s + sigma_t * eps_t
 
 

@@ -25,19 +25,21 @@ class Method:
     shift: float = 1.0
 
 
-def teacher_methods(steps: int = 50, guidance: float = 5.0, shift: float = 3.0) -> list[Method]:
+def teacher_methods(steps: int = 50, guidance: float = 5.0, shift: float = 3.0, sampler: str = "euler") -> list[Method]:
+    """The teacher's multi-step baseline (config sampling.teacher_sampler: euler, or stochastic = x0 prediction
+    + fresh noise over the same shifted sigmas), then 4 and 1 Euler steps without CFG."""
     nfe = 2 * steps if guidance != 1 else steps
-    how = f"{steps} steps + CFG {guidance:g}" if guidance != 1 else f"{steps} steps"
-    return [Method(f"teacher {nfe} NFE ({how})", "euler", steps, guidance, shift),
-            Method("teacher 4 NFE", "euler", 4, 1.0, shift),
-            Method("teacher 1 NFE", "euler", 1, 1.0, shift)]
+    how = f"{steps} {'stochastic ' if sampler == 'stochastic' else ''}steps" + (f" + CFG {guidance:g}" if guidance != 1 else "")
+    first = Method(f"teacher {nfe} NFE ({how})", "few_step" if sampler == "stochastic" else "euler", steps, guidance, shift)
+    return [first, Method("teacher 4 NFE", "euler", 4, 1.0, shift), Method("teacher 1 NFE", "euler", 1, 1.0, shift)]
 
 
 def teacher_sweep(steps: int = 50, shift: float = 3.0, guidances=(1.0, 2.0, 3.0, 5.0)) -> list[Method]:
-    """The teacher's samplers compared when choosing its guidance scale: `steps` Euler steps at each CFG
-    scale, then 4 and 1 Euler steps without CFG."""
+    """The teacher's samplers compared when choosing its sampler: `steps` Euler steps at each CFG scale, the
+    stochastic sampler over the same sigmas, then 4 and 1 Euler steps without CFG."""
     out = [Method(f"teacher {steps} steps w={w:g} ({2 * steps if w != 1 else steps} NFE)", "euler", steps, w, shift)
            for w in guidances]
+    out.append(Method(f"teacher {steps} stochastic steps ({steps} NFE)", "few_step", steps, 1.0, shift))
     return out + [Method("teacher 4 NFE", "euler", 4, 1.0, shift), Method("teacher 1 NFE", "euler", 1, 1.0, shift)]
 
 

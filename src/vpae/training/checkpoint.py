@@ -1,27 +1,43 @@
-"""Atomic, resumable checkpoints: model weights as safetensors, optimizer/RNG state loadable with
-`torch.load(weights_only=True)`, and a JSON meta file. Nothing pickles code.
+"""Atomic, resumable, sharded checkpoints with PyTorch Distributed Checkpoint (DCP).
+
+One checkpoint holds everything a phase needs to continue exactly: every module of the step (generator, fake
+LoRA, EMA, heads, ...), every optimizer (FQN-keyed, so it reshards), each rank's RNG state, the step (which is
+also the data position: batches are pure functions of the step) and the phase. Under torchrun every rank writes
+its own shards (a 14B model is never gathered); on one process the same code writes one shard.
 
 Layout of a run directory:
-    checkpoints/step_000100/{<module>.safetensors, <optimizer>.pt, meta.json}
+    checkpoints/step_000100/{.metadata, __<rank>_0.distcp, rng_rank<r>.pt, meta.json}
     checkpoints/latest            (text: the name of the newest complete checkpoint)
-A checkpoint is written to `step_X.tmp-<pid>` and renamed only when complete, then `latest` is replaced
-atomically, so a crash at any point leaves the last good checkpoint intact. Resume does not trust `latest`
-alone: it scans for the newest complete checkpoint (a deleted or dangling pointer loses nothing), and an
-existing checkpoint is never overwritten. A checkpoint that cannot be read stops the run with a message
-that names the bad file and the previous complete checkpoint.
+A checkpoint is written to `step_X.tmp-<pid>`, meta.json last, and renamed only when every rank has finished,
+then `latest` is replaced atomically: a crash (or SIGKILL) at any point leaves the last good checkpoint intact.
+Resume does not trust `latest` alone: it scans for the newest complete checkpoint, and an existing checkpoint
+is never overwritten. A checkpoint that cannot be read stops the run with a message that names the bad file and
+the previous complete checkpoint, before anything in memory is changed.
+
+Nothing pickles code: DCP's metadata is read by an unpickler that admits only DCP's own metadata classes, its
+non-tensor items with torch.load(weights_only=True), the RNG files likewise.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
 from vpae.errors import VpaeError
 
@@ -36,8 +52,89 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def module_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+# -- reading DCP files without running pickled code ----------------------------------------------
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Admits only what DCP's .metadata holds: its metadata dataclasses, torch.Size, dtypes and layouts."""
+
+    def find_class(self, module: str, name: str):
+        ok = (module.startswith("torch.distributed.checkpoint.")
+              or (module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)))
+              or (module == "torch.serialization" and name == "_get_layout")
+              or (module == "pathlib" and name in ("PosixPath", "WindowsPath", "Path"))
+              or (module == "collections" and name == "OrderedDict"))
+        if not ok:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a checkpoint's .metadata")
+        return super().find_class(module, name)
+
+
+class _SafeReader(FileSystemReader):
+    def read_metadata(self, *args, **kwargs):
+        path = self._get_metadata_path(kwargs.get("rank"))
+        with self.fs.create_stream(path, "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+        from torch.distributed.checkpoint.metadata import StorageMeta
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _SafeLoadPlanner(DefaultLoadPlanner):
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        """DefaultLoadPlanner.load_bytes with torch.load(weights_only=True)."""
+        obj = torch.load(value, weights_only=True)
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+
+def _no_dist() -> bool:
+    return not (dist.is_available() and dist.is_initialized())
+
+
+def _rank() -> int:
+    return 0 if _no_dist() else dist.get_rank()
+
+
+def _barrier() -> None:
+    if not _no_dist():
+        dist.barrier()
+
+
+def _broadcast(obj):
+    if _no_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# -- what a checkpoint holds ---------------------------------------------------------------------
+
+def _param_owner(modules: dict[str, nn.Module]) -> nn.Module:
+    """One module under which every optimizer's parameters have a name (FQN): the step's modules, with an
+    adapter view replaced by the backbone that carries the adapter."""
+    return nn.ModuleDict({k: getattr(m, "_backbone", [m])[0] for k, m in modules.items()})
+
+
+def _optimizer_state(owner: nn.Module, opt: torch.optim.Optimizer, key: str) -> dict:
+    names = {id(p) for p in owner.parameters()}
+    if any(id(p) not in names for g in opt.param_groups for p in g["params"]):
+        raise CheckpointError(f"optimizer {key!r} updates parameters of no module the checkpoint holds")
+    # FQN-keyed (reshardable); a fresh optimizer's state is initialised by torch with a zero-lr step
+    return get_optimizer_state_dict(owner, opt)
+
+
+def _flat_tensors(tree, prefix: str = "") -> dict[str, torch.Tensor]:
+    out = {}
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out.update(_flat_tensors(v, f"{prefix}{k}."))
+    elif isinstance(tree, torch.Tensor):
+        out[prefix[:-1]] = tree
+    return out
 
 
 def _pid_alive(pid: int) -> bool:
@@ -70,34 +167,46 @@ def clean_stale_tmp(run_dir: str | Path) -> list[Path]:
 
 def save_checkpoint(run_dir: str | Path, step: int, modules: dict[str, nn.Module],
                     optimizers: dict[str, torch.optim.Optimizer], meta: dict[str, Any], keep: int = 2) -> Path:
+    """Write checkpoint `step` (collective under torchrun: every rank calls it) and publish it atomically;
+    keep the newest `keep`. Refuses to overwrite an existing checkpoint."""
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
     final = root / name
-    tmp = root / f"{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for key, module in modules.items():
-        save_file(module_state(module), str(tmp / f"{key}.safetensors"))
-    for key, opt in optimizers.items():
-        torch.save(opt.state_dict(), tmp / f"{key}.pt")
-    rng = {"torch": torch.get_rng_state()}
-    torch.save(rng, tmp / "rng.pt")
-    (tmp / "meta.json").write_text(json.dumps({**meta, "step": step,
-                                                "modules": sorted(modules), "optimizers": sorted(optimizers)}, indent=1))
     if final.exists():  # never replace a checkpoint silently (resume always starts after the newest one)
-        shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"{final} already exists; refusing to overwrite it. Resume from it (rerun the same "
                               f"command) or use a new run directory")
-    os.replace(tmp, final)
-    _atomic_write_text(root / "latest", name)
-    # Prune older complete checkpoints, keeping `keep` including the one just written. Only names before
-    # it are candidates: a stale newer-named directory (left by a crash or an earlier, longer run) must not
-    # push the new checkpoint out of the window and leave `latest` dangling.
-    older = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and ".tmp" not in p.name
-                   and p.name < name)
-    for old in older[:max(0, len(older) - (keep - 1))] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    tmp = root / f"{name}.tmp-{_broadcast(os.getpid())}"
+    if _rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    _barrier()
+    owner = _param_owner(modules)
+    state = {"model": {k: m.state_dict() for k, m in modules.items()},
+             "optim": {k: _optimizer_state(owner, o, k) for k, o in optimizers.items()}}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*single process.*")
+        dcp.save(state, storage_writer=FileSystemWriter(tmp), no_dist=_no_dist())
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    torch.save(rng, tmp / f"rng_rank{_rank()}.pt")
+    _barrier()
+    if _rank() == 0:
+        world = 1 if _no_dist() else dist.get_world_size()
+        (tmp / "meta.json").write_text(json.dumps({**meta, "step": step, "data_position": step, "world_size": world,
+                                                   "modules": sorted(modules), "optimizers": sorted(optimizers)},
+                                                  indent=1))
+        os.replace(tmp, final)
+        _atomic_write_text(root / "latest", name)
+        # Prune older complete checkpoints, keeping `keep` including the one just written. Only names before
+        # it are candidates: a stale newer-named directory (left by a crash or an earlier, longer run) must not
+        # push the new checkpoint out of the window and leave `latest` dangling.
+        older = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and ".tmp" not in p.name
+                       and p.name < name)
+        for old in older[:max(0, len(older) - (keep - 1))] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
     return final
 
 
@@ -132,10 +241,20 @@ def _bad(path: Path, f: Path, why: str) -> CheckpointError:
     return CheckpointError(f"cannot load checkpoint file {f}: {why}; {todo}")
 
 
+def _clone(tree):
+    if isinstance(tree, dict):
+        return {k: _clone(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_clone(v) for v in tree]
+    return tree.detach().clone() if isinstance(tree, torch.Tensor) else tree
+
+
 def load_checkpoint(path: str | Path, modules: dict[str, nn.Module],
                     optimizers: dict[str, torch.optim.Optimizer], strict_meta: dict[str, Any] | None = None) -> dict:
-    """Load weights and optimizer states in place; returns meta. Checks every expected file exists and
-    every tensor matches (shape and name) before anything is modified, so a bad checkpoint changes nothing."""
+    """Load weights, optimizer states and this rank's RNG state in place; returns meta. Collective under
+    torchrun. Every expected tensor is checked (name and shape) and everything is read into copies before
+    anything is modified, so a bad checkpoint changes nothing. A checkpoint written by another number of
+    processes loads too (DCP reshards); its RNG state is then not restored (every step reseeds anyway)."""
     path = Path(path)
     meta_file = path / "meta.json"
     if not meta_file.is_file():
@@ -149,46 +268,78 @@ def load_checkpoint(path: str | Path, modules: dict[str, nn.Module],
     for k, v in (strict_meta or {}).items():
         if meta.get(k) != v:
             raise CheckpointError(f"incompatible checkpoint {path}: {k} is {meta.get(k)!r}, expected {v!r}")
-    states = {}
+    reader = _SafeReader(path)
+    try:
+        stored = reader.read_metadata().state_dict_metadata
+    except Exception as e:  # missing, truncated or foreign .metadata
+        raise _bad(path, path / ".metadata", f"unreadable DCP metadata ({type(e).__name__}: {str(e)[:200]})") from None
+    # Check names and shapes against the checkpoint's metadata before reading any data.
     for key, module in modules.items():
-        f = path / f"{key}.safetensors"
-        if not f.is_file():
+        own = _flat_tensors(module.state_dict())
+        theirs = {n[len(f"model.{key}."):]: m for n, m in stored.items() if n.startswith(f"model.{key}.")}
+        if not theirs:
             raise CheckpointError(f"checkpoint {path} has no weights for {key!r}")
-        try:
-            sd = load_file(str(f))
-        except Exception as e:  # truncated or corrupt file
-            raise _bad(path, f, f"unreadable safetensors ({e})") from None
-        own = module.state_dict()
-        missing, extra = set(own) - set(sd), set(sd) - set(own)
-        bad = [n for n in set(own) & set(sd) if own[n].shape != sd[n].shape]
+        missing, extra = set(own) - set(theirs), set(theirs) - set(own)
+        bad = [n for n in set(own) & set(theirs) if tuple(own[n].shape) != tuple(getattr(theirs[n], "size", ()))]
         if missing or extra or bad:
-            raise CheckpointError(  # a different model, not damage: the config changedf"{f} does not match {key!r}: missing {sorted(missing)[:5]}, "
-                                  f"unexpected {sorted(extra)[:5]}, shape mismatch {sorted(bad)[:5]}")
-        states[key] = sd
-    opt_states = {}
+            raise CheckpointError(  # a different model, not damage: the config changed
+                f"{path} does not match {key!r}: missing {sorted(missing)[:5]}, unexpected {sorted(extra)[:5]}, "
+                f"shape mismatch {sorted(bad)[:5]}")
     for key in optimizers:
-        f = path / f"{key}.pt"
-        if not f.is_file():
+        if not any(n.startswith(f"optim.{key}.") for n in stored):
             raise CheckpointError(f"checkpoint {path} has no optimizer state for {key!r}")
+    rng_file, rng = path / f"rng_rank{_rank()}.pt", None
+    same_world = meta.get("world_size", 1) == (1 if _no_dist() else dist.get_world_size())
+    if same_world and rng_file.is_file():
         try:
-            opt_states[key] = torch.load(f, weights_only=True, map_location="cpu")
-            if not isinstance(opt_states[key], dict) or "state" not in opt_states[key]:
-                raise ValueError("not an optimizer state dict")
-        except Exception as e:
-            raise _bad(path, f, f"unreadable optimizer state ({type(e).__name__}: {str(e)[:200]})") from None
-    rng_file, rng = path / "rng.pt", None
-    if rng_file.is_file():
-        try:
-            rng = torch.load(rng_file, weights_only=True)["torch"]
-            if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8):
+            rng = torch.load(rng_file, weights_only=True)
+            if not (isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == torch.uint8):
                 raise ValueError("not a torch RNG state")
-            torch.Generator().set_state(rng)  # validates it without touching the global generator
+            torch.Generator().set_state(rng["torch"])  # validates it without touching the global generator
         except Exception as e:
             raise _bad(path, rng_file, f"unreadable RNG state ({type(e).__name__}: {str(e)[:200]})") from None
+    # Read everything into copies; only a complete read touches the modules and optimizers.
+    owner = _param_owner(modules)
+    state = {"model": {k: _clone(m.state_dict()) for k, m in modules.items()},
+             "optim": {k: _clone(_optimizer_state(owner, o, k)) for k, o in optimizers.items()}}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*single process.*")
+            dcp.load(state, storage_reader=reader, planner=_SafeLoadPlanner(), no_dist=_no_dist())
+    except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
+        files = sorted(f.name for f in path.glob("*.distcp"))
+        last = str(e).strip().splitlines()[-1:] or [""]
+        raise _bad(path, path / (files[0] if len(files) == 1 else "*.distcp"),
+                   f"unreadable checkpoint data ({type(e).__name__}: {last[0][:300]})") from None
     for key, module in modules.items():
-        module.load_state_dict(states[key])
+        module.load_state_dict(state["model"][key])
     for key, opt in optimizers.items():
-        opt.load_state_dict(opt_states[key])
+        set_optimizer_state_dict(owner, opt, state["optim"][key])
     if rng is not None:
-        torch.set_rng_state(rng)
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
     return meta
+
+
+def checkpoint_tensors(path: str | Path, prefix: str = "model.") -> dict[str, torch.Tensor]:
+    """Every stored tensor of a checkpoint whose name starts with `prefix` (e.g. "model.generator."), unsharded,
+    in one process, whatever number of processes wrote it: the consolidation path (vpae export --checkpoint)."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    path = Path(path)
+    try:
+        stored = _SafeReader(path).read_metadata().state_dict_metadata
+    except Exception as e:
+        raise _bad(path, path / ".metadata", f"unreadable DCP metadata ({type(e).__name__}: {str(e)[:200]})") from None
+    state = {k: torch.empty(tuple(m.size), dtype=m.properties.dtype) for k, m in stored.items()
+             if k.startswith(prefix) and isinstance(m, TensorStorageMetadata)}
+    if not state:
+        raise CheckpointError(f"checkpoint {path} holds no tensors named {prefix}*")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*single process.*")
+            dcp.load(state, storage_reader=_SafeReader(path), planner=_SafeLoadPlanner(), no_dist=True)
+    except (Exception, CheckpointException) as e:
+        last = str(e).strip().splitlines()[-1:] or [""]
+        raise _bad(path, path / "*.distcp", f"unreadable checkpoint data ({type(e).__name__}: {last[0][:300]})") from None
+    return {k[len(prefix):]: v for k, v in state.items()}

@@ -1,7 +1,13 @@
 """The one training loop: data, step, logging, NaN guard, checkpoint, resume.
 
-EDM2-style determinism: the global RNG is reseeded from (seed, phase, step) before every step and the data
-batch is a pure function of (seed, step), so a resumed run continues exactly as an uninterrupted one.
+EDM2-style determinism: the global RNG is reseeded from (seed, phase, step) before every step, every sample's
+noise comes from its own stream seeded from (seed, phase, step, global sample index) (training.randomness), and
+the data batch is a pure function of (seed, step), so a resumed run continues exactly as an uninterrupted one,
+and N processes (torchrun) compute the single-process step on the same global batch.
+
+Under torchrun every rank runs this loop: checkpoints and evaluations are collective, logged statistics are
+averaged over ranks (so every rank takes the same divergence decision), and only rank 0 logs and draws the
+progress bar.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from tqdm.auto import tqdm
 
 from vpae.conditioning import Conditioning
 from vpae.errors import DivergenceError
+from vpae.training import randomness
 from vpae.training.checkpoint import clean_stale_tmp, latest_checkpoint, load_checkpoint, save_checkpoint
+from vpae.training.parallel import World
 
 
 class Step(Protocol):
@@ -82,16 +90,21 @@ def train(phase: str, step_obj: Step, batch_fn: Callable[[int], tuple[torch.Tens
           steps: int, run_dir: str | Path, seed: int = 0, checkpoint_every: int = 100, keep: int = 2,
           log_every: int = 10, meta: dict | None = None,
           eval_fn: Callable[[int], dict[str, float]] | None = None, eval_every: int = 0,
-          progress: bool = True, max_seconds: float = 0.0, divergence: DivergenceCheck | None = None) -> dict:
+          progress: bool = True, max_seconds: float = 0.0, divergence: DivergenceCheck | None = None,
+          world: World | None = None) -> dict:
     """Run `steps` optimisation steps of one phase in `run_dir`, resuming from its latest checkpoint.
 
     batch_fn(step) -> (x_data, cond) must be deterministic in step. max_seconds > 0 stops early (with a
     checkpoint) once that much wall time has passed. A diverged step (see DivergenceCheck) raises
     DivergenceError naming the last checkpoint before it. Returns {"step", "seconds", "last", "resumed_from"}.
+    world: this process under torchrun (batch_fn must then return this rank's share of the global batch).
     """
+    world = world or World()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp(run_dir)
+    if world.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(run_dir)
+    world.barrier()
     meta = {"phase": phase, **(meta or {})}
     start = 0
     ckpt = latest_checkpoint(run_dir)
@@ -106,20 +119,24 @@ def train(phase: str, step_obj: Step, batch_fn: Callable[[int], tuple[torch.Tens
         start = int(loaded["step"])
     divergence = divergence or DivergenceCheck()
     saved = ckpt
-    logger = JsonlLogger(run_dir / "log.jsonl")
+    logger = JsonlLogger(run_dir / "log.jsonl") if world.main else None
     last: dict[str, float] = {}
     t0 = time.perf_counter()
-    bar = tqdm(range(start, steps), desc=phase, initial=start, total=steps, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(start, steps), desc=phase, initial=start, total=steps, disable=not (progress and world.main), dynamic_ncols=True)
     for step in bar:
         torch.manual_seed(step_seed(seed, phase, step))
         t_data = time.perf_counter()
-        x_data, cond = batch_fn(step)
-        t_step = time.perf_counter()
-        try:
-            stats = step_obj.step(step, x_data, cond)
+        with randomness.batch_stream(step_seed(seed, phase, step), world.rank):
+            x_data, cond = batch_fn(step)
+            t_step = time.perf_counter()
+            try:
+                stats, why = step_obj.step(step, x_data, cond), None
+            except DivergenceError as e:  # raised inside a loss (e.g. a non-finite DMD gradient)
+                stats, why = {}, str(e)
+        why = world.first(why)  # a rank that diverged stops every rank
+        if why is None:
+            stats = world.mean(stats)
             why = divergence(stats)
-        except DivergenceError as e:  # raised inside a loss (e.g. a non-finite DMD gradient)
-            why = str(e)
         # Divergence guard: stop before a diverged update can reach a checkpoint.
         if why:
             where = (f"the last checkpoint before it is {saved} (resume from it with a lower learning rate: "
@@ -129,14 +146,16 @@ def train(phase: str, step_obj: Step, batch_fn: Callable[[int], tuple[torch.Tens
         last = stats
         if eval_fn is not None and eval_every > 0 and ((step + 1) % eval_every == 0 or step + 1 == steps):
             stats = {**stats, **{f"eval/{k}": v for k, v in eval_fn(step + 1).items()}}
-        if (step + 1) % log_every == 0 or step + 1 == steps or any(k.startswith("eval/") for k in stats):
+        if logger and ((step + 1) % log_every == 0 or step + 1 == steps or any(k.startswith("eval/") for k in stats)):
             logger.log({"step": step + 1, "time": time.perf_counter() - t0, **stats})
             bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in list(stats.items())[:4]})
-        out_of_time = max_seconds > 0 and time.perf_counter() - t0 > max_seconds
+        # every rank must stop at the same step: rank 0's clock decides
+        out_of_time = max_seconds > 0 and world.broadcast(time.perf_counter() - t0 > max_seconds)
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps or out_of_time:
             saved = save_checkpoint(run_dir, step + 1, step_obj.modules, step_obj.optimizers, meta, keep=keep)
-        if out_of_time:
+        if out_of_time and logger:
             logger.log({"step": step + 1, "time": time.perf_counter() - t0, **stats})
+        if out_of_time:
             steps = step + 1
             break
     return {"step": steps, "seconds": time.perf_counter() - t0, "last": last, "resumed_from": start}

@@ -156,6 +156,12 @@ class Roles:
     ema: WanBackbone | None = None
     trained_backbone: WanBackbone | None = None
     optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+    priming: Any = None
+    equilibrium_started: bool = False
+    # Roles of the comparison methods (training/methods.py builds them and their optimizers, "<method>/<role>"):
+    detail_expert: WanBackbone | None = None    # DCM: the detail expert (low-noise phases); generator = semantic
+    detail_ema: WanBackbone | None = None       # DCM: the detail expert's EMA consistency target
+    disc_backbone: WanBackbone | None = None    # APT: a trained discriminator backbone initialised from the teacher
 
     @property
     def fake_params(self) -> list[nn.Parameter]:
@@ -166,20 +172,54 @@ class Roles:
         extra = trainable_parameters(self.trained_backbone) if self.trained_backbone is not None else []
         return list(self.heads.parameters()) + extra
 
-    def start_equilibrium(self) -> "Roles":
-        """Phase II starts from the primed generator: the EMA (and, for the "trained" ablation, a full
-        discriminator backbone) start as copies of it, and phase II's optimizers are built. A resumed phase II
-        then loads its checkpoint over them. Idempotent."""
+    def make_phase_two_copies(self) -> "Roles":
+        """The EMA generator (and, for the "trained" ablation, a full discriminator backbone) as copies of the
+        generator. One process makes them at phase II's start; a sharded run makes them before wrapping
+        (training.parallel.shard_roles: a sharded module is not deep-copied), and phase II's start then
+        copies the primed generator into them. Idempotent."""
         if self.ema is None:
-            e = self.equilibrium
             self.ema = make_ema(self.generator)
             if self.trained_backbone_wanted:
                 self.trained_backbone = copy.deepcopy(self.generator).requires_grad_(True)
+        return self
+
+    def build_optimizers(self, phases=("priming", "equilibrium")) -> "Roles":
+        """The optimizers of `phases` over the roles' current parameters (after sharding, the sharded ones).
+        Phase II's exist once phase II has started."""
+        p, e = self.priming, self.equilibrium
+        if "priming" in phases:
+            self.optimizers["priming/generator"] = torch.optim.Adam(
+                trainable_parameters(self.generator), lr=p.lr, betas=tuple(p.betas))
+            self.optimizers["priming/fake"] = torch.optim.Adam(self.fake_params, lr=p.fake_lr, betas=tuple(p.fake_betas))
+        if "equilibrium" in phases and self.equilibrium_started:
             self.optimizers["equilibrium/generator"] = torch.optim.Adam(
                 trainable_parameters(self.generator), lr=e.lr, betas=tuple(e.betas))
             self.optimizers["equilibrium/discriminator"] = torch.optim.Adam(
                 self.discriminator_params, lr=e.head_lr, betas=tuple(e.head_betas))
         return self
+
+    def start_equilibrium(self) -> "Roles":
+        """Phase II starts from the primed generator: the EMA (and a trained discriminator backbone) start as
+        copies of it, and phase II's optimizers are built. A resumed phase II then loads its checkpoint over
+        them. Idempotent."""
+        if self.equilibrium_started:
+            return self
+        if self.ema is None:
+            self.make_phase_two_copies()
+        else:  # made before sharding: overwrite them with the primed generator, shard by shard
+            with torch.no_grad():
+                for copy_ in (self.ema, self.trained_backbone):
+                    if copy_ is not None:
+                        for c, g in zip(copy_.parameters(), self.generator.parameters(), strict=True):
+                            c.copy_(g)
+        self.equilibrium_started = True
+        # Phase I is over: free its optimizer moments and the fake LoRA's last gradients (measured: 27 % of the
+        # phase II bytes of a weight-dominated model; ~8 GiB per GPU at 14B over 8 GPUs).
+        for key in [k for k in self.optimizers if k.startswith("priming/")]:
+            opt = self.optimizers.pop(key)
+            opt.zero_grad(set_to_none=True)
+            opt.state.clear()
+        return self.build_optimizers(("equilibrium",))
 
 
 def make_roles(generator: WanBackbone, teacher: WanBackbone, heads: nn.Module, priming, equilibrium,
@@ -187,9 +227,5 @@ def make_roles(generator: WanBackbone, teacher: WanBackbone, heads: nn.Module, p
     """Every role and optimizer in one place. `teacher` already carries its zero-initialised fake adapter
     (make_teacher_and_fake). priming / equilibrium: the phases' configs (lrs, betas); phase II's roles and
     optimizers are made by Roles.start_equilibrium, from the generator as phase I left it."""
-    roles = Roles(generator, teacher, heads, equilibrium, trained_backbone)
-    roles.optimizers = {
-        "priming/generator": torch.optim.Adam(trainable_parameters(generator), lr=priming.lr, betas=tuple(priming.betas)),
-        "priming/fake": torch.optim.Adam(roles.fake_params, lr=priming.fake_lr, betas=tuple(priming.fake_betas)),
-    }
-    return roles
+    roles = Roles(generator, teacher, heads, equilibrium, trained_backbone, priming=priming)
+    return roles.build_optimizers()

@@ -20,6 +20,7 @@ from vpae.discriminator import SelfDiscriminator
 from vpae.losses import (conditional_sds_loss, discriminator_loss, dmd_loss, fake_score_loss,
                          generator_adversarial_loss, spatiotemporal_perturbation, st_r1_penalty)
 from vpae.sampling import predict_x0
+from vpae.training import randomness
 from vpae.training import roles as R
 from vpae.training.collapse import with_collapse
 
@@ -28,7 +29,7 @@ Tensor = torch.Tensor
 
 def sample_band(n: int, band, device) -> Tensor:
     lo, hi = band
-    return lo + (hi - lo) * torch.rand(n, device=device)
+    return lo + (hi - lo) * randomness.rand(n, device)
 
 
 @contextlib.contextmanager
@@ -48,7 +49,9 @@ def clip_and_norm(params, max_norm: float) -> float:
     params = [p for p in params if p.grad is not None]
     if not params:
         return 0.0
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf")))
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    # sharded (FSDP2) parameters give a DTensor norm: clipping used the global norm; read it whole
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -64,22 +67,22 @@ class PretrainStep:
 
     def sample_sigma(self, n: int, device) -> Tensor:
         if self.cfg.sigma_sampling == "logit_normal":
-            s = torch.sigmoid(torch.randn(n, device=device))
+            s = torch.sigmoid(randomness.randn((n,), device=device))
         else:
-            s = torch.rand(n, device=device)
+            s = randomness.rand(n, device)
         return flow.shift_sigma(s, self.cfg.sigma_shift)
 
     def step(self, step: int, x_data: Tensor, cond: Conditioning) -> dict[str, float]:
         b = x_data.shape[0]
         # Drop the caption (-> negative prompt) for a fraction of samples so CFG has an unconditional model.
-        drop = torch.rand(b, device=x_data.device) < self.cfg.text_dropout
+        drop = randomness.rand(b, x_data.device) < self.cfg.text_dropout
         if drop.any():
             neg = cond.negative()
             keep = (~drop).reshape(-1, 1, 1).to(cond.text.dtype)
             mask = None if cond.text_mask is None else torch.where(drop[:, None], torch.ones_like(cond.text_mask), cond.text_mask)
             cond = dataclasses.replace(cond, text=cond.text * keep + neg.text * (1 - keep), text_mask=mask)
         sigma = self.sample_sigma(b, x_data.device)
-        eps = torch.randn_like(x_data)
+        eps = randomness.randn_like(x_data)
         x_t = flow.add_noise(x_data, eps, sigma)
         v = self.model.velocity(x_t, sigma, cond)
         loss = (v - flow.velocity_target(x_data, eps)).pow(2).flatten(1).mean(1).mean()
@@ -113,7 +116,7 @@ class PrimingStep:
     def generate(self, x_data: Tensor, cond: Conditioning) -> Tensor:
         """x0_hat = f(x_s, s): one evaluation from the low-SNR band, x_s built from data (Fig. 2a)."""
         s = sample_band(x_data.shape[0], self.cfg.generator_band, x_data.device)
-        x_s = flow.add_noise(x_data, torch.randn_like(x_data), s)
+        x_s = flow.add_noise(x_data, randomness.randn_like(x_data), s)
         return predict_x0(self.generator, x_s, s, cond)[0]
 
     def step(self, step: int, x_data: Tensor, cond: Conditioning) -> dict[str, float]:
@@ -124,7 +127,7 @@ class PrimingStep:
             with torch.no_grad():
                 x0_gen = self.generate(x_data, cond)
             t = sample_band(b, self.cfg.renoise_band, dev)
-            eps = torch.randn_like(x0_gen)
+            eps = randomness.randn_like(x0_gen)
             with R.fake_score(self.teacher):
                 v_fake = self.teacher.velocity(flow.add_noise(x0_gen, eps, t), t, cond)
             loss_fake = fake_score_loss(v_fake, x0_gen, eps).mean()
@@ -136,7 +139,7 @@ class PrimingStep:
         # Update the generator (eq. 1) through the real-minus-fake score difference.
         x0_gen = self.generate(x_data, cond)
         t = sample_band(b, self.cfg.renoise_band, dev)
-        x_t = flow.add_noise(x0_gen.detach(), torch.randn_like(x0_gen), t)
+        x_t = flow.add_noise(x0_gen.detach(), randomness.randn_like(x0_gen), t)
         with torch.no_grad():
             with R.real_score(self.teacher):
                 x0_real = predict_x0(self.teacher, x_t, t, cond, self.cfg.real_guidance)[0]
@@ -181,7 +184,7 @@ class EquilibriumStep:
 
     def renoise(self, x0: Tensor, band) -> tuple[Tensor, Tensor]:
         t = sample_band(x0.shape[0], band, x0.device)
-        return flow.add_noise(x0, torch.randn_like(x0), t), t
+        return flow.add_noise(x0, randomness.randn_like(x0), t), t
 
     def generator_losses(self, x0_gen: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         """Eq. 6 terms: the adversarial loss through the discriminator backbone's input, and C-SDS."""
@@ -219,7 +222,7 @@ class EquilibriumStep:
     def step(self, step: int, x_data: Tensor, cond: Conditioning) -> dict[str, float]:
         b = x_data.shape[0]
         # Generator update: x0 = f(eps, T) from pure noise (eq. 6).
-        z = torch.randn_like(x_data)
+        z = randomness.randn_like(x_data)
         x0_gen = predict_x0(self.generator, z, torch.ones(b, device=z.device), cond)[0]
         with requires_grad(self.disc_params, False):  # no wasted gradients for heads / a trained backbone
             g = self.generator_losses(x0_gen, cond)

@@ -1,0 +1,103 @@
+"""Consistency distillation of the teacher's probability-flow ODE: LCM (one phase) and PCM (several phases).
+
+LCM (Luo et al. 2023, "Latent Consistency Models", eq. 8-9 and Algorithm 1): the student f_theta maps a
+point x_t of the teacher's CFG-augmented PF-ODE to the trajectory's origin; the target is the EMA network
+f_theta^- evaluated one solver step earlier, at x_{t-k} = Psi(x_t, t, t-k; w) (skipping-step k, CFG scale w):
+    L_CD = d( f_theta(x_t, t), f_theta^-(x_{t-k}, t-k) ).
+PCM (Wang et al. 2024, "Phased Consistency Model", eq. 5-7): the ODE is cut into M phases by edges
+1 = s_0 > s_1 > ... > s_M = 0 and the student maps x_t, s_{m+1} < t <= s_m, to the phase's lower edge
+s_{m+1} (not to 0), so an M-step sampler walks the edges deterministically; M = 1 is LCM.
+
+Rectified flow makes both exact and parameter-free: the consistency function to edge s is the Euler jump
+    f(x_t, t -> s) = x_t + (s - t) v(x_t, t)
+which satisfies the boundary condition f(x_s, s -> s) = x_s for any v (LCM's c_skip/c_out do this job for
+eps-prediction models); at s = 0 it is the x0 prediction x_t - t v. The teacher's solver Psi is one Euler
+(= DDIM) step with classifier-free guidance. The noise levels are drawn here (EDM2 style), through
+vpae.training.randomness.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vpae import flow
+from vpae.sampling import guided_velocity
+from vpae.training import randomness
+
+Tensor = torch.Tensor
+
+
+def ode_grid(edges, num_timesteps: int) -> Tensor:
+    """The discrete solver grid sigma_0 = 0 < ... < sigma_N = 1 (float64, (N + 1,)): N / M points per phase,
+    uniform in sigma inside each phase, so every phase edge is a grid point. edges: 1 = s_0 > ... > s_M = 0."""
+    asc = [float(e) for e in reversed(list(edges))]
+    per = num_timesteps // (len(asc) - 1)
+    parts = [torch.linspace(asc[i], asc[i + 1], per + 1, dtype=torch.float64)[:-1] for i in range(len(asc) - 1)]
+    return torch.cat(parts + [torch.tensor([asc[-1]], dtype=torch.float64)])
+
+
+def jump(x_t: Tensor, v: Tensor, t: Tensor, s: Tensor) -> Tensor:
+    """The consistency function to edge s: x_t + (s - t) v (the Euler jump along the predicted velocity)."""
+    return x_t + (flow.expand_sigma(s, x_t) - flow.expand_sigma(t, x_t)) * v
+
+
+def pseudo_huber(a: Tensor, b: Tensor, c: float) -> Tensor:
+    """Per-sample mean of sqrt((a - b)^2 + c^2) - c (LCM's released training code, c = 0.001)."""
+    return (((a - b) ** 2 + c * c).sqrt() - c).flatten(1).mean(1)
+
+
+class PhasedConsistencyLoss:
+    """L = d(f_theta(x_t, t -> s_e), f_theta^-(Psi(x_t, t, t'), t' -> s_e)) with t' = max(t - k, s_e), s_e the
+    lower edge of t's phase. Returns per-sample terms; never calls backward.
+
+    edges: 1 = s_0 > ... > s_M = 0, the few-step sampler's sigmas (flow.sigma_schedule(M, shift)); [1, 0] is
+    LCM. num_timesteps N (N % M == 0): solver grid; skip k; guidance w of the teacher's CFG-augmented solver;
+    distance 'huber' | 'l2'."""
+
+    def __init__(self, edges, num_timesteps: int, skip: int = 1, guidance: float = 1.0,
+                 distance: str = "huber", huber_c: float = 1e-3):
+        edges = [float(e) for e in edges]
+        phases = len(edges) - 1
+        if phases < 1 or edges[0] != 1.0 or edges[-1] != 0.0 or any(a <= b for a, b in zip(edges, edges[1:])):
+            raise ValueError(f"edges must decrease from 1 to 0, got {edges}")
+        if num_timesteps % phases:
+            raise ValueError(f"num_timesteps {num_timesteps} must be a multiple of the number of phases {phases}")
+        self.N, self.M, self.k, self.w = num_timesteps, phases, skip, guidance
+        self.distance, self.c = distance, huber_c
+        self.grid = ode_grid(edges, num_timesteps)
+        self.per_phase = num_timesteps // phases
+
+    def edges(self) -> list[float]:
+        """Phase edges s_0 = 1 > ... > s_M = 0 (the few-step sampler's sigmas)."""
+        return [float(self.grid[self.N - m * self.per_phase]) for m in range(self.M + 1)]
+
+    def sample_indices(self, n: int, device, phases: tuple[int, int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Grid indices (j, j', e) per sample: t = grid[j], t' = grid[j'], edge = grid[e]. `phases` = (first,
+        last) restricts t to those phases (0 = the phase starting at sigma 1)."""
+        first, last = phases if phases is not None else (0, self.M - 1)
+        lo = (self.M - 1 - last) * self.per_phase + 1     # smallest index inside phase `last`
+        hi = (self.M - first) * self.per_phase            # largest index inside phase `first`
+        u = randomness.rand(n, device)
+        j = (lo + torch.floor(u * (hi - lo + 1))).long().clamp(max=hi).cpu()
+        e = ((j - 1) // self.per_phase) * self.per_phase  # the phase's lower edge index
+        j_prev = torch.maximum(j - self.k, e)
+        return j, j_prev, e
+
+    def __call__(self, student, target, teacher, x0: Tensor, cond, phases: tuple[int, int] | None = None) -> dict[str, Tensor]:
+        """student / target / teacher: backbones (velocity(x, sigma, cond)). The caller puts the teacher in
+        its real-score state. Returns {"loss": (B,), "pred", "target", "t", "edge", "x_t"}."""
+        b, dev = x0.shape[0], x0.device
+        j, j_prev, e = self.sample_indices(b, dev, phases)
+        t, t_prev, edge = (self.grid[i].to(device=dev, dtype=torch.float32) for i in (j, j_prev, e))
+        x_t = flow.add_noise(x0, randomness.randn_like(x0), t)
+        pred = jump(x_t, student.velocity(x_t, t, cond), t, edge)
+        with torch.no_grad():
+            v_teacher, _ = guided_velocity(teacher, x_t, t, cond, self.w)
+            x_prev = flow.euler_step(x_t, v_teacher, t, t_prev)          # Psi(x_t, t, t'; w)
+            # f^-(x_t', t' -> s_e); at t' == s_e the coefficient (s_e - t') is exactly 0: the boundary condition
+            tgt = jump(x_prev, target.velocity(x_prev, t_prev.clamp_min(1e-6), cond), t_prev, edge)
+        if self.distance == "huber":
+            loss = pseudo_huber(pred, tgt, self.c)
+        else:
+            loss = (pred - tgt).pow(2).flatten(1).mean(1)
+        return {"loss": loss, "pred": pred, "target": tgt, "t": t, "edge": edge, "x_t": x_t}

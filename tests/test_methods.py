@@ -1,0 +1,247 @@
+"""The paper's comparison methods (training/methods.py): each step trains exactly its roles, its losses are finite
+and decrease on a tiny run, and the exact identities of their pieces hold."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import make_cond, make_latent, make_wan
+from vpae.config import (BaselineConfig, ConsistencyConfig, DMD2Config, EquilibriumConfig, MDConfig, PrimingConfig,
+                         VPAEConfig)
+from vpae.discriminator import build_head
+from vpae.losses import PhasedConsistencyLoss
+from vpae.sampling import predict_x0
+from vpae.training import randomness
+from vpae.training import roles as R
+from vpae.training.methods import ExpertPair, build_method_step, first_phase_step, student_inputs, weak_real_score
+
+TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj")
+METHODS = ["dmd2", "md", "lcm", "pcm", "dcm", "add", "apt"]
+
+
+def _cfg(method: str, **kw) -> VPAEConfig:
+    cfg = VPAEConfig(method=method, equilibrium=EquilibriumConfig(layers=(0.5, 1.0)),
+                     priming=PrimingConfig(lr=1e-3, lora_rank=4, lora_alpha=4, kind=kw.pop("kind", "vpae")))
+    cfg.baseline = BaselineConfig(lr=1e-3, disc_lr=1e-3, nfe=2, guidance=2.0, grad_clip=0.0)
+    cfg.dmd2 = DMD2Config(fake_updates_per_generator=1, fake_lr=1e-3)
+    cfg.md = MDConfig(fake_updates_per_generator=1, fake_lr=1e-3)
+    cfg.consistency = ConsistencyConfig(num_timesteps=8, skip=2, semantic_phases=1)
+    for k, v in kw.items():
+        sec, key = k.split("__")
+        setattr(cfg, sec, dataclasses.replace(getattr(cfg, sec), **{key: v}))
+    return cfg
+
+
+def _roles(cfg: VPAEConfig, dtype=torch.float32) -> R.Roles:
+    teacher = make_wan()
+    gen = R.copy_generator(teacher, "full")
+    R.make_teacher_and_fake(teacher, 4, 4, TARGETS)
+    torch.manual_seed(1)
+    heads = build_head("ca", feature_dim=gen.feature_dim, num_layers=2, text_dim=32, image_dim=24, hidden_dim=16,
+                       num_queries=2, num_heads=2)
+    return R.make_roles(gen.to(dtype), teacher.to(dtype), heads.to(dtype), cfg.priming, cfg.equilibrium)
+
+
+def _state(module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()} if module is not None else {}
+
+
+def _groups(roles: R.Roles) -> dict[str, dict]:
+    t = _state(roles.teacher)
+    return {"generator": _state(roles.generator), "teacher": {k: v for k, v in t.items() if "lora_" not in k},
+            "fake_lora": {k: v for k, v in t.items() if "lora_" in k}, "heads": _state(roles.heads),
+            "ema": _state(roles.ema), "detail_expert": _state(roles.detail_expert),
+            "detail_ema": _state(roles.detail_ema), "disc_backbone": _state(roles.disc_backbone)}
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {g for g in before if before[g].keys() != after[g].keys()
+            or any(not torch.equal(before[g][k], after[g][k]) for k in before[g])}
+
+
+TRAINS = {"dmd2": {"generator", "fake_lora", "heads"}, "md": {"generator", "fake_lora"},
+          "lcm": {"generator", "ema"}, "pcm": {"generator", "ema"}, "add": {"generator", "heads"},
+          "apt": {"generator", "heads", "disc_backbone"}}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_step_changes_only_what_the_method_trains(method):
+    cfg = _cfg(method)
+    roles = _roles(cfg)
+    step = build_method_step(roles, cfg)
+    x, c = make_latent(), make_cond()
+    before = _groups(roles)
+    torch.manual_seed(0)
+    stats = step.step(0, x, c)
+    assert stats and all(torch.isfinite(torch.tensor(v)) for v in stats.values()), stats
+    after = _groups(roles)
+    if method != "dcm":
+        assert _changed(before, after) == TRAINS[method]
+    else:  # step 0 trains the semantic expert (the generator) and its target, step 1 the detail expert + heads
+        assert _changed(before, after) == {"generator", "ema"}
+        stats = step.step(1, x, c)
+        assert {"loss/g_adv", "loss/feature_matching", "loss/d"} <= set(stats)
+        assert _changed(after, _groups(roles)) == {"detail_expert", "detail_ema", "heads"}
+    # what a checkpoint holds: every trained role (teacher base weights never)
+    assert "generator" in step.modules and set(step.optimizers)
+
+
+# method -> the loss a tiny run on one batch with fixed noise must decrease: the consistency loss; for the
+# distribution-matching methods the fake score's loss (their generator loss is a surrogate whose value is
+# 0.5 |normalised gradient|^2, not an objective), for the adversarial ones the discriminator's
+DECREASES = {"dmd2": "loss/fake", "md": "loss/fake", "lcm": "loss/consistency", "pcm": "loss/consistency",
+             "dcm": "loss/consistency", "add": "loss/d", "apt": "loss/d"}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_loss_is_finite_and_decreases_on_a_tiny_run(method):
+    cfg = _cfg(method, baseline__lr=1e-4)  # the generator slower than its critics (fake score: 1e-3; TTUR)
+    roles = _roles(cfg)
+    step = build_method_step(roles, cfg)
+    x, c = make_latent(), make_cond()
+    key, values = DECREASES[method], []
+    for i in range(12):
+        torch.manual_seed(0)  # the same noise every step: a fixed objective
+        stats = step.step(2 * i if method == "dcm" else i, x, c)  # DCM: the semantic expert each time
+        assert all(torch.isfinite(torch.tensor(v)) for v in stats.values()), (i, stats)
+        values.append(stats[key])
+    assert sum(values[-3:]) / 3 < sum(values[:3]) / 3, (key, values)
+
+
+def test_lcm_as_phase_one_then_equilibrium():
+    cfg = _cfg("vpae", kind="lcm")
+    roles = _roles(cfg)
+    step = first_phase_step(roles, cfg)
+    assert step.gen_opt is roles.optimizers["priming/generator"]
+    x, c = make_latent(), make_cond()
+    torch.manual_seed(0)
+    step.step(0, x, c)
+    # phase II's EMA (the discriminator backbone) restarts from the LCM-primed generator, not the LCM target
+    roles.start_equilibrium()
+    for e, g in zip(roles.ema.parameters(), roles.generator.parameters()):
+        assert torch.equal(e, g)
+
+
+def test_consistency_target_is_the_teacher_solver_at_the_phase_edge_float64():
+    """skip >= steps per phase: t' is always the phase edge, so the target is the teacher's CFG Euler jump to the
+    edge exactly (the EMA target drops out: boundary condition f(x_s, s -> s) = x_s), and the loss equals the
+    hand computation."""
+    teacher, student = make_wan(seed=0).double(), make_wan(seed=1).double()
+    target_a, target_b = make_wan(seed=2).double(), make_wan(seed=3).double()
+    x0, c = make_latent().double(), make_cond().to(torch.float64)
+    loss = PhasedConsistencyLoss([1.0, 0.5, 0.0], num_timesteps=8, skip=4, guidance=3.0, distance="l2")
+    assert loss.edges() == [1.0, 0.5, 0.0]
+    torch.manual_seed(0)
+    a = loss(student, target_a, teacher, x0, c)
+    torch.manual_seed(0)
+    b = loss(student, target_b, teacher, x0, c)
+    assert torch.equal(a["target"], b["target"]) and torch.equal(a["loss"], b["loss"])
+    t, edge, x_t = a["t"].double(), a["edge"].double(), a["x_t"]
+    with torch.no_grad():
+        v_pos, v_neg = teacher.velocity(x_t, t, c), teacher.velocity(x_t, t, c.negative())
+        v_t = v_neg + 3.0 * (v_pos - v_neg)
+        want_target = x_t + (edge - t).reshape(-1, 1, 1, 1, 1) * v_t
+        want_pred = x_t + (edge - t).reshape(-1, 1, 1, 1, 1) * student.velocity(x_t, t, c)
+    torch.testing.assert_close(a["target"], want_target, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(a["loss"], (want_pred - want_target).pow(2).flatten(1).mean(1), rtol=1e-10, atol=1e-12)
+    # LCM (one phase): the student's prediction is its x0 prediction
+    lcm = PhasedConsistencyLoss([1.0, 0.0], num_timesteps=8, skip=1)
+    torch.manual_seed(0)
+    o = lcm(student, target_a, teacher, x0, c)
+    assert torch.equal(o["edge"], torch.zeros(2))
+    with torch.no_grad():
+        torch.testing.assert_close(o["pred"], predict_x0(student, o["x_t"], o["t"].double(), c)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_phase_edges_lie_on_the_ode_grid():
+    from vpae import flow
+    for nfe, shift in ((4, 1.0), (4, 3.0), (2, 1.0)):
+        edges = flow.sigma_schedule(nfe, shift).tolist()
+        loss = PhasedConsistencyLoss(edges, 48)
+        assert loss.edges() == edges and loss.grid[0] == 0 and loss.grid[-1] == 1
+        assert bool((loss.grid[1:] > loss.grid[:-1]).all())
+
+
+def test_weak_real_score_interpolates_between_real_and_fake_exactly():
+    teacher = make_wan()
+    R.make_teacher_and_fake(teacher, 4, 4, TARGETS)
+    with torch.no_grad():
+        for n, p in teacher.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    x, c, s = make_latent(), make_cond(), torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        with R.real_score(teacher):
+            real = teacher.velocity(x, s, c)
+        with R.fake_score(teacher):
+            fake = teacher.velocity(x, s, c)
+        with weak_real_score(teacher, 0.0):
+            w0 = teacher.velocity(x, s, c)
+        with weak_real_score(teacher, 1.0):
+            w1 = teacher.velocity(x, s, c)
+        with weak_real_score(teacher, 0.25):
+            w = teacher.velocity(x, s, c)
+        with R.fake_score(teacher):
+            fake_after = teacher.velocity(x, s, c)
+    assert torch.equal(w0, real) and torch.equal(w1, fake) and torch.equal(fake_after, fake)
+    assert (w - real).abs().max() > 0 and (w - fake).abs().max() > 0
+
+
+def test_backward_simulation_is_independent_of_how_the_batch_is_split():
+    """Each rank draws only its rows: two half-batches (ranks 0 and 1) give the full batch's samples."""
+    gen = make_wan()
+    x = make_latent((4, 16, 2, 4, 4))
+    c = make_cond(batch=4)
+    sigmas = [1.0, 0.5, 0.25]
+    with torch.no_grad():
+        with randomness.batch_stream(7, rank=0):
+            full, s_full = student_inputs(gen, x, c, sigmas, backward_simulation=True)
+        halves = []
+        for rank in (0, 1):
+            rows = slice(2 * rank, 2 * rank + 2)
+            with randomness.batch_stream(7, rank=rank):
+                halves.append(student_inputs(gen, x[rows], c.map(lambda t: t[rows]), sigmas, True))
+    assert torch.equal(torch.cat([h[1] for h in halves]), s_full)
+    torch.testing.assert_close(torch.cat([h[0] for h in halves]), full, rtol=0, atol=1e-6)
+    assert set(s_full.tolist()) <= set(sigmas)
+
+
+def test_expert_pair_routes_by_sigma():
+    a, b = make_wan(seed=0), make_wan(seed=1)
+    pair = ExpertPair(a, b, 0.5)
+    x, c = make_latent(), make_cond()
+    with torch.no_grad():
+        hi, lo = torch.full((2,), 0.75), torch.full((2,), 0.25)
+        assert torch.equal(pair.velocity(x, hi, c), a.velocity(x, hi, c))
+        assert torch.equal(pair.velocity(x, lo, c), b.velocity(x, lo, c))
+        mixed = torch.tensor([0.75, 0.25])
+        v = pair.velocity(x, mixed, c)
+        assert torch.equal(v[0], a.velocity(x, mixed, c)[0]) and torch.equal(v[1], b.velocity(x, mixed, c)[1])
+
+
+def test_run_distill_runs_a_method_and_resumes(tmp_path):
+    from test_training import _toy_cfg
+    from vpae.recipes import run_distill
+    from vpae.sampling import few_step_sample, euler_sample, few_step_sigmas
+    from vpae import flow
+    base = _toy_cfg()
+    for method in ("dcm", "dmd2"):
+        cfg = dataclasses.replace(base, method=method, baseline=dataclasses.replace(
+            base.baseline, steps=2, batch_size=2, nfe=2, lr=1e-3, disc_lr=1e-3, guidance=2.0),
+            consistency=dataclasses.replace(base.consistency, num_timesteps=4, semantic_phases=1),
+            dmd2=dataclasses.replace(base.dmd2, fake_updates_per_generator=1))
+        out = run_distill(cfg, tmp_path / method, progress=False)
+        assert out[method]["step"] == 2 and (tmp_path / method / "generator" / "config.json").is_file()
+        again = run_distill(cfg, tmp_path / method, progress=False)
+        assert again[method]["resumed_from"] == 2
+        data, gen = out["data"], out["generator"]
+        x, cond = data.encode(data.heldout(2))
+        z = torch.randn_like(x)
+        for nfe in (1, 4):  # both samplers run on every method's generator
+            r = (euler_sample(gen, z, cond, flow.sigma_schedule(nfe)) if out["sampler"] == "euler"
+                 else few_step_sample(gen, z, cond, few_step_sigmas(nfe)))
+            assert r.nfe == nfe and torch.isfinite(r.x0).all()
+    assert (tmp_path / "dcm" / "detail_expert" / "config.json").is_file()

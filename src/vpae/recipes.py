@@ -97,7 +97,8 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
                    eval_every=cfg.train.eval_every, world=world)
     result["world"] = world
     if world.distributed:
-        model, ema = (consolidated(cfg, m, lambda: build_teacher(cfg), world) for m in (model, ema))
+        # rank 0 gathers unsharded copies in CPU memory for the export (the GPUs keep only their shards)
+        model, ema = (consolidated(cfg, m, lambda: build_teacher(cfg, "cpu"), world) for m in (model, ema))
         if not world.main:
             return result
     if export_dir is not None:
@@ -137,27 +138,28 @@ def _build_roles(cfg: VPAEConfig, data: DataSource, world: parallel.World) -> R.
     return parallel.shard_roles(roles, cfg.parallel, world)
 
 
-def fresh_generator(cfg: VPAEConfig) -> WanBackbone:
+def fresh_generator(cfg: VPAEConfig, device: str | None = None) -> WanBackbone:
     """An unsharded generator of this config's shape (the teacher's weights, and its LoRA adapter in LoRA mode)."""
     p = cfg.priming
     torch.manual_seed(cfg.train.seed)
-    return R.copy_generator(build_teacher(cfg), p.generator_mode, p.lora_rank, p.lora_alpha, p.lora_targets)
+    return R.copy_generator(build_teacher(cfg, device), p.generator_mode, p.lora_rank, p.lora_alpha, p.lora_targets)
 
 
 def export_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None, out: str | Path | None = None) -> Path:
     """Consolidate the generator of a distill run's checkpoint (DCP, written by any number of processes) into a
     diffusers transformer folder (and its LoRA adapter in LoRA mode), in one process. Default checkpoint: the
-    newest of phase II, else of phase I."""
+    newest of phase II (a comparison method's own phase), else of phase I."""
     from vpae.config import load_config
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir} is not a run directory of vpae distill (no config.yaml)")
     cfg = load_config(run_dir / "config.yaml")
     if checkpoint is None:
-        checkpoint = latest_checkpoint(run_dir / "equilibrium") or latest_checkpoint(run_dir / "priming")
+        phases = ("equilibrium", cfg.method, "priming") if cfg.method != "vpae" else ("equilibrium", "priming")
+        checkpoint = next((c for c in (latest_checkpoint(run_dir / ph) for ph in phases) if c is not None), None)
         if checkpoint is None:
             raise CheckpointError(f"{run_dir} has no checkpoint yet")
-    generator = fresh_generator(cfg)
+    generator = fresh_generator(cfg, "cpu")
     R.generator_checkpoint_view(generator).load_state_dict(checkpoint_tensors(checkpoint, "model.generator."))
     out = Path(out) if out is not None else run_dir / "generator"
     lora = out.with_name(out.name + "_lora") if cfg.priming.generator_mode == "lora" else None
@@ -234,7 +236,7 @@ def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progre
         out["ema"] = roles.ema
     generator = roles.generator
     if world.distributed:  # rank 0 exports an unsharded copy; the run's roles stay sharded
-        generator = consolidated(cfg, roles.generator, lambda: fresh_generator(cfg), world)
+        generator = consolidated(cfg, roles.generator, lambda: fresh_generator(cfg, "cpu"), world)
         world.barrier()
         if not world.main:
             return {**out, "generator": roles.generator, "teacher": roles.teacher, "data": data, "world": world}

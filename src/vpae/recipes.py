@@ -125,9 +125,7 @@ def _build_roles(cfg: VPAEConfig, data: DataSource, world: parallel.World) -> R.
     device = parallel.build_device(world, cfg.train.device)
     teacher = build_teacher(cfg, device)
     p, e = cfg.priming, cfg.equilibrium
-    # LoRA A matrices start random: seed them, so two runs of one config (and a resumed one) build the same roles
-    torch.manual_seed(cfg.train.seed)
-    generator = R.copy_generator(teacher, p.generator_mode, p.lora_rank, p.lora_alpha, p.lora_targets)
+    generator = _generator_of(teacher, cfg)
     R.make_teacher_and_fake(teacher, p.lora_rank, p.lora_alpha, p.lora_targets)
     from vpae.backbones.base import resolve_layers
     torch.manual_seed(cfg.train.seed + 1)
@@ -140,9 +138,15 @@ def _build_roles(cfg: VPAEConfig, data: DataSource, world: parallel.World) -> R.
 
 def fresh_generator(cfg: VPAEConfig, device: str | None = None) -> WanBackbone:
     """An unsharded generator of this config's shape (the teacher's weights, and its LoRA adapter in LoRA mode)."""
+    return _generator_of(build_teacher(cfg, device), cfg)
+
+
+def _generator_of(teacher: WanBackbone, cfg: VPAEConfig) -> WanBackbone:
+    """The generator as a copy of `teacher` (full, or frozen + a LoRA adapter). LoRA A matrices start random:
+    seeded, so two runs of one config (and a resumed one) build the same roles."""
     p = cfg.priming
     torch.manual_seed(cfg.train.seed)
-    return R.copy_generator(build_teacher(cfg, device), p.generator_mode, p.lora_rank, p.lora_alpha, p.lora_targets)
+    return R.copy_generator(teacher, p.generator_mode, p.lora_rank, p.lora_alpha, p.lora_targets)
 
 
 def export_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None, out: str | Path | None = None) -> Path:

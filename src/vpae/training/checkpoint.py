@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
@@ -40,6 +39,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
 from vpae.errors import VpaeError
+from vpae.training.parallel import current_world
 
 
 class CheckpointError(VpaeError, RuntimeError):
@@ -88,27 +88,6 @@ class _SafeLoadPlanner(DefaultLoadPlanner):
             set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
         else:
             self.state_dict[read_item.dest_index.fqn] = obj
-
-
-def _no_dist() -> bool:
-    return not (dist.is_available() and dist.is_initialized())
-
-
-def _rank() -> int:
-    return 0 if _no_dist() else dist.get_rank()
-
-
-def _barrier() -> None:
-    if not _no_dist():
-        dist.barrier()
-
-
-def _broadcast(obj):
-    if _no_dist():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 # -- what a checkpoint holds ---------------------------------------------------------------------
@@ -175,26 +154,26 @@ def save_checkpoint(run_dir: str | Path, step: int, modules: dict[str, nn.Module
     if final.exists():  # never replace a checkpoint silently (resume always starts after the newest one)
         raise CheckpointError(f"{final} already exists; refusing to overwrite it. Resume from it (rerun the same "
                               f"command) or use a new run directory")
-    tmp = root / f"{name}.tmp-{_broadcast(os.getpid())}"
-    if _rank() == 0:
+    world = current_world()
+    tmp = root / f"{name}.tmp-{world.broadcast(os.getpid())}"
+    if world.main:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-    _barrier()
+    world.barrier()
     owner = _param_owner(modules)
     state = {"model": {k: m.state_dict() for k, m in modules.items()},
              "optim": {k: _optimizer_state(owner, o, k) for k, o in optimizers.items()}}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*single process.*")
-        dcp.save(state, storage_writer=FileSystemWriter(tmp), no_dist=_no_dist())
+        dcp.save(state, storage_writer=FileSystemWriter(tmp), no_dist=not world.distributed)
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state()
-    torch.save(rng, tmp / f"rng_rank{_rank()}.pt")
-    _barrier()
-    if _rank() == 0:
-        world = 1 if _no_dist() else dist.get_world_size()
-        (tmp / "meta.json").write_text(json.dumps({**meta, "step": step, "data_position": step, "world_size": world,
+    torch.save(rng, tmp / f"rng_rank{world.rank}.pt")
+    world.barrier()
+    if world.main:
+        (tmp / "meta.json").write_text(json.dumps({**meta, "step": step, "data_position": step, "world_size": world.size,
                                                    "modules": sorted(modules), "optimizers": sorted(optimizers)},
                                                   indent=1))
         os.replace(tmp, final)
@@ -206,7 +185,7 @@ def save_checkpoint(run_dir: str | Path, step: int, modules: dict[str, nn.Module
                        and p.name < name)
         for old in older[:max(0, len(older) - (keep - 1))] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
-    _barrier()
+    world.barrier()
     return final
 
 
@@ -241,6 +220,27 @@ def _bad(path: Path, f: Path, why: str) -> CheckpointError:
     return CheckpointError(f"cannot load checkpoint file {f}: {why}; {todo}")
 
 
+def _stored_metadata(path: Path) -> dict:
+    """The checkpoint's DCP metadata (name -> size and dtype of every stored item), read safely."""
+    try:
+        return _SafeReader(path).read_metadata().state_dict_metadata
+    except Exception as e:  # missing, truncated or foreign .metadata
+        raise _bad(path, path / ".metadata", f"unreadable DCP metadata ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _dcp_load(state: dict, path: Path, no_dist: bool) -> None:
+    """dcp.load into `state` in place with the safe reader and planner; a damaged data file is named."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*single process.*")
+            dcp.load(state, storage_reader=_SafeReader(path), planner=_SafeLoadPlanner(), no_dist=no_dist)
+    except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
+        files = sorted(f.name for f in path.glob("*.distcp"))
+        last = str(e).strip().splitlines()[-1:] or [""]
+        raise _bad(path, path / (files[0] if len(files) == 1 else "*.distcp"),
+                   f"unreadable checkpoint data ({type(e).__name__}: {last[0][:300]})") from None
+
+
 def _clone(tree):
     if isinstance(tree, dict):
         return {k: _clone(v) for k, v in tree.items()}
@@ -268,11 +268,7 @@ def load_checkpoint(path: str | Path, modules: dict[str, nn.Module],
     for k, v in (strict_meta or {}).items():
         if meta.get(k) != v:
             raise CheckpointError(f"incompatible checkpoint {path}: {k} is {meta.get(k)!r}, expected {v!r}")
-    reader = _SafeReader(path)
-    try:
-        stored = reader.read_metadata().state_dict_metadata
-    except Exception as e:  # missing, truncated or foreign .metadata
-        raise _bad(path, path / ".metadata", f"unreadable DCP metadata ({type(e).__name__}: {str(e)[:200]})") from None
+    stored = _stored_metadata(path)
     # Check names and shapes against the checkpoint's metadata before reading any data.
     for key, module in modules.items():
         own = _flat_tensors(module.state_dict())
@@ -288,8 +284,9 @@ def load_checkpoint(path: str | Path, modules: dict[str, nn.Module],
     for key in optimizers:
         if not any(n.startswith(f"optim.{key}.") for n in stored):
             raise CheckpointError(f"checkpoint {path} has no optimizer state for {key!r}")
-    rng_file, rng = path / f"rng_rank{_rank()}.pt", None
-    same_world = meta.get("world_size", 1) == (1 if _no_dist() else dist.get_world_size())
+    world = current_world()
+    rng_file, rng = path / f"rng_rank{world.rank}.pt", None
+    same_world = meta.get("world_size", 1) == world.size
     if same_world and rng_file.is_file():
         try:
             rng = torch.load(rng_file, weights_only=True)
@@ -302,15 +299,7 @@ def load_checkpoint(path: str | Path, modules: dict[str, nn.Module],
     owner = _param_owner(modules)
     state = {"model": {k: _clone(m.state_dict()) for k, m in modules.items()},
              "optim": {k: _clone(_optimizer_state(owner, o, k)) for k, o in optimizers.items()}}
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*single process.*")
-            dcp.load(state, storage_reader=reader, planner=_SafeLoadPlanner(), no_dist=_no_dist())
-    except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
-        files = sorted(f.name for f in path.glob("*.distcp"))
-        last = str(e).strip().splitlines()[-1:] or [""]
-        raise _bad(path, path / (files[0] if len(files) == 1 else "*.distcp"),
-                   f"unreadable checkpoint data ({type(e).__name__}: {last[0][:300]})") from None
+    _dcp_load(state, path, no_dist=not world.distributed)
     for key, module in modules.items():
         module.load_state_dict(state["model"][key])
     for key, opt in optimizers.items():
@@ -327,19 +316,10 @@ def checkpoint_tensors(path: str | Path, prefix: str = "model.") -> dict[str, to
     in one process, whatever number of processes wrote it: the consolidation path (vpae export --checkpoint)."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
     path = Path(path)
-    try:
-        stored = _SafeReader(path).read_metadata().state_dict_metadata
-    except Exception as e:
-        raise _bad(path, path / ".metadata", f"unreadable DCP metadata ({type(e).__name__}: {str(e)[:200]})") from None
+    stored = _stored_metadata(path)
     state = {k: torch.empty(tuple(m.size), dtype=m.properties.dtype) for k, m in stored.items()
              if k.startswith(prefix) and isinstance(m, TensorStorageMetadata)}
     if not state:
         raise CheckpointError(f"checkpoint {path} holds no tensors named {prefix}*")
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*single process.*")
-            dcp.load(state, storage_reader=_SafeReader(path), planner=_SafeLoadPlanner(), no_dist=True)
-    except (Exception, CheckpointException) as e:
-        last = str(e).strip().splitlines()[-1:] or [""]
-        raise _bad(path, path / "*.distcp", f"unreadable checkpoint data ({type(e).__name__}: {last[0][:300]})") from None
+    _dcp_load(state, path, no_dist=True)
     return {k[len(prefix):]: v for k, v in state.items()}

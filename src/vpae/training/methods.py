@@ -46,7 +46,7 @@ from vpae.sampling import few_step_sigmas, predict_x0
 from vpae.training import randomness
 from vpae.training import roles as R
 from vpae.training.collapse import with_collapse
-from vpae.training.steps import PrimingStep, clip_and_norm, requires_grad, sample_band
+from vpae.training.steps import PrimingStep, clip_and_norm, dmd_scores, requires_grad, sample_band
 
 Tensor = torch.Tensor
 
@@ -185,13 +185,7 @@ class DMD2Step:
 
     def generator_losses(self, x0_gen: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         b, dev = x0_gen.shape[0], x0_gen.device
-        t = sample_band(b, self.c.renoise_band, dev)
-        x_t = flow.add_noise(x0_gen.detach(), randomness.randn_like(x0_gen), t)
-        with torch.no_grad():
-            with R.real_score(self.teacher):
-                x0_real = predict_x0(self.teacher, x_t, t, cond, self.b.guidance)[0]
-            with R.fake_score(self.teacher):
-                x0_fake = predict_x0(self.teacher, x_t, t, cond)[0]
+        x0_real, x0_fake = dmd_scores(self.teacher, x0_gen, cond, self.c.renoise_band, self.b.guidance)
         out = {"dmd": dmd_loss(x0_gen, x0_real, x0_fake).mean(), "gap": (x0_real - x0_fake).abs().mean()}
         t_d = sample_band(b, self.c.renoise_band, dev)
         x_d = flow.add_noise(x0_gen, randomness.randn_like(x0_gen), t_d)  # with a graph: the GAN gradient reaches G
@@ -258,13 +252,8 @@ class MDStep:
             stats["grad_norm/fake"] = _update(self.fake_opt, loss_f, self.fake_params, self.b.grad_clip)
             stats["loss/fake"] = loss_f.item()
         x0_gen, s = student_inputs(self.generator, x_data, cond, self.sigmas, False)
-        t = sample_band(b, self.c.renoise_band, dev)
-        x_t = flow.add_noise(x0_gen.detach(), randomness.randn_like(x0_gen), t)
-        with torch.no_grad():
-            with weak_real_score(self.teacher, self.c.weak_weight):
-                x0_real = predict_x0(self.teacher, x_t, t, cond, self.b.guidance)[0]
-            with R.fake_score(self.teacher):
-                x0_fake = predict_x0(self.teacher, x_t, t, cond)[0]
+        x0_real, x0_fake = dmd_scores(self.teacher, x0_gen, cond, self.c.renoise_band, self.b.guidance,
+                                      real_score=lambda teacher: weak_real_score(teacher, self.c.weak_weight))
         dm = dmd_loss(x0_gen, x0_real, x0_fake).mean()
         gt = ground_truth_loss(x0_gen, x_data, s).mean()
         loss_g = dm + self.c.gt_weight * gt

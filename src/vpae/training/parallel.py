@@ -72,6 +72,10 @@ class World:
         """The first rank's non-None value (None if every rank has None)."""
         if not self.distributed:
             return value
+        flag = torch.tensor([0 if value is None else 1], device=self.comm_device)
+        dist.all_reduce(flag)  # one integer per step; the objects travel only when some rank has one
+        if not int(flag.item()):
+            return None
         values = [None] * self.size
         dist.all_gather_object(values, value)
         return next((v for v in values if v is not None), None)
@@ -86,7 +90,16 @@ class World:
 
     @property
     def comm_device(self) -> str:
-        return self.device if dist.is_initialized() and dist.get_backend() == "nccl" else "cpu"
+        # nccl reduces CUDA tensors only (on this process's device, set by init_world); gloo CPU ones
+        return f"cuda:{torch.cuda.current_device()}" if dist.is_initialized() and dist.get_backend() == "nccl" else "cpu"
+
+
+def current_world() -> World:
+    """The World of an initialised process group (rank and size from torch.distributed), else one process. For code
+    that is called both from a run and on its own (checkpoints)."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size())
+    return World()
 
 
 def launched_by_torchrun() -> bool:

@@ -45,6 +45,20 @@ def requires_grad(params, flag: bool):
             p.requires_grad_(f)
 
 
+def dmd_scores(teacher: Backbone, x0_gen: Tensor, cond: Conditioning, band, guidance: float,
+               real_score=R.real_score) -> tuple[Tensor, Tensor]:
+    """Eq. 1's two scores: the real score's (with CFG `guidance`; `real_score` puts the teacher in its real-score
+    state) and the fake score's x0 predictions on the generated x0, detached and re-noised at t ~ U(band)."""
+    t = sample_band(x0_gen.shape[0], band, x0_gen.device)
+    x_t = flow.add_noise(x0_gen.detach(), randomness.randn_like(x0_gen), t)
+    with torch.no_grad():
+        with real_score(teacher):
+            x0_real = predict_x0(teacher, x_t, t, cond, guidance)[0]
+        with R.fake_score(teacher):
+            x0_fake = predict_x0(teacher, x_t, t, cond)[0]
+    return x0_real, x0_fake
+
+
 def clip_and_norm(params, max_norm: float) -> float:
     params = [p for p in params if p.grad is not None]
     if not params:
@@ -138,13 +152,7 @@ class PrimingStep:
             stats["loss/fake"] = loss_fake.item()
         # Update the generator (eq. 1) through the real-minus-fake score difference.
         x0_gen = self.generate(x_data, cond)
-        t = sample_band(b, self.cfg.renoise_band, dev)
-        x_t = flow.add_noise(x0_gen.detach(), randomness.randn_like(x0_gen), t)
-        with torch.no_grad():
-            with R.real_score(self.teacher):
-                x0_real = predict_x0(self.teacher, x_t, t, cond, self.cfg.real_guidance)[0]
-            with R.fake_score(self.teacher):
-                x0_fake = predict_x0(self.teacher, x_t, t, cond)[0]
+        x0_real, x0_fake = dmd_scores(self.teacher, x0_gen, cond, self.cfg.renoise_band, self.cfg.real_guidance)
         loss_gen = dmd_loss(x0_gen, x0_real, x0_fake).mean()
         self.gen_opt.zero_grad(set_to_none=True)
         loss_gen.backward()

@@ -106,3 +106,18 @@ def test_sampling_latency_times_the_same_network_the_same(monkeypatch):
     batch = ToyBatch(torch.zeros(2, 3, 5, 16, 16), [None, None], ["", ""])
     lat = demo.sampling_latency({"a": None, "b": None}, methods, None, batch, 0, repeats=3)
     assert calls == ["a", "b"] + ["a", "b"] * 3 and lat == {"a": 0.01, "b": 0.01}
+
+
+def test_reproduce_config_is_generated_from_demo():
+    """configs/toy/reproduce.yaml must carry every demo setting (session 5 found it had missed the teacher's
+    sampler): it is what scripts/make_reproduce_config.py writes from the committed demo.yaml."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("make_reproduce_config", "scripts/make_reproduce_config.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    expected = mod.reproduce_config(Path("configs/toy/demo.yaml").read_text())
+    assert Path("configs/toy/reproduce.yaml").read_text() == expected, "run python scripts/make_reproduce_config.py"
+    demo, rep = load_config("configs/toy/demo.yaml"), load_config("configs/toy/reproduce.yaml")
+    assert rep.sampling == demo.sampling and rep.equilibrium.disc_band == demo.equilibrium.disc_band
+    assert (rep.priming.steps, rep.equilibrium.steps) == (300, 300)

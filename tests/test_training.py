@@ -416,3 +416,18 @@ def test_adv_weight_zero_is_pure_csds_and_never_reads_the_discriminator(monkeypa
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-9)
     with pytest.raises(ValueError, match="not both 0"):
         _eq(sds_lambda=0.0, adv_weight=0.0)
+
+
+def test_discriminator_accuracy_reads_chance_and_separation():
+    """d/accuracy: the share of real videos scored > 0 and generated ones < 0 (0.5 = chance), logged so a run
+    whose discriminator never leaves chance is visible (the toy demo's at disc_band [0.1, 0.9]: docs/RESULTS.md)."""
+    step = _eq(disc_band=(0.0, 0.0))  # t = 0: the discriminator sees the videos themselves
+    x, c = make_latent(), make_cond()
+    fake = x + 1.0  # tells the stub discriminator which input is generated
+    for real_logit, fake_logit, expected in ((1.0, -1.0, 1.0), (1.0, 1.0, 0.5), (-1.0, 1.0, 0.0)):
+        def stub(x_t, t, cond, grad, r=real_logit, f=fake_logit):
+            is_fake = (x_t.mean(dim=(1, 2, 3, 4)) > 0.5).to(x_t.dtype)
+            return (f * is_fake + r * (1 - is_fake)).requires_grad_()
+        step.discriminate = stub
+        d = step.discriminator_losses(x * 0.1, fake, c)
+        assert float(d["accuracy"]) == expected

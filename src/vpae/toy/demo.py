@@ -20,7 +20,7 @@ from vpae.training import roles as R
 from vpae.training.checkpoint import latest_checkpoint, load_checkpoint
 from vpae.training.loop import read_log
 
-CURVE_KEYS = ("loss/fake", "loss/dmd", "loss/g_adv", "loss/c_sds", "loss/d", "loss/st_r1",
+CURVE_KEYS = ("loss/fake", "loss/dmd", "loss/g_adv", "loss/c_sds", "loss/d", "loss/st_r1", "d/accuracy",
               "eval/caption_following", "eval/first_frame_psnr", "eval/persistence",
               "collapse/motion_ratio", "collapse/first_frame_drift", "collapse/flash_level", "collapse/contrast_ratio")
 
@@ -151,6 +151,11 @@ def run_demo(cfg: VPAEConfig, out_dir: str | Path, progress: bool = True, vbench
         f"Config: priming {cfg.priming.steps} steps x batch {cfg.priming.batch_size}, equilibrium {cfg.equilibrium.steps} steps x batch {cfg.equilibrium.batch_size} "
         f"(backbone {cfg.equilibrium.backbone}, head {cfg.equilibrium.head}, lambda {cfg.equilibrium.sds_lambda}).",
     ]
+    acc = [a for _, a in curves.get("equilibrium d/accuracy", [])]
+    if acc:
+        late = acc[len(acc) // 2:]
+        notes.append(f"Discriminator accuracy on real vs generated (0.5 = chance) over phase II's second half: "
+                     f"{sum(late) / len(late):.2f}.")
     contract = demo_contract(rows, t100)
     notes.append(format_contract(contract).replace("\n  ", "; "))
     results = {"contract": contract, "rows": rows, "timings": {"train_s": t_train, "eval_s": t_eval, "total_s": total, **result["timings"]},

@@ -216,7 +216,9 @@ class EquilibriumStep:
         logits_real = self.discriminate(x_real, t_real, cond, grad_bb)
         logits_fake = self.discriminate(x_fake, t_fake, cond, grad_bb)
         out = {"disc": discriminator_loss(logits_real, logits_fake, self.cfg.loss).mean(),
-               "logits_real": logits_real.detach().mean(), "logits_fake": logits_fake.detach().mean()}
+               "logits_real": logits_real.detach().mean(), "logits_fake": logits_fake.detach().mean(),
+               # 0.5 = chance: a discriminator that never leaves it gives the generator no adversarial signal
+               "accuracy": 0.5 * ((logits_real.detach() > 0).float().mean() + (logits_fake.detach() < 0).float().mean())}
         if self.cfg.r1_weight > 0:
             r1 = 0.0
             targets = {"fake": [(x_fake, t_fake, logits_fake)], "real": [(x_real, t_real, logits_real)]}
@@ -255,7 +257,8 @@ class EquilibriumStep:
             stats["grad_norm/heads"] = clip_and_norm(self.disc_params, self.cfg.grad_clip)
             self.head_opt.step()
         stats.update({"loss/d": d["disc"].item(), "loss/d_total": loss_d.item(),
-                      "d/logits_real": d["logits_real"].item(), "d/logits_fake": d["logits_fake"].item()})
+                      "d/logits_real": d["logits_real"].item(), "d/logits_fake": d["logits_fake"].item(),
+                      "d/accuracy": d["accuracy"].item()})
         if "r1" in d:
             stats["loss/st_r1"] = d["r1"].item()
         return with_collapse(stats, x0_gen, x_data)

@@ -13,7 +13,7 @@ def reproduce_config(demo: str) -> str:
     body = (demo.replace("  heldout_size: 32 ", "  heldout_size: 64 ").replace("  eval_every: 100\n", "  eval_every: 0\n")
             .replace("  steps: 500                # paper 500", "  steps: 300                # paper 500; demo 500, cut to fit 3 seeds in 90 CPU minutes")
             .replace("  steps: 1600               # paper 1000; the toy generator's 1-NFE persistence still rose at 1000 (demo curves)",
-                     "  steps: 300                # paper 1000; demo 1600, cut to fit 3 seeds x 10 rows in 90 CPU minutes"))
+                     "  steps: 300                # paper 1000; demo 1600, cut to fit 3 seeds x 11 rows in 90 CPU minutes"))
     if body.count("cut to fit") != 2:
         raise SystemExit("demo.yaml's phase step lines changed: update scripts/make_reproduce_config.py")
     return HEAD + body

@@ -115,3 +115,26 @@ def test_self_discriminator_on_wan(kind):
     logits2.sum().backward()
     assert x.grad is None
     assert any(p.grad is not None for p in head.parameters())
+
+
+def test_blur_frames_is_a_normalised_separable_gaussian_per_frame():
+    from vpae.discriminator import blur_frames
+    x = torch.zeros(2, 3, 4, 16, 16, dtype=torch.float64)
+    x[0, 1, 2, 8, 5] = 1.0  # an impulse away from the borders
+    y = blur_frames(x, 1.0)
+    r = torch.arange(-3, 4, dtype=torch.float64)
+    g = torch.exp(-r ** 2 / 2)
+    g = g / g.sum()
+    # the impulse response is the outer product of the normalised 1-D kernel, in its own frame and channel only
+    assert torch.allclose(y[0, 1, 2, 5:12, 2:9], torch.outer(g, g), rtol=0, atol=1e-15)
+    assert y.sum().item() == pytest.approx(1.0, abs=1e-12) and y[0, 1, 2].sum() == pytest.approx(1.0, abs=1e-12)
+    # a constant video is unchanged (replicate padding), sigma 0 is the identity
+    c = torch.full((1, 2, 3, 8, 8), 0.3, dtype=torch.float64)
+    assert torch.allclose(blur_frames(c, 2.0), c, rtol=0, atol=1e-15)
+    assert blur_frames(x, 0.0) is x
+    # differentiable: the generator's adversarial gradient passes through it (the adjoint of a symmetric blur)
+    v = torch.randn(1, 1, 1, 16, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.zeros(1, 1, 1, 16, 16, dtype=torch.float64)
+    w[..., 8, 8] = 1.0
+    (blur_frames(v, 1.0) * w).sum().backward()
+    assert torch.allclose(v.grad[0, 0, 0, 5:12, 5:12], torch.outer(g, g), rtol=0, atol=1e-15)

@@ -163,6 +163,10 @@ class EquilibriumConfig:
     head_attn_heads: int = 4
     disc_band: tuple = (0.9, 1.0)
     """Real and generated videos are re-noised with t ~ U(band) before the discriminator (low SNR)."""
+    disc_blur: float = 0.0
+    """Gaussian blur (std in latent pixels, per frame over H and W) of real and generated videos before they are
+    re-noised for the discriminator; 0 = off (the paper). Not in the paper: a layout-only discriminator for the toy
+    world, whose heads otherwise key on fine texture rather than on partial averages (docs/RESULTS.md, session 6)."""
     loss: str = "hinge"
     """hinge | non_saturating."""
     sigma_s: float = 0.01
@@ -353,6 +357,8 @@ def validate(cfg: VPAEConfig) -> None:
     band("priming.generator_band", cfg.priming.generator_band)
     band("priming.renoise_band", cfg.priming.renoise_band)
     band("equilibrium.disc_band", cfg.equilibrium.disc_band)
+    if cfg.equilibrium.disc_blur < 0:
+        raise ConfigError(f"equilibrium.disc_blur must be >= 0 (0 = off), got {cfg.equilibrium.disc_blur}")
     band("equilibrium.sds_band", cfg.equilibrium.sds_band)
     choices = {
         "priming.generator_mode": (cfg.priming.generator_mode, ("full", "lora")),

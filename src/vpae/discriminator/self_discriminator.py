@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vpae.backbones.base import Backbone
@@ -37,3 +38,18 @@ class SelfDiscriminator(nn.Module):
         grid = backbone.token_grid(x_t)
         image = None if cond.image is None else cond.image.to(dtype)
         return self.heads(feats, grid, cond.text.to(dtype), cond.text_mask, image)
+
+
+def blur_frames(x: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of every frame of x (B, C, F, H, W) over H and W (std `sigma` pixels, radius
+    3 sigma, replicate padding); differentiable, so the generator's adversarial gradient passes through it."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(3 * sigma))
+    k = torch.exp(-torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()
+    b, c, f, h, w = x.shape
+    y = x.transpose(1, 2).reshape(b * f * c, 1, h, w)
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return y.reshape(b, f, c, h, w).transpose(1, 2)

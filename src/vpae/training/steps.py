@@ -16,7 +16,7 @@ from vpae import flow
 from vpae.backbones.base import Backbone
 from vpae.conditioning import Conditioning
 from vpae.config import EquilibriumConfig, PretrainConfig, PrimingConfig
-from vpae.discriminator import SelfDiscriminator
+from vpae.discriminator import SelfDiscriminator, blur_frames
 from vpae.losses import (conditional_sds_loss, discriminator_loss, dmd_loss, fake_score_loss,
                          generator_adversarial_loss, spatiotemporal_perturbation, st_r1_penalty)
 from vpae.sampling import predict_x0
@@ -198,7 +198,7 @@ class EquilibriumStep:
         """Eq. 6 terms: the adversarial loss through the discriminator backbone's input, and C-SDS."""
         out = {}
         if self.cfg.adv_weight > 0:
-            x_t, t = self.renoise(x0_gen, self.cfg.disc_band)  # not detached: the gradient reaches G
+            x_t, t = self.renoise(blur_frames(x0_gen, self.cfg.disc_blur), self.cfg.disc_band)  # not detached: reaches G
             adv = generator_adversarial_loss(self.discriminate(x_t, t, cond, backbone_grad=True), self.cfg.loss)
             out["adv"] = adv.mean()
         if self.cfg.sds_lambda > 0:
@@ -211,8 +211,8 @@ class EquilibriumStep:
     def discriminator_losses(self, x_data: Tensor, x0_fake: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         """Eq. 7 terms: the discriminator loss on re-noised real and generated videos, and ST-R1 (eq. 4)."""
         grad_bb = self.cfg.backbone == "trained"
-        x_real, t_real = self.renoise(x_data, self.cfg.disc_band)
-        x_fake, t_fake = self.renoise(x0_fake.detach(), self.cfg.disc_band)
+        x_real, t_real = self.renoise(blur_frames(x_data, self.cfg.disc_blur), self.cfg.disc_band)
+        x_fake, t_fake = self.renoise(blur_frames(x0_fake.detach(), self.cfg.disc_blur), self.cfg.disc_band)
         logits_real = self.discriminate(x_real, t_real, cond, grad_bb)
         logits_fake = self.discriminate(x_fake, t_fake, cond, grad_bb)
         out = {"disc": discriminator_loss(logits_real, logits_fake, self.cfg.loss).mean(),

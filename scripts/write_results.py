@@ -57,7 +57,7 @@ def demo_section(d):
 
 def repro_section(r):
     out = ["## Reproduction (Tables 1-3 analogues, 1-NFE generator, mean ± std over seeds)", "",
-           f"Seeds {r['seeds']}; wall time {r['total_s']:.0f} s; overrides {r.get('overrides') or 'none'}.", "",
+           f"Seeds {r['seeds']}; wall time of the call that finished it {r['total_s']:.0f} s (a resumed run counts only its last call; the readings give the rest); overrides {r.get('overrides') or 'none'}.", "",
            table(r["rows"], REPRO_COLS, std=True), "", "### Paper claims", "",
            "| claim | metric | gap (better - worse) | spread (std + std) | verdict |", "|---|---|---|---|---|"]
     for v in r["verdicts"]:

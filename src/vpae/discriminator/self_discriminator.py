@@ -8,6 +8,7 @@ running the backbone under no_grad is what `input_grad=True` prevents).
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -42,10 +43,11 @@ class SelfDiscriminator(nn.Module):
 
 def blur_frames(x: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur of every frame of x (B, C, F, H, W) over H and W (std `sigma` pixels, radius
-    3 sigma, replicate padding); differentiable, so the generator's adversarial gradient passes through it."""
+    ceil(3 sigma), replicate padding); differentiable, so the generator's adversarial gradient passes through it.
+    Also the toy oracle's "blur" corruption."""
     if sigma <= 0:
         return x
-    r = max(1, int(3 * sigma))
+    r = max(1, math.ceil(3 * sigma))
     k = torch.exp(-torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) ** 2 / (2 * sigma ** 2))
     k = k / k.sum()
     b, c, f, h, w = x.shape

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from vpae.discriminator import blur_frames
 from vpae.toy.world import DIRECTIONS, ToyVideoParams, ToyWorldConfig, caption_modes, render_numpy, trajectory
 
 Tensor = torch.Tensor
@@ -306,16 +307,8 @@ def oracle_report(videos, params: Sequence[ToyVideoParams], cond_images=None,
 
 
 def _blur(video: Tensor, sigma: float) -> Tensor:
-    r = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-r, r + 1, dtype=torch.float32)
-    k = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    k = (k / k.sum()).to(video)
-    c, f, h, w = video.shape
-    y = video.reshape(c * f, 1, h, w)
-    y = torch.nn.functional.pad(y, (r, r, r, r), mode="replicate")
-    y = torch.nn.functional.conv2d(y, k.view(1, 1, 1, -1))
-    y = torch.nn.functional.conv2d(y, k.view(1, 1, -1, 1))
-    return y.reshape(c, f, h, w)
+    """A (C, F, H, W) video blurred per frame (the discriminator's helper, one video at a time)."""
+    return blur_frames(video[None], sigma)[0]
 
 
 def corrupt(video: Tensor, kind: str, seed: int = 0, sigma: float = 1.5) -> Tensor:

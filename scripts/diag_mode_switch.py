@@ -19,11 +19,10 @@ def slerp(a, b, u):
     return (torch.sin((1 - u) * om) * a + torch.sin(u * om) * b) / torch.sin(om)
 for gdir in sys.argv[1:]:
     gen = load_wan_backbone(gdir, torch.float32, 24).eval()
-    sub = lambda j: type(cond)(**{k: (v[j:j + 1] if torch.is_tensor(v) else v) for k, v in vars(cond).items()})
     widths, switches, pairs = [], [], 0
     with torch.no_grad():
         for i in idx:
-            c = sub(i)
+            c = cond[i:i + 1]
             zs = [torch.randn((1,) + x.shape[1:], generator=torch.Generator().manual_seed(1000 * i + k)) for k in range(8)]
             modes = [assign_mode(predict_x0(gen, z, torch.ones(1), c)[0][0].numpy(), batch.params[i], wc) for z in zs]
             a = next((k for k, m in enumerate(modes) if m == 0), None); b = next((k for k, m in enumerate(modes) if m == 1), None)

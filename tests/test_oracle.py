@@ -112,7 +112,7 @@ def test_single_metrics_and_validation(held):
 
 # ---- the multimodal world: captions silent on the speed (data.caption_speed false) ----
 
-from vpae.toy.oracle import assign_mode, expected_mode_diversity, mode_report  # noqa: E402
+from vpae.toy.oracle import assign_mode, expected_mode_coverage, expected_mode_diversity, mode_report  # noqa: E402
 from vpae.toy.world import ToyWorld, ToyWorldConfig, all_captions, caption_modes, parse_caption, render  # noqa: E402
 
 MULTI = ToyWorldConfig(frames=5, height=16, width=16, bounce=True, pixel_grid=True, caption_speed=False)
@@ -143,12 +143,22 @@ def test_mode_metrics_separate_data_single_mode_and_blurred_average():
     data_sets = [torch.stack([render(caption_modes(p, MULTI)[rng.integers(2)], MULTI) for p in b.params])
                  for _ in range(4)]
     data = mode_report(data_sets, b.params, MULTI)
-    assert data["mode_assigned"] == 1.0 and data["mode_coverage"] > 0.9
+    assert data["mode_assigned"] == 1.0 and data["mode_coverage_pooled"] > 0.9
+    # per condition, 4 fair draws: coverage 0.5 / 0.75 / 1 with probability 2/16, 8/16, 6/16 (mean 0.8125,
+    # std 0.165); the mean over 48 conditions has std 0.024, so 0.1 is four of them
+    assert data["mode_coverage_data"] == expected_mode_coverage(2, 4) == 0.8125
+    assert abs(data["mode_coverage"] - 0.8125) < 0.1
     # 48 conditions: the diversity is a binomial proportion around 0.875 (std 0.05)
     assert abs(data["mode_diversity"] - expected_mode_diversity(2, 4)) < 0.2
     slow = torch.stack([render(caption_modes(p, MULTI)[0], MULTI) for p in b.params])
     one = mode_report([slow] * 4, b.params, MULTI)
-    assert one["mode_coverage"] == 0.5 and one["mode_diversity"] == 0.0
+    assert one["mode_coverage"] == one["mode_coverage_pooled"] == 0.5 and one["mode_diversity"] == 0.0
+    # one mode per condition, chosen by the condition (not the noise): balanced when pooled over conditions,
+    # which the pooled histogram cannot see; per condition it is the collapse it is
+    by_condition = torch.stack([render(caption_modes(p, MULTI)[i % 2], MULTI) for i, p in enumerate(b.params)])
+    collapsed = mode_report([by_condition] * 4, b.params, MULTI)
+    assert collapsed["mode_coverage_pooled"] > 0.9 and collapsed["mode_coverage"] == 0.5
+    assert collapsed["mode_assigned"] == 1.0 and collapsed["mode_diversity"] == 0.0
     average = torch.stack([sum(render(m, MULTI) for m in caption_modes(p, MULTI)) / 2 for p in b.params])
     blurred = mode_report([average] * 4, b.params, MULTI)
     assert blurred["mode_coverage"] < 0.1 and blurred["mode_assigned"] < 0.1
@@ -201,7 +211,8 @@ def test_mode_metrics_on_axis_captions_separate_data_one_direction_and_the_avera
     rng = np.random.default_rng(0)
     pick = lambda p: caption_modes(p, AXIS)[rng.integers(len(caption_modes(p, AXIS)))]  # noqa: E731
     data = mode_report([torch.stack([render(pick(p), AXIS) for p in b.params]) for _ in range(4)], b.params, AXIS)
-    assert data["mode_assigned"] == 1.0 and data["mode_coverage"] > 0.85
+    assert data["mode_assigned"] == 1.0 and data["mode_coverage_pooled"] > 0.85
+    assert abs(data["mode_coverage"] - data["mode_coverage_data"]) < 0.15  # >10 conditions: std < 0.05
     assert data["mode_conditions"] == sum(n == 2 for n in n_modes)
     first = torch.stack([render(caption_modes(p, AXIS)[0], AXIS) for p in b.params])
     one = mode_report([first] * 4, b.params, AXIS)
@@ -215,11 +226,22 @@ def test_mode_metrics_on_axis_captions_separate_data_one_direction_and_the_avera
             assert caption_following(render(m, AXIS), p, AXIS)["follows"]
 
 
+def test_expected_mode_coverage_is_the_multinomial_expectation():
+    # m=2, K=1: one draw always hits one mode fully -> 0.5; K=2: (1,1) w.p. 1/2 scores 1, else 0.5
+    assert expected_mode_coverage(2, 1) == 0.5 and expected_mode_coverage(2, 2) == 0.75
+    assert expected_mode_coverage(1, 4) == 1.0
+    rng = np.random.default_rng(0)  # Monte Carlo check of m=3, K=4 (std of the mean over 20k draws ~0.001)
+    draws = rng.integers(3, size=(20000, 4))
+    hist = np.stack([(draws == j).mean(1) for j in range(3)], 1)
+    assert abs((1 - 0.5 * np.abs(hist - 1 / 3).sum(1)).mean() - expected_mode_coverage(3, 4)) < 0.01
+
+
 def test_mode_report_without_multimodal_conditions_reports_caption_following():
     uni = ToyWorldConfig(frames=5, height=16, width=16, bounce=True, pixel_grid=True)
     b = ToyWorld(uni).heldout(8)
     rep = mode_report([b.video, b.video.flip(2)], b.params, uni)  # time-reversed: does not follow
     assert rep["mode_conditions"] == 0 and rep["mode_coverage"] == rep["mode_assigned"] == 0.5
+    assert rep["mode_coverage_pooled"] == 0.5
 
 
 def test_opposite_captions_swap_the_axis_of_axis_only_captions():

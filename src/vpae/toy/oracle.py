@@ -178,11 +178,16 @@ def mode_report(sample_sets: Sequence, params: Sequence[ToyVideoParams], cfg: To
     """Mode coverage of a sampler from K sample sets of the same N conditions (sample_sets[k][i] is the k-th
     sample for params[i], each drawn with other noise). The data draws every caption-consistent trajectory
     with equal probability (caption_modes). Only conditions with at least two modes count (where the caption
-    is silent; the others are judged by caption_following), grouped by their number of modes m:
-    - mode_coverage = 1 - total variation distance between a group's pooled histogram of assigned modes (with
-      "none" as one more bin) and the data's proportions (1/m each), averaged over groups weighted by size:
-      1 = modes hit in the data's proportions; always the same one of two modes scores 0.5, samples that
-      belong to no mode score 0.
+    is silent; the others are judged by caption_following). For one such condition with m modes, its K samples
+    give a histogram of assigned modes (with "none" as one more bin):
+    - mode_coverage = mean over conditions of 1 - total variation distance between the condition's histogram
+      and the data's proportions (1/m each). Per condition, so that a generator that picks one mode per
+      condition (the mode a function of the image and caption, not of the noise) scores 0.5 even when its
+      choices balance out over conditions; samples that belong to no mode score 0. With K samples the data
+      itself scores expected_mode_coverage(m, K) (0.8125 for m=2, K=4: four fair coin flips rarely split 2/2),
+      reported as mode_coverage_data for these conditions.
+    - mode_coverage_pooled = the same distance for the histogram pooled over all conditions of a group (the
+      definition up to session 6): blind to per-condition collapse, kept for comparison with older tables.
     - mode_diversity = fraction of those conditions whose K samples hit at least two different modes (the
       data itself scores 1 - m (1/m)^K: 0.875 for m=2, K=4; see expected_mode_diversity).
     - mode_assigned = fraction of their samples that belong to some mode.
@@ -194,7 +199,9 @@ def mode_report(sample_sets: Sequence, params: Sequence[ToyVideoParams], cfg: To
         raise ValueError("every sample set needs one video per condition")
     v0 = _np_video(sample_sets[0][0])
     cfg = _cfg_for(v0, cfg)
-    counts: dict[int, np.ndarray] = {}
+    k = len(sample_sets)
+    pooled: dict[int, np.ndarray] = {}
+    per_condition, expected = [], []
     diverse = multi = 0
     single = []
     for i, p in enumerate(params):
@@ -204,23 +211,52 @@ def mode_report(sample_sets: Sequence, params: Sequence[ToyVideoParams], cfg: To
             single += [h is not None for h in hits]
             continue
         multi += 1
-        c = counts.setdefault(m, np.zeros(m + 1))
+        c = np.zeros(m + 1)
         for h in hits:
             c[m if h is None else h] += 1
+        pooled[m] = pooled.get(m, np.zeros(m + 1)) + c
+        per_condition.append(_coverage(c))
+        expected.append(expected_mode_coverage(m, k))
         diverse += len({h for h in hits if h is not None}) >= 2
-    if not counts:
+    if not pooled:
         follows = float(np.mean(single))
-        return {"mode_coverage": follows, "mode_diversity": 0.0, "mode_assigned": follows,
-                "mode_samples": len(sample_sets), "mode_conditions": 0}
-    total = sum(c.sum() for c in counts.values())
-    coverage = assigned = 0.0
-    for m, c in counts.items():
-        hist = c / c.sum()
-        target = np.append(np.full(m, 1.0 / m), 0.0)
-        coverage += c.sum() / total * (1 - 0.5 * np.abs(hist - target).sum())
-        assigned += c.sum() / total * (1 - hist[m])
-    return {"mode_coverage": float(coverage), "mode_diversity": float(diverse / multi), "mode_assigned": float(assigned),
-            "mode_samples": len(sample_sets), "mode_conditions": multi}
+        return {"mode_coverage": follows, "mode_coverage_pooled": follows, "mode_coverage_data": 1.0,
+                "mode_diversity": 0.0, "mode_assigned": follows, "mode_samples": k, "mode_conditions": 0}
+    total = sum(c.sum() for c in pooled.values())
+    coverage_pooled = sum(c.sum() / total * _coverage(c) for c in pooled.values())
+    assigned = sum(c[:-1].sum() for c in pooled.values()) / total
+    return {"mode_coverage": float(np.mean(per_condition)), "mode_coverage_pooled": float(coverage_pooled),
+            "mode_coverage_data": float(np.mean(expected)), "mode_diversity": float(diverse / multi),
+            "mode_assigned": float(assigned), "mode_samples": k, "mode_conditions": multi}
+
+
+def _coverage(counts: np.ndarray) -> float:
+    """1 - TV distance between a histogram over m modes + "none" and the data's proportions (1/m each, 0)."""
+    m = len(counts) - 1
+    hist = counts / counts.sum()
+    return float(1 - 0.5 * np.abs(hist - np.append(np.full(m, 1.0 / m), 0.0)).sum())
+
+
+def expected_mode_coverage(modes: int, samples: int) -> float:
+    """mode_coverage of the data itself for one condition: E[1 - TV(histogram of K draws, uniform over m)],
+    exact over the multinomial (K draws from m equally likely modes)."""
+    if modes < 2:
+        return 1.0
+    total = 0.0
+    for counts in _compositions(samples, modes):
+        prob = math.factorial(samples) / math.prod(math.factorial(c) for c in counts) / modes ** samples
+        total += prob * _coverage(np.array([*counts, 0], dtype=np.float64))
+    return total
+
+
+def _compositions(n: int, parts: int):
+    """Every tuple of `parts` non-negative integers summing to n."""
+    if parts == 1:
+        yield (n,)
+        return
+    for first in range(n + 1):
+        for rest in _compositions(n - first, parts - 1):
+            yield (first, *rest)
 
 
 def expected_mode_diversity(modes: int, samples: int) -> float:

@@ -62,6 +62,8 @@ def test_validation_errors():
         load_config(overrides=["data.frames=8"])
     with pytest.raises(ConfigError, match="disc_blur"):
         load_config(overrides=["equilibrium.disc_blur=-1"])
+    with pytest.raises(ConfigError, match="diversity_weight"):
+        load_config(overrides=["equilibrium.diversity_weight=-0.1"])
 
 
 def test_yaml_exponent_without_dot_is_a_float(tmp_path):

@@ -431,3 +431,32 @@ def test_discriminator_accuracy_reads_chance_and_separation():
         step.discriminate = stub
         d = step.discriminator_losses(x * 0.1, fake, c)
         assert float(d["accuracy"]) == expected
+
+
+def test_mode_seeking_loss_closed_form_and_push_apart():
+    from vpae.losses import mode_seeking_loss
+    g = torch.Generator().manual_seed(0)
+    za, zb = torch.randn(3, 3, 2, 4, 4, generator=g, dtype=torch.float64), torch.randn(3, 3, 2, 4, 4, generator=g, dtype=torch.float64)
+    xa = torch.randn(3, 3, 2, 4, 4, generator=g, dtype=torch.float64).requires_grad_()
+    xb = torch.randn(3, 3, 2, 4, 4, generator=g, dtype=torch.float64)
+    loss = mode_seeking_loss(xa, xb, za, zb, eps=0.0)
+    expected = (za - zb).abs().flatten(1).mean(1) / (xa - xb).abs().flatten(1).mean(1)
+    assert torch.equal(loss, expected)
+    loss.sum().backward()
+    # descending the loss moves each element of xa away from xb (the gradient is opposite to xa - xb)
+    assert (xa.grad * (xa - xb).detach() < 0).all()
+    # identical samples of one condition cost the most; samples far apart cost little
+    same = mode_seeking_loss(xb, xb + 1e-3, za, zb)
+    far = mode_seeking_loss(xb, xb + 1.0, za, zb)
+    assert (same > 100 * far).all()
+
+
+def test_equilibrium_diversity_term_is_logged_and_moves_the_generator():
+    step = _eq(sds_lambda=0.0, diversity_weight=2.0)
+    gen0 = _state(step.generator)
+    torch.manual_seed(0)
+    stats = step.step(0, make_latent(), make_cond())
+    assert stats["loss/mode_seeking"] > 0
+    assert stats["grad_norm/generator"] > 0 and not _same(gen0, _state(step.generator))
+    # eq. 6 plus the weighted term (float32 sum of two terms)
+    assert stats["loss/g_total"] == pytest.approx(stats["loss/g_adv"] + 2.0 * stats["loss/mode_seeking"], rel=1e-6)

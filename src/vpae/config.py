@@ -183,6 +183,14 @@ class EquilibriumConfig:
     sds_guidance: float = 1.0
     """CFG of the teacher's x0 prediction in C-SDS (1 = none; the paper does not say)."""
     disc_updates_per_generator: int = 1
+    diversity_weight: float = 0.0
+    """Weight of the mode-seeking term (losses/mode_seeking.py, MSGAN eq. 3) added to eq. 6; 0 = off (the paper).
+    Not in the paper: each generator update draws a second noise for half of the batch's conditions and pushes the
+    two samples of one condition apart, against one-step generators that pick the mode from the condition."""
+    diversity_blur: float = 1.5
+    """Gaussian blur (std in latent pixels, per frame) of both samples before the mode-seeking distance: the
+    term then rewards different layouts (where the object goes), not different fine texture (which it otherwise
+    buys by adding noise; docs/RESULTS.md, session 7); 0 = the raw distance of MSGAN."""
     grad_clip: float = 10.0
 
 
@@ -357,6 +365,9 @@ def validate(cfg: VPAEConfig) -> None:
     band("priming.generator_band", cfg.priming.generator_band)
     band("priming.renoise_band", cfg.priming.renoise_band)
     band("equilibrium.disc_band", cfg.equilibrium.disc_band)
+    if cfg.equilibrium.diversity_weight < 0 or cfg.equilibrium.diversity_blur < 0:
+        raise ConfigError(f"equilibrium.diversity_weight and diversity_blur must be >= 0 (0 = off), got "
+                          f"{cfg.equilibrium.diversity_weight}, {cfg.equilibrium.diversity_blur}")
     if cfg.equilibrium.disc_blur < 0:
         raise ConfigError(f"equilibrium.disc_blur must be >= 0 (0 = off), got {cfg.equilibrium.disc_blur}")
     band("equilibrium.sds_band", cfg.equilibrium.sds_band)

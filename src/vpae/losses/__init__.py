@@ -3,11 +3,12 @@
 
 from vpae.losses.adversarial import discriminator_loss, generator_adversarial_loss
 from vpae.losses.dmd import dmd_gradient, dmd_loss, fake_score_loss
+from vpae.losses.mode_seeking import mode_seeking_loss
 from vpae.losses.regularizers import spatiotemporal_perturbation, st_r1_penalty
 from vpae.losses.sds import conditional_sds_loss
 
 __all__ = ["dmd_gradient", "dmd_loss", "fake_score_loss", "discriminator_loss", "generator_adversarial_loss",
-           "spatiotemporal_perturbation", "st_r1_penalty", "conditional_sds_loss"]
+           "spatiotemporal_perturbation", "st_r1_penalty", "conditional_sds_loss", "mode_seeking_loss"]
 
 # The comparison methods' losses (training/methods.py, docs/METHODS.md).
 from vpae.losses.add import add_distillation_loss  # noqa: E402

@@ -18,7 +18,7 @@ from vpae.conditioning import Conditioning
 from vpae.config import EquilibriumConfig, PretrainConfig, PrimingConfig
 from vpae.discriminator import SelfDiscriminator, blur_frames
 from vpae.losses import (conditional_sds_loss, discriminator_loss, dmd_loss, fake_score_loss,
-                         generator_adversarial_loss, spatiotemporal_perturbation, st_r1_penalty)
+                         generator_adversarial_loss, mode_seeking_loss, spatiotemporal_perturbation, st_r1_penalty)
 from vpae.sampling import predict_x0
 from vpae.training import randomness
 from vpae.training import roles as R
@@ -208,6 +208,15 @@ class EquilibriumStep:
             out["sds"] = conditional_sds_loss(x0_gen, x0_teacher).mean()
         return out
 
+    def mode_seeking(self, x0_gen: Tensor, z: Tensor, cond: Conditioning) -> Tensor:
+        """The optional diversity term: a second sample, from fresh noise, for the first half of the batch's
+        conditions, pushed away from the first (MSGAN eq. 3)."""
+        half = max(1, x0_gen.shape[0] // 2)
+        z2 = randomness.randn_like(z[:half])
+        x0_2 = predict_x0(self.generator, z2, torch.ones(half, device=z.device), cond[:half])[0]
+        blur = self.cfg.diversity_blur
+        return mode_seeking_loss(blur_frames(x0_gen[:half], blur), blur_frames(x0_2, blur), z[:half], z2).mean()
+
     def discriminator_losses(self, x_data: Tensor, x0_fake: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         """Eq. 7 terms: the discriminator loss on re-noised real and generated videos, and ST-R1 (eq. 4)."""
         grad_bb = self.cfg.backbone == "trained"
@@ -237,6 +246,9 @@ class EquilibriumStep:
         with requires_grad(self.disc_params, False):  # no wasted gradients for heads / a trained backbone
             g = self.generator_losses(x0_gen, cond)
             loss_g = self.cfg.adv_weight * g.get("adv", 0.0) + self.cfg.sds_lambda * g.get("sds", 0.0)
+            if self.cfg.diversity_weight > 0:
+                g["mode_seeking"] = self.mode_seeking(x0_gen, z, cond)
+                loss_g = loss_g + self.cfg.diversity_weight * g["mode_seeking"]
             self.gen_opt.zero_grad(set_to_none=True)
             loss_g.backward()
         stats = {"grad_norm/generator": clip_and_norm(R.trainable_parameters(self.generator), self.cfg.grad_clip)}
@@ -248,6 +260,8 @@ class EquilibriumStep:
             stats["loss/g_adv"] = g["adv"].item()
         if "sds" in g:
             stats["loss/c_sds"] = g["sds"].item()
+        if "mode_seeking" in g:
+            stats["loss/mode_seeking"] = g["mode_seeking"].item()
         # Discriminator update: only the heads (and a 'trained' backbone) learn (eq. 7).
         for _ in range(self.cfg.disc_updates_per_generator):
             d = self.discriminator_losses(x_data, x0_gen.detach(), cond)

@@ -44,7 +44,7 @@ if a.quick:
     methods = [teacher_methods(s.teacher_steps, s.guidance, s.shift, s.teacher_sampler)[0], methods[-1]]
 keys = ("caption_following", "direction_accuracy", "caption_score", "first_frame_psnr", "persistence", "sharpness")
 if data.world.cfg.multimodal:
-    keys += ("mode_coverage", "mode_diversity", "mode_assigned")
+    keys += ("mode_coverage", "mode_coverage_pooled", "mode_diversity", "mode_assigned")
 gt = ground_truth_report(data, batch)
 res["ground truth"] = {k: round(gt[k], 4) for k in keys}
 print("ground truth: " + ", ".join(f"{k} {gt[k]:.3f}" for k in keys), flush=True)

@@ -85,6 +85,9 @@ def test_one_step_changes_only_what_the_method_trains(method):
         stats = step.step(1, x, c)
         assert {"loss/g_adv", "loss/feature_matching", "loss/d"} <= set(stats)
         assert _changed(after, _groups(roles)) == {"detail_expert", "detail_ema", "heads"}
+    # every method with a discriminator logs how often it tells real from generated (0.5 = chance)
+    if "heads" in TRAINS.get(method, {"heads"}):
+        assert 0.0 <= stats["d/accuracy"] <= 1.0, stats
     # what a checkpoint holds: every trained role (teacher base weights never)
     assert "generator" in step.modules and set(step.optimizers)
 

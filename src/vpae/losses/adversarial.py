@@ -24,3 +24,10 @@ def discriminator_loss(logits_real: Tensor, logits_fake: Tensor, kind: str = "hi
     if kind == "non_saturating":
         return F.softplus(-logits_real) + F.softplus(logits_fake)
     raise ValueError(f"unknown adversarial loss {kind!r}")
+
+
+def discriminator_accuracy(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
+    """Share of real videos scored > 0 and of generated ones < 0, averaged (0.5 = chance): a discriminator that
+    never leaves chance gives the generator no adversarial signal (a logged statistic, not a loss)."""
+    with torch.no_grad():
+        return 0.5 * ((logits_real > 0).float().mean() + (logits_fake < 0).float().mean())

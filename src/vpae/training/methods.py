@@ -39,7 +39,8 @@ from torch import nn
 from vpae import flow
 from vpae.conditioning import Conditioning
 from vpae.discriminator import SelfDiscriminator
-from vpae.losses import (PhasedConsistencyLoss, add_distillation_loss, approximated_r1_penalty, discriminator_loss,
+from vpae.losses import (PhasedConsistencyLoss, add_distillation_loss, approximated_r1_penalty, discriminator_accuracy,
+                         discriminator_loss,
                          dmd_loss, fake_score_loss, feature_matching_loss, gaussian_perturbation,
                          generator_adversarial_loss, ground_truth_loss, temporal_coherence_loss)
 from vpae.sampling import few_step_sigmas, predict_x0
@@ -181,6 +182,7 @@ class DMD2Step:
                 logits_real = self.disc(self.teacher, x_real, t_real, cond, True)
                 logits_fake = self.disc(self.teacher, x_t, t, cond, True)
                 out["gan_d"] = discriminator_loss(logits_real, logits_fake, "non_saturating").mean()
+                out["d_accuracy"] = discriminator_accuracy(logits_real, logits_fake)
         return out
 
     def generator_losses(self, x0_gen: Tensor, cond: Conditioning) -> dict[str, Tensor]:
@@ -207,6 +209,7 @@ class DMD2Step:
             stats["loss/fake"] = f["fake"].item()
             if "gan_d" in f:
                 stats["loss/gan_d"] = f["gan_d"].item()
+                stats["d/accuracy"] = f["d_accuracy"].item()
         # Update the generator: DMD + GAN.
         x0_gen = self.generate(x_data, cond)
         g = self.generator_losses(x0_gen, cond)
@@ -359,10 +362,12 @@ class DCMStep:
         if which == 1:  # discriminator update: heads only; real = data noised to the phase edge
             with R.real_score(self.teacher):
                 x_real = flow.add_noise(x_data, randomness.randn_like(x_data), out["edge"])
-                d = discriminator_loss(self.disc(self.teacher, x_real, out["edge"], cond, False),
-                                       self.disc(self.teacher, out["pred"].detach(), out["edge"], cond, False)).mean()
+                logits_real = self.disc(self.teacher, x_real, out["edge"], cond, False)
+                logits_fake = self.disc(self.teacher, out["pred"].detach(), out["edge"], cond, False)
+                d = discriminator_loss(logits_real, logits_fake).mean()
             stats["grad_norm/heads"] = _update(self.head_opt, d, self.head_params, self.b.grad_clip)
             stats["loss/d"] = d.item()
+            stats["d/accuracy"] = discriminator_accuracy(logits_real, logits_fake).item()
         return stats
 
 
@@ -418,7 +423,8 @@ class ADDStep:
         loss_d = d + self.c.r1_weight * r1
         stats["grad_norm/heads"] = _update(self.head_opt, loss_d, self.head_params, self.b.grad_clip)
         stats.update({"loss/d": d.item(), "loss/r1": r1.item(), "d/logits_real": logits_real.mean().item(),
-                      "d/logits_fake": logits_fake.mean().item()})
+                      "d/logits_fake": logits_fake.mean().item(),
+                      "d/accuracy": discriminator_accuracy(logits_real, logits_fake).item()})
         return with_collapse(stats, x0_gen, x_data)
 
 
@@ -464,7 +470,8 @@ class APTStep:
         loss_d = d + self.c.r1_weight * r1
         stats["grad_norm/discriminator"] = _update(self.disc_opt, loss_d, self.disc_params, self.b.grad_clip)
         stats.update({"loss/d": d.item(), "loss/r1": r1.item(), "loss/d_total": loss_d.item(),
-                      "d/logits_real": logits_real.mean().item(), "d/logits_fake": logits_fake.mean().item()})
+                      "d/logits_real": logits_real.mean().item(), "d/logits_fake": logits_fake.mean().item(),
+                      "d/accuracy": discriminator_accuracy(logits_real, logits_fake).item()})
         return with_collapse(stats, x0_gen, x_data)
 
 

@@ -17,7 +17,7 @@ from vpae.backbones.base import Backbone
 from vpae.conditioning import Conditioning
 from vpae.config import EquilibriumConfig, PretrainConfig, PrimingConfig
 from vpae.discriminator import SelfDiscriminator, blur_frames
-from vpae.losses import (conditional_sds_loss, discriminator_loss, dmd_loss, fake_score_loss,
+from vpae.losses import (conditional_sds_loss, discriminator_accuracy, discriminator_loss, dmd_loss, fake_score_loss,
                          generator_adversarial_loss, mode_seeking_loss, spatiotemporal_perturbation, st_r1_penalty)
 from vpae.sampling import predict_x0
 from vpae.training import randomness
@@ -226,8 +226,7 @@ class EquilibriumStep:
         logits_fake = self.discriminate(x_fake, t_fake, cond, grad_bb)
         out = {"disc": discriminator_loss(logits_real, logits_fake, self.cfg.loss).mean(),
                "logits_real": logits_real.detach().mean(), "logits_fake": logits_fake.detach().mean(),
-               # 0.5 = chance: a discriminator that never leaves it gives the generator no adversarial signal
-               "accuracy": 0.5 * ((logits_real.detach() > 0).float().mean() + (logits_fake.detach() < 0).float().mean())}
+               "accuracy": discriminator_accuracy(logits_real, logits_fake)}
         if self.cfg.r1_weight > 0:
             r1 = 0.0
             targets = {"fake": [(x_fake, t_fake, logits_fake)], "real": [(x_real, t_real, logits_real)]}

@@ -181,18 +181,18 @@ def worker_main(args) -> None:
             phase = cmd["phase"]
             if phase == "equilibrium" and phase not in steps:
                 result["bytes"]["priming"] = count_bytes(roles)  # what phase I holds at its end
-                result["peak_rss"]["priming"] = C._proc_status_kb("VmHWM") * 1024
+                result["peak_rss"]["priming"] = C.proc_status_kb("VmHWM") * 1024
                 steps["equilibrium"] = EquilibriumStep(roles, cfg.equilibrium)  # as run_distill does
             if cmd.get("arm"):  # first timed step of this phase: reset the RSS high-water mark
-                result["rss_before"][phase] = C._proc_status_kb("VmRSS") * 1024
-                C._reset_hwm()
+                result["rss_before"][phase] = C.proc_status_kb("VmRSS") * 1024
+                C.reset_hwm()
             dt = run_step(phase)
             if cmd.get("timed"):
                 result["times"][phase].append(dt)
             answer(n, {"dt": dt})
         elif cmd["op"] == "finish":
             result["bytes"]["equilibrium"] = count_bytes(roles)
-            result["peak_rss"]["equilibrium"] = C._proc_status_kb("VmHWM") * 1024
+            result["peak_rss"]["equilibrium"] = C.proc_status_kb("VmHWM") * 1024
             # phase I's optimizers were freed when phase II started (Roles.start_equilibrium), as in recipes.run_distill
             result["seen_compute_dtype"] = seen_dtype
             results = [None] * world.size

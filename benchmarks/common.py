@@ -220,12 +220,12 @@ def lora_param_count(model, rank: int, targets) -> int:
 # ----------------------------------------------------------------------------------------------
 # Peak memory in a fresh subprocess
 
-def _proc_status_kb(key: str) -> int:
+def proc_status_kb(key: str) -> int:
     m = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
     return int(m.group(1)) if m else 0
 
 
-def _reset_hwm() -> bool:
+def reset_hwm() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -246,7 +246,7 @@ class PeakMeter:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         else:
-            self.base = _proc_status_kb("VmRSS") * 1024
+            self.base = proc_status_kb("VmRSS") * 1024
 
     def arm(self):
         if self.device == "cuda":
@@ -254,20 +254,20 @@ class PeakMeter:
             torch.cuda.reset_peak_memory_stats()
             self.method = "cuda.max_memory_allocated"
         else:
-            self.method = "VmHWM (clear_refs reset)" if _reset_hwm() else "ru_maxrss (since process start)"
+            self.method = "VmHWM (clear_refs reset)" if reset_hwm() else "ru_maxrss (since process start)"
         self.armed_at = self.current()
 
     def current(self) -> int:
         if self.device == "cuda":
             return torch.cuda.memory_allocated() - self.base
-        return _proc_status_kb("VmRSS") * 1024 - self.base
+        return proc_status_kb("VmRSS") * 1024 - self.base
 
     def peak(self) -> int:
         if self.device == "cuda":
             torch.cuda.synchronize()
             return torch.cuda.max_memory_allocated() - self.base
         if self.method.startswith("VmHWM"):
-            return _proc_status_kb("VmHWM") * 1024 - self.base
+            return proc_status_kb("VmHWM") * 1024 - self.base
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.base
 
 

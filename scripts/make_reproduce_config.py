@@ -1,6 +1,7 @@
 """Write configs/toy/reproduce.yaml from configs/toy/demo.yaml: the same method and budgets, a larger held-out
 split and no training-curve evaluation (the reproduction compares final 1-NFE generators over seeds).
 tests/test_demo.py checks that the committed file is what this script writes from the committed demo.yaml."""
+import sys
 from pathlib import Path
 
 HEAD = ("# Reproduction of the paper's Table 1-3 analogues with 3 seeds (docs/RESULTS.md), generated from demo.yaml by\n"
@@ -15,10 +16,15 @@ def reproduce_config(demo: str) -> str:
             .replace("  steps: 1600               # paper 1000; the toy generator's 1-NFE persistence still rose at 1000 (demo curves)",
                      "  steps: 300                # paper 1000; demo 1600, cut to fit 3 seeds x 11 rows in 90 CPU minutes"))
     if body.count("cut to fit") != 2:
-        raise SystemExit("demo.yaml's phase step lines changed: update scripts/make_reproduce_config.py")
+        raise ValueError("demo.yaml's phase step lines changed: update scripts/make_reproduce_config.py")
     return HEAD + body
 
 
 if __name__ == "__main__":
-    Path("configs/toy/reproduce.yaml").write_text(reproduce_config(Path("configs/toy/demo.yaml").read_text()))
+    try:
+        text = reproduce_config(Path("configs/toy/demo.yaml").read_text())
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    Path("configs/toy/reproduce.yaml").write_text(text)
     print("wrote configs/toy/reproduce.yaml")

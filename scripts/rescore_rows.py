@@ -24,7 +24,8 @@ def rescore(run_dir: str) -> str:
     from vpae.config import load_config
     from vpae.models import load_wan_backbone
     from vpae.recipes import build_data
-    from vpae.toy.evaluate import Method, oracle_columns, oracle_eval
+    from vpae.toy.ablate import ablation_columns
+    from vpae.toy.evaluate import Method, oracle_eval
 
     run = Path(run_dir)
     cfg = load_config(run / "config.yaml")
@@ -33,8 +34,7 @@ def rescore(run_dir: str) -> str:
     gen = load_wan_backbone(run / "generator", torch.float32, cfg.model.text_len or cfg.data.text_tokens)
     rep, _ = oracle_eval(gen.eval(), data, batch, Method("1", "few_step", 1), cfg.train.seed)
     old = json.loads((run / "row.json").read_text())
-    new = oracle_columns(rep)
-    new["oracle/sharpness_error"] = abs(new["oracle/sharpness"] - 1.0)
+    new = ablation_columns(rep)
     # the definition that changed is the mode coverage; everything else must come out as it was
     same = [k for k in old if k.startswith("oracle/") and k != "oracle/mode_coverage"]
     drift = [k for k in same if k in new and not math.isclose(old[k], new[k], rel_tol=1e-9, abs_tol=1e-9)]
@@ -44,8 +44,8 @@ def rescore(run_dir: str) -> str:
     tmp = run / "row.json.tmp"
     tmp.write_text(json.dumps(row))
     tmp.replace(run / "row.json")
-    return (f"{run}: mode_coverage {old.get('oracle/mode_coverage', float('nan')):.3f} (pooled) -> "
-            f"{row['oracle/mode_coverage']:.3f} (per condition)")
+    return (f"{run}: mode_coverage {old.get('oracle/mode_coverage', float('nan')):.3f} (saved row) -> "
+            f"{row['oracle/mode_coverage']:.3f} (current oracle)")
 
 
 def main() -> int:

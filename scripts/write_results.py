@@ -25,12 +25,17 @@ def fmt(v):
     return str(v)
 
 
+def coverage_name(rows) -> str:
+    """What a results file's "mode_coverage" is: per condition, or the pooled histogram for files written before
+    session 7 (they have no mode_coverage_pooled column; vpae.toy.oracle.mode_report)."""
+    return "mode_coverage" if any("mode_coverage_pooled" in k for r in rows.values() for k in r) else "mode_coverage_pooled"
+
+
 def table(rows, cols, std=False):
     cols = [c for c in cols if any(c in r for r in rows.values())]
+    coverage = coverage_name(rows)
     head = [c.replace("oracle/", "") for c in cols]
-    if not any("mode_coverage_pooled" in k for r in rows.values() for k in r):
-        # written before session 7, when mode_coverage was the pooled histogram (vpae.toy.oracle.mode_report)
-        head = [h.replace("mode_coverage", "mode_coverage_pooled") for h in head]
+    head = [h[:-len("mode_coverage")] + coverage if h.endswith("mode_coverage") else h for h in head]
     out = ["| method | " + " | ".join(head) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in rows.items():
         cells = []
@@ -85,10 +90,10 @@ def methods_table_section(r):
            table(r["rows"], TABLE_COLS, std=True).replace("1nfe/", "1 NFE ").replace("4nfe/", "4 NFE "), "",
            "### Paper claims", "",
            "| claim | metric | gap (better - worse) | spread (std + std) | verdict |", "|---|---|---|---|---|"]
-    pooled = not any("mode_coverage_pooled" in k for row in r["rows"].values() for k in row)
+    coverage = coverage_name(r["rows"])
     for v in r["verdicts"]:
         metric = v["metric"].replace("oracle/", "")
-        metric = metric.replace("mode_coverage", "mode_coverage_pooled") if pooled else metric
+        metric = metric[:-len("mode_coverage")] + coverage if metric.endswith("mode_coverage") else metric
         out.append(f"| {v['claim']} | {metric} | {v['gap']:+.3f} | {v['spread']:.3f} | {v['verdict']} |")
     return "\n".join(out)
 

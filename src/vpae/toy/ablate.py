@@ -60,12 +60,21 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
 
 
+def ablation_columns(rep: dict) -> dict:
+    """An oracle_eval report as the ablation's row columns: oracle/* plus oracle/sharpness_error = |sharpness - 1|
+    (what the claims judge). Also used by scripts/rescore_rows.py."""
+    from vpae.toy.evaluate import oracle_columns
+    row = oracle_columns(rep)
+    row["oracle/sharpness_error"] = abs(row["oracle/sharpness"] - 1.0)
+    return row
+
+
 def _variant_worker(config_path, base_overrides, overrides, run_dir, shared_priming, proxies):
     import torch
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from vpae.config import load_config
     from vpae.recipes import build_data, run_distill
-    from vpae.toy.evaluate import Method, oracle_columns, oracle_eval, proxy_metrics
+    from vpae.toy.evaluate import Method, oracle_eval, proxy_metrics
 
     cfg = load_config(config_path, list(base_overrides) + list(overrides))
     run_dir = Path(run_dir)
@@ -77,8 +86,7 @@ def _variant_worker(config_path, base_overrides, overrides, run_dir, shared_prim
     data = build_data(cfg)
     batch = data.heldout(cfg.data.heldout_size)
     rep, vids = oracle_eval(r["generator"].eval(), data, batch, Method("1", "few_step", 1), cfg.train.seed)
-    row = oracle_columns(rep)
-    row["oracle/sharpness_error"] = abs(row["oracle/sharpness"] - 1.0)
+    row = ablation_columns(rep)
     if proxies:
         row.update(proxy_metrics(vids, batch, cfg.data.proxy_videos))
     row["train_s"] = train_s
@@ -241,15 +249,14 @@ def equal_budget_overrides(cfg) -> list[str]:
 def _evaluate_nfes(model, sampler: str, data, cfg, seed: int, proxies: bool) -> dict:
     """Oracle metrics (and per-video latency) at every NFE in TABLE_NFES, with the sampler the method is built
     for; proxies at 1 NFE only (their feature networks dominate CPU time)."""
-    from vpae.toy.evaluate import Method, oracle_columns, oracle_eval, proxy_metrics
+    from vpae.toy.evaluate import Method, oracle_eval, proxy_metrics
     batch = data.heldout(cfg.data.heldout_size)
     row = {}
     for nfe in TABLE_NFES:
         shift = cfg.sampling.shift if sampler == "euler_teacher" else cfg.baseline.shift
         kind = "euler" if sampler.startswith("euler") else "few_step"
         rep, vids = oracle_eval(model.eval(), data, batch, Method(f"{nfe}", kind, nfe, 1.0, shift), seed)
-        cols = oracle_columns(rep)
-        cols["oracle/sharpness_error"] = abs(cols["oracle/sharpness"] - 1.0)
+        cols = ablation_columns(rep)
         row.update({f"{nfe}nfe/{k}": v for k, v in cols.items()})
         row[f"{nfe}nfe/latency_s"] = rep["sample_seconds"] / max(1, len(batch))
         if proxies and nfe == 1:

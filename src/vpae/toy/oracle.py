@@ -12,6 +12,7 @@ Per video (3, F, H, W) in [-1, 1] with its `ToyVideoParams` (and the I2V conditi
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -237,6 +238,7 @@ def _coverage(counts: np.ndarray) -> float:
     return float(1 - 0.5 * np.abs(hist - np.append(np.full(m, 1.0 / m), 0.0)).sum())
 
 
+@functools.lru_cache(maxsize=None)  # mode_report asks once per condition; the answer depends on (m, K) only
 def expected_mode_coverage(modes: int, samples: int) -> float:
     """mode_coverage of the data itself for one condition: E[1 - TV(histogram of K draws, uniform over m)],
     exact over the multinomial (K draws from m equally likely modes)."""

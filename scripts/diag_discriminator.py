@@ -1,9 +1,9 @@
-"""usage: python scripts/diag_discriminator.py [gen=outputs/demo/run/generator] [head=semantic] [band=0.02,0.2]
-       [steps=300] [blur=0] [hd=64]
+"""usage: python scripts/diag_discriminator.py [--gen outputs/demo/run/generator] [--head semantic] [--band 0.02,0.2]
+       [--steps 300] [--blur 0] [--hd 64]
 
 Offline: train a head on real vs the demo generator's 1-NFE samples, then ask whether its logits rank the
 generator's partial averages (two-mode samples the oracle assigns to no mode) below its good two-mode samples."""
-import sys
+import argparse
 import numpy as np
 import torch
 from vpae import flow
@@ -17,18 +17,24 @@ from vpae.sampling import predict_x0
 from vpae.toy.oracle import assign_mode
 from vpae.toy.world import caption_modes
 torch.set_num_threads(1)
-args = dict(a.split("=") for a in sys.argv[1:])
-head_kind = args.get("head", "semantic"); lo, hi = map(float, args.get("band", "0.02,0.2").split(","))
-steps = int(args.get("steps", "300")); gdir = args.get("gen", "outputs/demo/run/generator")
-blur_sigma = float(args.get("blur", "0"))
+ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+ap.add_argument("--gen", default="outputs/demo/run/generator", help="diffusers folder of the 1-NFE generator")
+ap.add_argument("--head", default="semantic", choices=("conv", "ca", "semantic"))
+ap.add_argument("--band", default="0.02,0.2", help="re-noising band lo,hi")
+ap.add_argument("--steps", type=int, default=300)
+ap.add_argument("--blur", type=float, default=0.0)
+ap.add_argument("--hd", type=int, default=64, help="head width")
+a = ap.parse_args()
+head_kind, steps, gdir, blur_sigma = a.head, a.steps, a.gen, a.blur
+lo, hi = map(float, a.band.split(","))
 def blur(v):
     return blur_frames(v, blur_sigma)
 cfg = load_config("configs/toy/demo.yaml"); data = build_data(cfg)
-gen = load_wan_backbone(gdir, torch.float32, 24).requires_grad_(False)
+gen = load_wan_backbone(gdir, torch.float32, cfg.model.text_len or cfg.data.text_tokens).requires_grad_(False)
 layers = (0.5, 1.0)
 torch.manual_seed(1)
 heads = build_head(head_kind, feature_dim=gen.feature_dim, num_layers=len(resolve_layers(layers, gen.num_layers)), text_dim=data.sizes.text_dim,
-                   image_dim=data.sizes.image_dim, hidden_dim=int(args.get("hd", "64")), num_queries=2, num_heads=4)
+                   image_dim=data.sizes.image_dim, hidden_dim=a.hd, num_queries=2, num_heads=4)
 disc = SelfDiscriminator(heads, layers)
 opt = torch.optim.Adam(heads.parameters(), lr=1e-3, betas=(0.5, 0.999))
 bf = data.batch_fn(8, 5)

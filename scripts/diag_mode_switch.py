@@ -3,22 +3,26 @@
 Where in noise space does a 1-NFE generator draw partial averages? For two-mode held-out conditions, take
 noise pairs whose samples land in different modes and walk the great circle between them (slerp, 17 points):
 the share of points assigned to no mode is the width of the switch between the modes."""
-import sys, torch, numpy as np
+import argparse, torch, numpy as np
 from vpae.config import load_config
 from vpae.toy.source import ToyData
 from vpae.models import load_wan_backbone
 from vpae.sampling import predict_x0
 from vpae.toy.world import caption_modes
 from vpae.toy.oracle import assign_mode
+ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+ap.add_argument("generators", nargs="+", help="diffusers folders of 1-NFE generators")
+a = ap.parse_args()
 torch.set_num_threads(1)
 cfg = load_config("configs/toy/demo.yaml"); data = ToyData(cfg); wc = data.world.cfg
+text_len = cfg.model.text_len or cfg.data.text_tokens
 batch = data.heldout(64); x, cond = data.encode(batch)
 idx = [i for i, p in enumerate(batch.params) if len(caption_modes(p, wc)) > 1]
 def slerp(a, b, u):
     om = torch.arccos((a * b).sum() / (a.norm() * b.norm()))
     return (torch.sin((1 - u) * om) * a + torch.sin(u * om) * b) / torch.sin(om)
-for gdir in sys.argv[1:]:
-    gen = load_wan_backbone(gdir, torch.float32, 24).eval()
+for gdir in a.generators:
+    gen = load_wan_backbone(gdir, torch.float32, text_len).eval()
     widths, switches, pairs = [], [], 0
     with torch.no_grad():
         for i in idx:

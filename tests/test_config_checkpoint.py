@@ -64,6 +64,16 @@ def test_validation_errors():
         load_config(overrides=["equilibrium.disc_blur=-1"])
     with pytest.raises(ConfigError, match="diversity_weight"):
         load_config(overrides=["equilibrium.diversity_weight=-0.1"])
+    with pytest.raises(ConfigError, match="data.sizes"):
+        load_config(overrides=["data.sizes=[medium]"])
+
+
+def test_data_sizes_narrow_the_toy_world():
+    from vpae.toy.world import ToyWorld, world_config
+    cfg = load_config(overrides=["data.sizes=[large]"])
+    world = ToyWorld(world_config(cfg.data))
+    assert {p.size for p in world.heldout(32).params} == {"large"}
+    assert {p.size for p in ToyWorld(world_config(load_config().data)).heldout(32).params} == {"small", "large"}
 
 
 def test_yaml_exponent_without_dot_is_a_float(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -460,3 +461,23 @@ def test_equilibrium_diversity_term_is_logged_and_moves_the_generator():
     assert stats["grad_norm/generator"] > 0 and not _same(gen0, _state(step.generator))
     # eq. 6 plus the weighted term (float32 sum of two terms)
     assert stats["loss/g_total"] == pytest.approx(stats["loss/g_adv"] + 2.0 * stats["loss/mode_seeking"], rel=1e-6)
+
+
+def test_disc_condition_frame_keeps_the_adversarial_gradient_off_the_first_frame():
+    step = _eq(torch.float64, disc_condition_frame=True)
+    c = make_cond().to(torch.float64)
+    x0 = make_latent().double().requires_grad_()
+    # the discriminator sees the condition's first latent frame, then the generated frames unchanged
+    view = step.disc_view(x0, c)
+    assert torch.equal(view[:, :, :1], c.cond_latent[:, :, :1]) and torch.equal(view[:, :, 1:], x0[:, :, 1:])
+    torch.manual_seed(0)
+    (g,) = torch.autograd.grad(step.generator_losses(x0, c)["adv"], x0)
+    assert torch.count_nonzero(g[:, :, 0]) == 0 and g[:, :, 1:].abs().max() > 0
+    # off (the paper): the first frame gets its share of the gradient too
+    step.cfg = dataclasses.replace(step.cfg, disc_condition_frame=False)
+    torch.manual_seed(0)
+    (g,) = torch.autograd.grad(step.generator_losses(x0, c)["adv"], x0)
+    assert g[:, :, 0].abs().max() > 0
+    # text-to-video has no condition frame: the option leaves the video as it is
+    step.cfg = dataclasses.replace(step.cfg, disc_condition_frame=True)
+    assert torch.equal(step.disc_view(x0, make_cond(i2v=False).to(torch.float64)), x0)

@@ -68,6 +68,8 @@ class DataConfig:
     axis ("moves left or right"), so both directions are equally likely (a second, wide-apart kind of mode)."""
     speeds: tuple[str, ...] = ("slow", "fast")
     """Toy world: the speeds videos are drawn with (one speed: the speed is not a mode)."""
+    sizes: tuple[str, ...] = ("small", "large")
+    """Toy world: the object sizes videos are drawn with (a subset of small / large)."""
     slow_travel: float = 0.25
     fast_travel: float = 0.5
     """Toy world: distance travelled over the clip at each speed, as a fraction of min(height, width)."""
@@ -167,6 +169,9 @@ class EquilibriumConfig:
     """Gaussian blur (std in latent pixels, per frame over H and W) of real and generated videos before they are
     re-noised for the discriminator; 0 = off (the paper). Not in the paper: a layout-only discriminator for the toy
     world, whose heads otherwise key on fine texture rather than on partial averages (docs/RESULTS.md, session 6)."""
+    disc_condition_frame: bool = False
+    """Show the discriminator the condition's first latent frame in place of the generated one (I2V only), so the
+    adversarial gradient reaches the moving frames only and the first frame is left to C-SDS. Not in the paper."""
     loss: str = "hinge"
     """hinge | non_saturating."""
     sigma_s: float = 0.01
@@ -406,6 +411,8 @@ def validate(cfg: VPAEConfig) -> None:
         raise ConfigError(f"data.caption_sign is a probability in [0, 1], got {cfg.data.caption_sign}")
     if not cfg.data.speeds or any(s not in ("slow", "fast") for s in cfg.data.speeds):
         raise ConfigError(f"data.speeds must be a non-empty list of slow / fast, got {list(cfg.data.speeds)}")
+    if not cfg.data.sizes or any(s not in ("small", "large") for s in cfg.data.sizes):
+        raise ConfigError(f"data.sizes must be a non-empty list of small / large, got {list(cfg.data.sizes)}")
     if not 0 < cfg.data.slow_travel < cfg.data.fast_travel:
         raise ConfigError(f"need 0 < data.slow_travel < data.fast_travel, got {cfg.data.slow_travel}, {cfg.data.fast_travel}")
     e = cfg.equilibrium

@@ -190,6 +190,13 @@ class EquilibriumStep:
                 return self.disc(self.disc_backbone, x_t, t, cond, backbone_grad)
         return self.disc(self.disc_backbone, x_t, t, cond, backbone_grad)
 
+    def disc_view(self, x0: Tensor, cond: Conditioning) -> Tensor:
+        """What the discriminator is shown of a generated x0: optionally blurred, and with the condition's first
+        latent frame in place of the generated one (disc_condition_frame; real videos already start with it)."""
+        if self.cfg.disc_condition_frame and cond.is_i2v:
+            x0 = torch.cat([cond.cond_latent[:, :, :1].to(x0.dtype), x0[:, :, 1:]], dim=2)
+        return blur_frames(x0, self.cfg.disc_blur)
+
     def renoise(self, x0: Tensor, band) -> tuple[Tensor, Tensor]:
         t = sample_band(x0.shape[0], band, x0.device)
         return flow.add_noise(x0, randomness.randn_like(x0), t), t
@@ -198,7 +205,7 @@ class EquilibriumStep:
         """Eq. 6 terms: the adversarial loss through the discriminator backbone's input, and C-SDS."""
         out = {}
         if self.cfg.adv_weight > 0:
-            x_t, t = self.renoise(blur_frames(x0_gen, self.cfg.disc_blur), self.cfg.disc_band)  # not detached: reaches G
+            x_t, t = self.renoise(self.disc_view(x0_gen, cond), self.cfg.disc_band)  # not detached: reaches G
             adv = generator_adversarial_loss(self.discriminate(x_t, t, cond, backbone_grad=True), self.cfg.loss)
             out["adv"] = adv.mean()
         if self.cfg.sds_lambda > 0:
@@ -221,7 +228,7 @@ class EquilibriumStep:
         """Eq. 7 terms: the discriminator loss on re-noised real and generated videos, and ST-R1 (eq. 4)."""
         grad_bb = self.cfg.backbone == "trained"
         x_real, t_real = self.renoise(blur_frames(x_data, self.cfg.disc_blur), self.cfg.disc_band)
-        x_fake, t_fake = self.renoise(blur_frames(x0_fake.detach(), self.cfg.disc_blur), self.cfg.disc_band)
+        x_fake, t_fake = self.renoise(self.disc_view(x0_fake.detach(), cond), self.cfg.disc_band)
         logits_real = self.discriminate(x_real, t_real, cond, grad_bb)
         logits_fake = self.discriminate(x_fake, t_fake, cond, grad_bb)
         out = {"disc": discriminator_loss(logits_real, logits_fake, self.cfg.loss).mean(),

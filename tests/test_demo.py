@@ -121,3 +121,19 @@ def test_reproduce_config_is_generated_from_demo():
     demo, rep = load_config("configs/toy/demo.yaml"), load_config("configs/toy/reproduce.yaml")
     assert rep.sampling == demo.sampling and rep.equilibrium.disc_band == demo.equilibrium.disc_band
     assert (rep.priming.steps, rep.equilibrium.steps) == (300, 300)
+
+
+def test_demo_contract_ratio_and_its_standard_error():
+    from vpae.toy.demo import demo_contract, format_contract
+    rows = {"teacher": {"oracle/mode_coverage": 0.8, "oracle/mode_coverage_se": 0.04, "oracle/persistence": 0.9},
+            "V-PAE 1 NFE": {"oracle/mode_coverage": 0.6, "oracle/mode_coverage_se": 0.03, "oracle/persistence": 0.89},
+            "teacher 1 NFE": {"oracle/mode_coverage": 0.2, "oracle/persistence": 0.5}}
+    c = demo_contract(rows, "teacher")
+    assert set(c) == {"mode_coverage", "persistence"}
+    mc = c["mode_coverage"]
+    assert mc["ratio"] == pytest.approx(0.75) and not mc["pass"] and mc["beats_1nfe_teacher"]
+    # delta method: 0.75 * sqrt((0.03 / 0.6)^2 + (0.04 / 0.8)^2) = 0.75 * 0.05 * sqrt(2)
+    assert mc["ratio_se"] == pytest.approx(0.75 * 0.05 * 2 ** 0.5, rel=1e-12)
+    assert c["persistence"]["pass"] and "ratio_se" not in c["persistence"]
+    text = format_contract(c)
+    assert "0.600 +- 0.030 / 0.800 +- 0.040 = 0.75 +- 0.05" in text and "FAIL" in text and "PASS" in text

@@ -148,11 +148,16 @@ def test_mode_metrics_separate_data_single_mode_and_blurred_average():
     # std 0.165); the mean over 48 conditions has std 0.024, so 0.1 is four of them
     assert data["mode_coverage_data"] == expected_mode_coverage(2, 4) == 0.8125
     assert abs(data["mode_coverage"] - 0.8125) < 0.1
+    # its standard error over conditions: the per-condition sd (0.165 in expectation) / sqrt(n); a generator
+    # with the same coverage in every condition has none
+    n = data["mode_conditions"]
+    assert 0.08 / n ** 0.5 < data["mode_coverage_se"] < 0.25 / n ** 0.5
     # 48 conditions: the diversity is a binomial proportion around 0.875 (std 0.05)
     assert abs(data["mode_diversity"] - expected_mode_diversity(2, 4)) < 0.2
     slow = torch.stack([render(caption_modes(p, MULTI)[0], MULTI) for p in b.params])
     one = mode_report([slow] * 4, b.params, MULTI)
     assert one["mode_coverage"] == one["mode_coverage_pooled"] == 0.5 and one["mode_diversity"] == 0.0
+    assert one["mode_coverage_se"] == 0.0
     # one mode per condition, chosen by the condition (not the noise): balanced when pooled over conditions,
     # which the pooled histogram cannot see; per condition it is the collapse it is
     by_condition = torch.stack([render(caption_modes(p, MULTI)[i % 2], MULTI) for i, p in enumerate(b.params)])

@@ -7,6 +7,7 @@ held-out evaluation of teacher 100/4/1 NFE and V-PAE-I / V-PAE at 4/1 NFE -> rep
 from __future__ import annotations
 
 import copy
+import math
 import platform
 import time
 from pathlib import Path
@@ -183,12 +184,21 @@ def demo_contract(rows: dict, t100: str, student: str = "V-PAE 1 NFE", base: str
         ratio = s / t if t else float("nan")
         out[m] = {"student": s, "teacher_multistep": t, "teacher_1nfe": b, "ratio": ratio, "pass": bool(ratio >= 0.9),
                   "beats_1nfe_teacher": bool(s > b)}
+        se_s, se_t = rows[student].get(f"{key}_se"), rows[t100].get(f"{key}_se")
+        if se_s is not None and se_t is not None and s and t:
+            # delta method for a ratio of two independent estimates
+            out[m].update(student_se=se_s, teacher_se=se_t, ratio_se=ratio * math.hypot(se_s / s, se_t / t))
     return out
 
 
 def format_contract(contract: dict) -> str:
     lines = ["V-PAE 1 NFE / multi-step teacher (contract: >= 0.90):"]
     for m, c in contract.items():
+        if "ratio_se" in c:
+            lines.append(f"  {m}: {c['student']:.3f} +- {c['student_se']:.3f} / {c['teacher_multistep']:.3f} +- "
+                         f"{c['teacher_se']:.3f} = {c['ratio']:.2f} +- {c['ratio_se']:.2f} (standard errors over the "
+                         f"conditions) {'PASS' if c['pass'] else 'FAIL'}; teacher 1 NFE {c['teacher_1nfe']:.3f}")
+            continue
         lines.append(f"  {m}: {c['student']:.3f} / {c['teacher_multistep']:.3f} = {c['ratio']:.2f} "
                      f"{'PASS' if c['pass'] else 'FAIL'}; teacher 1 NFE {c['teacher_1nfe']:.3f}")
     return "\n".join(lines)

@@ -189,6 +189,8 @@ def mode_report(sample_sets: Sequence, params: Sequence[ToyVideoParams], cfg: To
       reported as mode_coverage_data for these conditions.
     - mode_coverage_pooled = the same distance for the histogram pooled over all conditions of a group (the
       definition up to session 6): blind to per-condition collapse, kept for comparison with older tables.
+    - mode_coverage_se = standard error of mode_coverage over the conditions (sd / sqrt(n)): how far another
+      draw of conditions and noises may move it (about 0.035 for 25 conditions x 4 samples).
     - mode_diversity = fraction of those conditions whose K samples hit at least two different modes (the
       data itself scores 1 - m (1/m)^K: 0.875 for m=2, K=4; see expected_mode_diversity).
     - mode_assigned = fraction of their samples that belong to some mode.
@@ -221,12 +223,13 @@ def mode_report(sample_sets: Sequence, params: Sequence[ToyVideoParams], cfg: To
         diverse += len({h for h in hits if h is not None}) >= 2
     if not pooled:
         follows = float(np.mean(single))
-        return {"mode_coverage": follows, "mode_coverage_pooled": follows, "mode_coverage_data": 1.0,
+        return {"mode_coverage": follows, "mode_coverage_se": 0.0, "mode_coverage_pooled": follows, "mode_coverage_data": 1.0,
                 "mode_diversity": 0.0, "mode_assigned": follows, "mode_samples": k, "mode_conditions": 0}
     total = sum(c.sum() for c in pooled.values())
     coverage_pooled = sum(c.sum() / total * _coverage(c) for c in pooled.values())
     assigned = sum(c[:-1].sum() for c in pooled.values()) / total
-    return {"mode_coverage": float(np.mean(per_condition)), "mode_coverage_pooled": float(coverage_pooled),
+    se = float(np.std(per_condition, ddof=1) / math.sqrt(len(per_condition))) if len(per_condition) > 1 else 0.0
+    return {"mode_coverage": float(np.mean(per_condition)), "mode_coverage_se": se, "mode_coverage_pooled": float(coverage_pooled),
             "mode_coverage_data": float(np.mean(expected)), "mode_diversity": float(diverse / multi),
             "mode_assigned": float(assigned), "mode_samples": k, "mode_conditions": multi}
 

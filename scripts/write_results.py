@@ -58,8 +58,11 @@ def demo_section(d):
            f"{cfg['data']['width']}; mode metrics from 4 samples per video.", "",
            table(d["rows"], DEMO_COLS), "", "Contract (V-PAE 1 NFE must reach >= 0.90 of the multi-step teacher, the first row):", ""]
     for m, c in d.get("contract", {}).items():
-        out.append(f"- {m}: {c['student']:.3f} / {c['teacher_multistep']:.3f} = **{c['ratio']:.2f}** "
+        se = (f" +- {c['student_se']:.3f}", f" +- {c['teacher_se']:.3f}", f" +- {c['ratio_se']:.2f}") if "ratio_se" in c else ("", "", "")
+        out.append(f"- {m}: {c['student']:.3f}{se[0]} / {c['teacher_multistep']:.3f}{se[1]} = **{c['ratio']:.2f}**{se[2]} "
                    f"({'pass' if c['pass'] else 'FAIL'}); the 1-NFE teacher has {c['teacher_1nfe']:.3f}")
+    if any("ratio_se" in c for c in d.get("contract", {}).values()):
+        out.append("\n(+- : standard errors over the two-mode conditions; the ratio's by the delta method.)")
     return "\n".join(out)
 
 

@@ -6,13 +6,14 @@ noises per held-out video), to tell a sampler's coverage from one draw's luck. S
     SPEC = PATH:SAMPLER:STEPS, e.g. outputs/demo/run/generator:few_step:1 or src/vpae/toy/teacher:few_step:50
 """
 import argparse
+import sys
 
 import numpy as np
 import torch
 
 from vpae.config import load_config
-from vpae.models import load_wan_backbone
-from vpae.toy.evaluate import MODE_SAMPLES, Method, oracle_eval
+from vpae.errors import VpaeError
+from vpae.toy.evaluate import MODE_SAMPLES, oracle_eval, sampler_from_spec
 from vpae.toy.source import ToyData
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -27,9 +28,11 @@ cfg = load_config(a.config, a.set)
 data = ToyData(cfg)
 batch = data.heldout(cfg.data.heldout_size)
 for spec in a.specs:
-    path, sampler, steps = spec.split(":")
-    model = load_wan_backbone(path, torch.float32, cfg.model.text_len or cfg.data.text_tokens).eval()
-    method = Method(spec, sampler, int(steps), 1.0, cfg.sampling.shift if int(steps) > 1 else 1.0)
+    try:
+        model, method = sampler_from_spec(spec, cfg)
+    except (ValueError, VpaeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     values = [oracle_eval(model, data, batch, method, seed=d * MODE_SAMPLES)[0]["mode_coverage"] for d in range(a.draws)]
     print(f"{spec}: per-condition mode coverage {np.mean(values):.3f} +- {np.std(values, ddof=1):.3f} (sd over "
           f"{a.draws} draws: {', '.join(f'{v:.3f}' for v in values)})", flush=True)

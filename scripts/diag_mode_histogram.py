@@ -8,15 +8,16 @@ imbalance (docs/RESULTS.md, "Session 8").
     SPEC = PATH:SAMPLER:STEPS, e.g. outputs/demo/run/generator:few_step:1 or src/vpae/toy/teacher:few_step:50
 """
 import argparse
+import sys
 import collections
 
 import numpy as np
 import torch
 
 from vpae.config import load_config
-from vpae.models import load_wan_backbone
+from vpae.errors import VpaeError
 from vpae.toy import oracle as O
-from vpae.toy.evaluate import Method, generate
+from vpae.toy.evaluate import generate, sampler_from_spec
 from vpae.toy.source import ToyData
 from vpae.toy.world import caption_modes
 
@@ -35,7 +36,8 @@ wc = data.world.cfg
 batch = data.heldout(a.n)
 idx = [i for i, p in enumerate(batch.params) if len(caption_modes(p, wc)) > 1]
 if not idx:
-    raise SystemExit("error: no held-out condition has two modes in this world (caption_sign 1?)")
+    print("error: no held-out condition has two modes in this world (caption_sign 1?)", file=sys.stderr)
+    sys.exit(2)
 
 
 def kind_of_miss(v, p) -> str:
@@ -54,9 +56,11 @@ def kind_of_miss(v, p) -> str:
 
 
 for spec in a.specs:
-    path, sampler, steps = spec.split(":")
-    model = load_wan_backbone(path, torch.float32, cfg.model.text_len or cfg.data.text_tokens).eval()
-    method = Method(spec, sampler, int(steps), 1.0, cfg.sampling.shift if int(steps) > 1 else 1.0)
+    try:
+        model, method = sampler_from_spec(spec, cfg)
+    except (ValueError, VpaeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     hist = np.zeros((len(idx), 3))
     kinds, miss_by_size, n_by_size = collections.Counter(), collections.Counter(), collections.Counter()
     for k in range(a.k):

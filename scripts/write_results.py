@@ -31,11 +31,16 @@ def coverage_name(rows) -> str:
     return "mode_coverage" if any("mode_coverage_pooled" in k for r in rows.values() for k in r) else "mode_coverage_pooled"
 
 
+def column_label(col: str, coverage: str) -> str:
+    """A results column as a table shows it: no "oracle/" prefix, and "mode_coverage" named by coverage_name."""
+    name = col.replace("oracle/", "")
+    return name[:-len("mode_coverage")] + coverage if name.endswith("mode_coverage") else name
+
+
 def table(rows, cols, std=False):
     cols = [c for c in cols if any(c in r for r in rows.values())]
     coverage = coverage_name(rows)
-    head = [c.replace("oracle/", "") for c in cols]
-    head = [h[:-len("mode_coverage")] + coverage if h.endswith("mode_coverage") else h for h in head]
+    head = [column_label(c, coverage) for c in cols]
     out = ["| method | " + " | ".join(head) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in rows.items():
         cells = []
@@ -95,9 +100,7 @@ def methods_table_section(r):
            "| claim | metric | gap (better - worse) | spread (std + std) | verdict |", "|---|---|---|---|---|"]
     coverage = coverage_name(r["rows"])
     for v in r["verdicts"]:
-        metric = v["metric"].replace("oracle/", "")
-        metric = metric[:-len("mode_coverage")] + coverage if metric.endswith("mode_coverage") else metric
-        out.append(f"| {v['claim']} | {metric} | {v['gap']:+.3f} | {v['spread']:.3f} | {v['verdict']} |")
+        out.append(f"| {v['claim']} | {column_label(v['metric'], coverage)} | {v['gap']:+.3f} | {v['spread']:.3f} | {v['verdict']} |")
     return "\n".join(out)
 
 

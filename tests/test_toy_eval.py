@@ -6,7 +6,7 @@ import torch
 from vpae.config import load_config
 from vpae.toy.world import parse_caption
 from vpae.toy.source import ToyData
-from vpae.toy.evaluate import OPPOSITE_DIRECTION, direction_sensitivity, opposite_direction_captions
+from vpae.toy.evaluate import OPPOSITE_DIRECTION, direction_sensitivity, opposite_direction_captions, sampler_from_spec
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +84,14 @@ def test_shipped_teacher_reads_the_direction_word(data):
     teacher = build_teacher(load_config("configs/toy/demo.yaml"))
     ratio = direction_sensitivity(teacher, data, data.heldout(16), sigmas=(0.9,))[0.9]
     assert ratio > 4.0
+
+
+def test_sampler_from_spec():
+    cfg = load_config("configs/toy/demo.yaml")
+    model, method = sampler_from_spec("builtin:toy:few_step:50", cfg)  # the path may hold a colon itself
+    assert not model.training and model.num_layers == 4
+    assert (method.sampler, method.steps, method.guidance, method.shift) == ("few_step", 50, 1.0, cfg.sampling.shift)
+    assert sampler_from_spec("builtin:toy:euler:1", cfg)[1].shift == 1.0
+    for bad in ("builtin:toy", "builtin:toy:heun:4", "builtin:toy:euler:0", "builtin:toy:euler:x"):
+        with pytest.raises(ValueError, match="PATH:SAMPLER:STEPS"):
+            sampler_from_spec(bad, cfg)

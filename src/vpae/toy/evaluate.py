@@ -25,6 +25,19 @@ class Method:
     shift: float = 1.0
 
 
+def sampler_from_spec(spec: str, cfg) -> tuple[Backbone, Method]:
+    """'PATH:SAMPLER:STEPS' (PATH a diffusers folder or builtin:toy; SAMPLER few_step or euler) -> the model in eval
+    mode and its Method (no CFG; the config's sigma shift when STEPS > 1), as the diagnostic scripts take them."""
+    from vpae.models import load_wan_backbone, resolve_model_path
+    parts = spec.rsplit(":", 2)
+    if len(parts) != 3 or parts[1] not in ("few_step", "euler") or not parts[2].isdigit() or int(parts[2]) < 1:
+        raise ValueError(f"sampler spec {spec!r} is not PATH:SAMPLER:STEPS with SAMPLER few_step or euler and STEPS >= 1 "
+                         f"(e.g. outputs/demo/run/generator:few_step:1)")
+    path, sampler, steps = parts[0], parts[1], int(parts[2])
+    model = load_wan_backbone(resolve_model_path(path), torch.float32, cfg.model.text_len or cfg.data.text_tokens)
+    return model.eval(), Method(spec, sampler, steps, 1.0, cfg.sampling.shift if steps > 1 else 1.0)
+
+
 def teacher_methods(steps: int = 50, guidance: float = 5.0, shift: float = 3.0, sampler: str = "euler") -> list[Method]:
     """The teacher's multi-step baseline (config sampling.teacher_sampler: euler, or stochastic = x0 prediction
     + fresh noise over the same shifted sigmas), then 4 and 1 Euler steps without CFG."""

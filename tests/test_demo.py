@@ -137,3 +137,22 @@ def test_demo_contract_ratio_and_its_standard_error():
     assert c["persistence"]["pass"] and "ratio_se" not in c["persistence"]
     text = format_contract(c)
     assert "0.600 +- 0.030 / 0.800 +- 0.040 = 0.75 +- 0.05" in text and "FAIL" in text and "PASS" in text
+
+
+def test_demo_grid_shows_a_two_mode_condition_of_each_object_size():
+    """The grid's four-noise rows: the first held-out video of each size whose caption leaves the direction's
+    sign open (small objects are where 1-NFE samples split between modes, so they must be in the report)."""
+    from vpae.toy.demo import two_mode_examples
+    from vpae.toy.source import ToyData
+    from vpae.toy.world import caption_modes
+    cfg = load_config("configs/toy/demo.yaml")
+    data = ToyData(cfg)
+    batch = data.heldout(64)
+    picked = two_mode_examples(batch, data.world.cfg)
+    assert sorted(batch.params[i].size for i in picked) == ["large", "small"]
+    for i in picked:
+        assert len(caption_modes(batch.params[i], data.world.cfg)) == 2
+        earlier = [j for j in range(i) if batch.params[j].size == batch.params[i].size]
+        assert all(len(caption_modes(batch.params[j], data.world.cfg)) == 1 for j in earlier)
+    one_mode = load_config("configs/toy/demo.yaml", ["data.caption_sign=1.0"])
+    assert two_mode_examples(batch, ToyData(one_mode).world.cfg) == []

@@ -93,6 +93,19 @@ def primed_generator(generator, run_dir: Path):
     return primed
 
 
+def two_mode_examples(batch, world_cfg) -> list[int]:
+    """Indices of the first held-out video of each object size whose caption leaves two or more modes open (the
+    grid shows four noises of each: small objects, inside one latent patch, are where 1-NFE samples split)."""
+    from vpae.toy.world import caption_modes
+    if not world_cfg.multimodal:
+        return []
+    first: dict[str, int] = {}
+    for i, p in enumerate(batch.params):
+        if p.size not in first and len(caption_modes(p, world_cfg)) > 1:
+            first[p.size] = i
+    return sorted(first.values())
+
+
 def run_demo(cfg: VPAEConfig, out_dir: str | Path, progress: bool = True, vbench: bool = True) -> dict:
     from vpae.eval import write_report
     from vpae.recipes import build_data, run_distill
@@ -133,13 +146,11 @@ def run_demo(cfg: VPAEConfig, out_dir: str | Path, progress: bool = True, vbench
     grids = {"ground truth": list(batch.video[:4]),
              t100: list(videos[t100][:4]), "teacher 1 NFE": list(videos["teacher 1 NFE"][:4]),
              "V-PAE 1 NFE": list(videos["V-PAE 1 NFE"][:4])}
-    if data.world.cfg.multimodal:  # one condition the caption leaves open, four noises: are both modes drawn?
-        from vpae.toy.world import caption_modes
-        i = next((i for i, p in enumerate(batch.params) if len(caption_modes(p, data.world.cfg)) > 1), 0)
+    for i in two_mode_examples(batch, data.world.cfg):  # four noises of a condition the caption leaves open
         one = type(batch)(batch.video[i:i + 1], batch.params[i:i + 1], batch.captions[i:i + 1])
         for name in (t100, "V-PAE 1 NFE"):
-            grids[f"{name}, 4 noises of video {i + 1}"] = [generate(models[name], data, one, methods[name], tc.seed + j)[0][0]
-                                                            for j in range(4)]
+            grids[f"{name}, 4 noises of video {i + 1} ({batch.params[i].size})"] = [
+                generate(models[name], data, one, methods[name], tc.seed + j)[0][0] for j in range(4)]
     total = time.perf_counter() - t0
     machine = f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, torch {torch.__version__}"
     notes = [

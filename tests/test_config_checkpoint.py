@@ -76,6 +76,15 @@ def test_data_sizes_narrow_the_toy_world():
     assert {p.size for p in ToyWorld(world_config(load_config().data)).heldout(32).params} == {"small", "large"}
 
 
+def test_data_radii_reach_the_toy_world_and_are_validated():
+    from vpae.toy.world import ToyWorld, world_config
+    cfg = load_config(overrides=["data.height=16", "data.width=16", "data.bounce=true", "data.small_radius=0.15625", "data.large_radius=0.21875"])
+    world = ToyWorld(world_config(cfg.data))
+    assert {p.size: p.radius for p in world.heldout(32).params} == {"small": 2.5, "large": 3.5}
+    with pytest.raises(ConfigError, match="small_radius"):
+        load_config(overrides=["data.small_radius=0.3", "data.large_radius=0.2"])
+
+
 def test_yaml_exponent_without_dot_is_a_float(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("priming:\n  lr: 7e-4\n  fake_lr: 1e-5\nequilibrium:\n  sigma_t: 1E-1\n")

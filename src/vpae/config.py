@@ -70,6 +70,9 @@ class DataConfig:
     """Toy world: the speeds videos are drawn with (one speed: the speed is not a mode)."""
     sizes: tuple[str, ...] = ("small", "large")
     """Toy world: the object sizes videos are drawn with (a subset of small / large)."""
+    small_radius: float = 3.0 / 32
+    large_radius: float = 5.0 / 32
+    """Toy world: object radius of each size as a fraction of min(height, width) (1.5 / 2.5 px at 16 px)."""
     slow_travel: float = 0.25
     fast_travel: float = 0.5
     """Toy world: distance travelled over the clip at each speed, as a fraction of min(height, width)."""

@@ -174,7 +174,7 @@ def world_config(d) -> ToyWorldConfig:
     """The toy world a DataConfig (config.py's `data` section) describes."""
     return ToyWorldConfig(frames=d.frames, height=d.height, width=d.width, bounce=d.bounce,
                           caption_speed=d.caption_speed, caption_sign=d.caption_sign, speeds=tuple(d.speeds),
-                          sizes=tuple(d.sizes),
+                          sizes=tuple(d.sizes), small_radius=d.small_radius, large_radius=d.large_radius,
                           pixel_grid=d.pixel_grid, slow_travel=d.slow_travel, fast_travel=d.fast_travel)
 
 

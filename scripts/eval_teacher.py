@@ -3,6 +3,7 @@ the held-out split: direction-word sensitivity, then the oracle metrics of each 
 
     python scripts/eval_teacher.py builtin:toy --n 64 --out outputs/teacher_eval.json
     python scripts/eval_teacher.py runs/teacher/checkpoints/step_0000500 --n 16 --quick
+    python scripts/eval_teacher.py runs/t/checkpoints/latest --quick --set data.small_radius=0.15625 ...  (another world)
 """
 import argparse
 import json
@@ -24,12 +25,13 @@ ap.add_argument("--quick", action="store_true", help="only the configured sample
 ap.add_argument("--key", default="ema", help="module in a checkpoint: ema | model")
 ap.add_argument("--out", type=Path)
 ap.add_argument("--threads", type=int, default=0)
+ap.add_argument("--set", action="append", default=[], help="config override key=value (the teacher's world)")
 a = ap.parse_args()
 if a.threads:
     torch.set_num_threads(a.threads)
 
 is_ckpt = (Path(a.teacher) / "meta.json").is_file()
-cfg = load_config("configs/toy/demo.yaml", ["model.teacher=" + ("builtin:toy" if is_ckpt else a.teacher)])
+cfg = load_config("configs/toy/demo.yaml", ["model.teacher=" + ("builtin:toy" if is_ckpt else a.teacher), *a.set])
 data = ToyData(cfg)
 teacher = build_teacher(cfg)
 if is_ckpt:  # the checkpoint's architecture must be the shipped one (load_checkpoint checks every tensor)

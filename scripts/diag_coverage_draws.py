@@ -6,33 +6,20 @@ noises per held-out video), to tell a sampler's coverage from one draw's luck. S
     SPEC = PATH:SAMPLER:STEPS, e.g. outputs/demo/run/generator:few_step:1 or src/vpae/toy/teacher:few_step:50
 """
 import argparse
-import sys
 
 import numpy as np
-import torch
 
-from vpae.config import load_config
-from vpae.errors import VpaeError
-from vpae.toy.evaluate import MODE_SAMPLES, oracle_eval, sampler_from_spec
-from vpae.toy.source import ToyData
+from diag_args import add_world_options, load_sampler, load_world
+from vpae.toy.evaluate import MODE_SAMPLES, oracle_eval
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-ap.add_argument("specs", nargs="+", help="PATH:SAMPLER:STEPS (sampler few_step or euler)")
+add_world_options(ap)
 ap.add_argument("--draws", type=int, default=4)
-ap.add_argument("--config", default="configs/toy/demo.yaml")
-ap.add_argument("--set", action="append", default=[], help="config override key=value")
-ap.add_argument("--threads", type=int, default=1)
 a = ap.parse_args()
-torch.set_num_threads(a.threads)
-cfg = load_config(a.config, a.set)
-data = ToyData(cfg)
+cfg, data = load_world(a)
 batch = data.heldout(cfg.data.heldout_size)
 for spec in a.specs:
-    try:
-        model, method = sampler_from_spec(spec, cfg)
-    except (ValueError, VpaeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    model, method = load_sampler(spec, cfg)
     values = [oracle_eval(model, data, batch, method, seed=d * MODE_SAMPLES)[0]["mode_coverage"] for d in range(a.draws)]
     print(f"{spec}: per-condition mode coverage {np.mean(values):.3f} +- {np.std(values, ddof=1):.3f} (sd over "
           f"{a.draws} draws: {', '.join(f'{v:.3f}' for v in values)})", flush=True)

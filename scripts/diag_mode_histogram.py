@@ -12,26 +12,18 @@ import sys
 import collections
 
 import numpy as np
-import torch
 
-from vpae.config import load_config
-from vpae.errors import VpaeError
 from vpae.toy import oracle as O
-from vpae.toy.evaluate import generate, sampler_from_spec
-from vpae.toy.source import ToyData
+from diag_args import add_world_options, load_sampler, load_world
+from vpae.toy.evaluate import generate
 from vpae.toy.world import caption_modes
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-ap.add_argument("specs", nargs="+", help="PATH:SAMPLER:STEPS (sampler few_step or euler)")
+add_world_options(ap)
 ap.add_argument("--k", type=int, default=16, help="noises per condition")
 ap.add_argument("--n", type=int, default=64, help="held-out videos (about 40 %% have two modes)")
-ap.add_argument("--config", default="configs/toy/demo.yaml")
-ap.add_argument("--set", action="append", default=[], help="config override key=value")
-ap.add_argument("--threads", type=int, default=1)
 a = ap.parse_args()
-torch.set_num_threads(a.threads)
-cfg = load_config(a.config, a.set)
-data = ToyData(cfg)
+cfg, data = load_world(a)
 wc = data.world.cfg
 batch = data.heldout(a.n)
 idx = [i for i, p in enumerate(batch.params) if len(caption_modes(p, wc)) > 1]
@@ -56,11 +48,7 @@ def kind_of_miss(v, p) -> str:
 
 
 for spec in a.specs:
-    try:
-        model, method = sampler_from_spec(spec, cfg)
-    except (ValueError, VpaeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    model, method = load_sampler(spec, cfg)
     hist = np.zeros((len(idx), 3))
     kinds, miss_by_size, n_by_size = collections.Counter(), collections.Counter(), collections.Counter()
     for k in range(a.k):

@@ -2,6 +2,7 @@
 evaluation -> report files. Also the ablation driver on two variants."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,3 +157,21 @@ def test_demo_grid_shows_a_two_mode_condition_of_each_object_size():
         assert all(len(caption_modes(batch.params[j], data.world.cfg)) == 1 for j in earlier)
     one_mode = load_config("configs/toy/demo.yaml", ["data.caption_sign=1.0"])
     assert two_mode_examples(batch, ToyData(one_mode).world.cfg) == []
+
+
+def _write_threads(path):
+    Path(path).write_text(str(torch.get_num_threads()))
+
+
+def test_ablation_pool_gives_each_worker_its_share_of_the_threads(tmp_path, monkeypatch):
+    """`--workers N` runs N spawned processes; each must take 1/N of the caller's threads, not one per core
+    (2 workers x 2 threads on 2 cores ran phase I 3x slower per step than 2 x 1, session 10)."""
+    import multiprocessing as mp
+
+    from vpae.toy.ablate import _run_pool
+    # The caller's count is faked to 6 (children read their own): a child left alone would have OMP_NUM_THREADS
+    # or one per core (1 or 2 on this kind of machine), never the share 3.
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 6)
+    jobs = [(_write_threads, (str(tmp_path / f"{i}.txt"),), f"job {i}") for i in range(3)]
+    _run_pool(mp.get_context("spawn"), jobs, 2, "threads", progress=False)
+    assert [int((tmp_path / f"{i}.txt").read_text()) for i in range(3)] == [3, 3, 3]

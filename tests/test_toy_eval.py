@@ -69,7 +69,8 @@ def test_bounce_world_removes_the_start_position_leak():
     # the shipped world (demo config) against the session-1 world: 9 x 32 x 32, straight paths that fit
     fair = ToyData(load_config("configs/toy/demo.yaml")).world
     leaky = ToyData(load_config("configs/toy/demo.yaml", ["data.bounce=false", "data.frames=9", "data.height=32",
-                                                          "data.width=32", "data.pixel_grid=false"])).world
+                                                          "data.width=32", "data.pixel_grid=false",
+                                                          "data.small_radius=0.09375", "data.large_radius=0.15625"])).world
     assert fair.cfg.bounce and not leaky.cfg.bounce
     a = _direction_from_start_position(leaky.heldout(400).params, leaky.cfg)
     b = _direction_from_start_position(fair.heldout(400).params, fair.cfg)
@@ -95,3 +96,18 @@ def test_sampler_from_spec():
     for bad in ("builtin:toy", "builtin:toy:heun:4", "builtin:toy:euler:0", "builtin:toy:euler:x"):
         with pytest.raises(ValueError, match="PATH:SAMPLER:STEPS"):
             sampler_from_spec(bad, cfg)
+
+
+def test_teacher_on_another_toy_world_warns_naming_the_fields():
+    """The shipped teacher's own world (configs) is silent; another object size warns with both values."""
+    import warnings
+
+    from vpae.models import BUILTIN_TEACHER, build_teacher, read_model_meta, warn_if_other_toy_world
+    meta = read_model_meta(BUILTIN_TEACHER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_teacher(load_config("configs/toy/demo.yaml"))
+        assert warn_if_other_toy_world(load_config("configs/toy/teacher.yaml"), meta) == []
+    other = load_config("configs/toy/demo.yaml", ["data.small_radius=0.09375", "data.speeds=[slow,fast]"])
+    with pytest.warns(UserWarning, match=r"data.small_radius 0.15625 \(teacher\) vs 0.09375 \(config\)"):
+        assert warn_if_other_toy_world(other, meta) == ["speeds", "small_radius"]

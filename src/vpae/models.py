@@ -64,11 +64,37 @@ def dtype_of(cfg: VPAEConfig) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
 
 
+# The data fields that define a toy world (what a toy teacher learned), as written to its vpae.json.
+TOY_WORLD_FIELDS = ("frames", "height", "width", "image_patch", "bounce", "pixel_grid", "caption_speed", "caption_sign",
+                    "speeds", "sizes", "small_radius", "large_radius", "slow_travel", "fast_travel")
+
+
+def warn_if_other_toy_world(cfg: VPAEConfig, meta: dict) -> list[str]:
+    """A toy teacher used on another toy world than the one it was trained on runs without error and gives
+    meaningless samples (session 10 changed the shipped world's object sizes): warn, naming each field.
+    -> the differing fields."""
+    import dataclasses
+    import warnings
+    trained = meta.get("data") or {}
+    if cfg.data.kind != "toy" or trained.get("kind") != "toy":
+        return []
+    now = dataclasses.asdict(cfg.data)
+    diff = [f for f in TOY_WORLD_FIELDS if f in trained and f in now
+            and (list(now[f]) if isinstance(now[f], (list, tuple)) else now[f]) != trained[f]]
+    if diff:
+        warnings.warn("the teacher was trained on another toy world: " + ", ".join(
+            f"data.{f} {trained[f]} (teacher) vs {now[f]} (config)" for f in diff)
+            + "; set these in the config's data section to match the teacher's vpae.json", stacklevel=2)
+    return diff
+
+
 def build_teacher(cfg: VPAEConfig, device: str | None = None) -> WanBackbone:
     """The teacher from cfg.model.teacher (a diffusers folder or 'builtin:toy'), or random from wan_config, on
     `device` (default cfg.train.device)."""
     if cfg.model.teacher:
-        bb = load_wan_backbone(resolve_model_path(cfg.model.teacher), dtype_of(cfg), cfg.model.text_len)
+        path = resolve_model_path(cfg.model.teacher)
+        bb = load_wan_backbone(path, dtype_of(cfg), cfg.model.text_len)
+        warn_if_other_toy_world(cfg, read_model_meta(path))
     else:
         if not cfg.model.wan_config:
             raise ValueError("model.teacher is empty and model.wan_config is empty: nothing to build")

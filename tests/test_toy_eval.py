@@ -79,7 +79,7 @@ def test_bounce_world_removes_the_start_position_leak():
 
 def test_shipped_teacher_reads_the_direction_word(data):
     """The shipped teacher's flow loss is clearly worse with the opposite direction word (it follows captions;
-    the session-1 teacher scored 1.000 here, the session-3 one 3.0). Measured at export: 11.4 at sigma 0.9 on
+    the session-1 teacher scored 1.000 here, the session-3 one 3.0). Measured at export: 13.2 at sigma 0.9 on
     64 videos (eval.json); 16 videos leave room for sampling spread."""
     from vpae.models import build_teacher
     teacher = build_teacher(load_config("configs/toy/demo.yaml"))

@@ -265,6 +265,9 @@ def test_resume_is_bit_exact(tmp_path):
     second = _pretrain_objects()
     r2 = train("pretrain", second, _batch, steps=4, run_dir=tmp_path / "b", checkpoint_every=100, progress=False)
     assert r2["resumed_from"] == 2
+    # the training time adds up over calls (the export records it), each call's own time stays its own
+    assert r1["train_seconds"] == r1["seconds"]
+    assert 0 < r2["train_seconds"] - r2["seconds"] <= r1["seconds"]  # the first call's time up to its checkpoint
     a, b = _params(straight), _params(second)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
@@ -277,6 +280,8 @@ def test_resume_is_bit_exact(tmp_path):
     third = _pretrain_objects()
     r3 = train("pretrain", third, _batch, steps=4, run_dir=tmp_path / "b", progress=False)
     assert r3["resumed_from"] == 4 and all(torch.equal(a[k], v) for k, v in _params(third).items())
+    # a call that trains nothing (e.g. only to export) still reports the training that made the checkpoint
+    assert r2["train_seconds"] - r2["seconds"] < r3["train_seconds"] - r3["seconds"] <= r2["train_seconds"]
 
 
 class _NaNAt:

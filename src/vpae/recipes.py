@@ -105,7 +105,7 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
         # the raw (non-EMA) weights stay in the run folder, so exporting into the package ships the EMA only
         export_backbone(model, run_dir / "export_raw", {"role": "toy_teacher_raw", "data": to_dict(cfg.data)})
         export_backbone(ema, export_dir, {"role": "toy_teacher", "data": to_dict(cfg.data),
-                                          "pretrain": to_dict(cfg.pretrain), "seconds": result["seconds"]})
+                                          "pretrain": to_dict(cfg.pretrain), "seconds": result["train_seconds"]})
         shutil.copyfile(run_dir / "log.jsonl", Path(export_dir) / "train_log.jsonl")
     return result
 

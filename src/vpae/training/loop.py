@@ -96,7 +96,9 @@ def train(phase: str, step_obj: Step, batch_fn: Callable[[int], tuple[torch.Tens
 
     batch_fn(step) -> (x_data, cond) must be deterministic in step. max_seconds > 0 stops early (with a
     checkpoint) once that much wall time has passed. A diverged step (see DivergenceCheck) raises
-    DivergenceError naming the last checkpoint before it. Returns {"step", "seconds", "last", "resumed_from"}.
+    DivergenceError naming the last checkpoint before it. Returns {"step", "seconds" (this call), "train_seconds"
+    (every call up to this one's end: checkpoints carry the sum, so a resumed or export-only call still reports
+    the whole training), "last", "resumed_from"}.
     world: this process under torchrun (batch_fn must then return this rank's share of the global batch).
     """
     world = world or World()
@@ -106,7 +108,7 @@ def train(phase: str, step_obj: Step, batch_fn: Callable[[int], tuple[torch.Tens
         clean_stale_tmp(run_dir)
     world.barrier()
     meta = {"phase": phase, **(meta or {})}
-    start = 0
+    start, before = 0, 0.0
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
         # The optimizers were built from the current config: its hyper-parameters (lr, betas, ...) win over
@@ -116,7 +118,7 @@ def train(phase: str, step_obj: Step, batch_fn: Callable[[int], tuple[torch.Tens
         for k, o in step_obj.optimizers.items():
             for g, h in zip(o.param_groups, hyper[k]):
                 g.update(h)
-        start = int(loaded["step"])
+        start, before = int(loaded["step"]), float(loaded.get("train_seconds", 0.0))
     divergence = divergence or DivergenceCheck()
     saved = ckpt
     logger = JsonlLogger(run_dir / "log.jsonl") if world.main else None
@@ -152,10 +154,12 @@ def train(phase: str, step_obj: Step, batch_fn: Callable[[int], tuple[torch.Tens
         # every rank must stop at the same step: rank 0's clock decides
         out_of_time = max_seconds > 0 and world.broadcast(time.perf_counter() - t0 > max_seconds)
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps or out_of_time:
-            saved = save_checkpoint(run_dir, step + 1, step_obj.modules, step_obj.optimizers, meta, keep=keep)
+            saved = save_checkpoint(run_dir, step + 1, step_obj.modules, step_obj.optimizers,
+                                    {**meta, "train_seconds": before + time.perf_counter() - t0}, keep=keep)
         if out_of_time and logger:
             logger.log({"step": step + 1, "time": time.perf_counter() - t0, **stats})
         if out_of_time:
             steps = step + 1
             break
-    return {"step": steps, "seconds": time.perf_counter() - t0, "last": last, "resumed_from": start}
+    seconds = time.perf_counter() - t0
+    return {"step": steps, "seconds": seconds, "train_seconds": before + seconds, "last": last, "resumed_from": start}

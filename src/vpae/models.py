@@ -64,26 +64,24 @@ def dtype_of(cfg: VPAEConfig) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
 
 
-# The data fields that define a toy world (what a toy teacher learned), as written to its vpae.json.
-TOY_WORLD_FIELDS = ("frames", "height", "width", "image_patch", "bounce", "pixel_grid", "caption_speed", "caption_sign",
-                    "speeds", "sizes", "small_radius", "large_radius", "slow_travel", "fast_travel")
-
-
 def warn_if_other_toy_world(cfg: VPAEConfig, meta: dict) -> list[str]:
     """A toy teacher used on another toy world than the one it was trained on runs without error and gives
-    meaningless samples (session 10 changed the shipped world's object sizes): warn, naming each field.
-    -> the differing fields."""
+    meaningless samples (session 10 changed the shipped world's object sizes): warn, naming each field of the
+    world (vpae.toy.world.world_config) that differs from the teacher's vpae.json. -> the differing fields."""
     import dataclasses
     import warnings
+
+    from vpae.toy.world import world_config
     trained = meta.get("data") or {}
     if cfg.data.kind != "toy" or trained.get("kind") != "toy":
         return []
-    now = dataclasses.asdict(cfg.data)
-    diff = [f for f in TOY_WORLD_FIELDS if f in trained and f in now
-            and (list(now[f]) if isinstance(now[f], (list, tuple)) else now[f]) != trained[f]]
+    fields = [f.name for f in dataclasses.fields(cfg.data)]  # in the config's order, for the message
+    then = dataclasses.asdict(world_config(dataclasses.replace(cfg.data, **{k: v for k, v in trained.items() if k in fields})))
+    now = dataclasses.asdict(world_config(cfg.data))
+    diff = [f for f in fields if f in now and now[f] != then[f]]
     if diff:
         warnings.warn("the teacher was trained on another toy world: " + ", ".join(
-            f"data.{f} {trained[f]} (teacher) vs {now[f]} (config)" for f in diff)
+            f"data.{f} {then[f]} (teacher) vs {now[f]} (config)" for f in diff)
             + "; set these in the config's data section to match the teacher's vpae.json", stacklevel=2)
     return diff
 

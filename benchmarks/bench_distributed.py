@@ -111,7 +111,8 @@ def worker_main(args) -> None:
     torch.set_num_threads(1)
     import common as C
     from vpae.recipes import build_roles
-    from vpae.training import parallel, randomness
+    from vpae import randomness
+    from vpae.training import parallel
     from vpae.training.loop import step_seed
     from vpae.training.steps import EquilibriumStep, PrimingStep
 

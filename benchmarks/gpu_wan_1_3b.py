@@ -140,7 +140,7 @@ def timed(args, fn, n: int) -> list[float]:
 
 def run_step_variant(args, name: str) -> dict:
     from vpae.recipes import build_roles
-    from vpae.training import randomness
+    from vpae import randomness
     from vpae.training.loop import step_seed
     from vpae.training.steps import EquilibriumStep, PrimingStep
     from types import SimpleNamespace

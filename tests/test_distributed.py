@@ -186,7 +186,7 @@ def test_bf16_compute_and_activation_checkpointing_under_two_ranks(tmp_path):
 
 
 def test_draws_depend_on_the_global_sample_index_not_on_the_split():
-    from vpae.training.randomness import batch_stream, rand, randn_like
+    from vpae.randomness import batch_stream, rand, randn_like
     with batch_stream(7):
         noise, levels, again = randn_like(torch.zeros(4, 3)), rand(4), randn_like(torch.zeros(4, 3))
     with batch_stream(7, rank=1):  # rank 1 of 2 holds samples 2 and 3

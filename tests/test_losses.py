@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vpae.training import randomness
-from vpae.training.randomness import batch_stream
+from vpae import randomness
+from vpae.randomness import batch_stream
 
 from vpae.losses import (conditional_sds_loss, discriminator_loss, dmd_gradient, dmd_loss, fake_score_loss,
                          generator_adversarial_loss, spatiotemporal_perturbation, st_r1_penalty)

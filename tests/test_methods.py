@@ -14,7 +14,7 @@ from vpae.config import (BaselineConfig, ConsistencyConfig, DMD2Config, Equilibr
 from vpae.discriminator import build_head
 from vpae.losses import PhasedConsistencyLoss
 from vpae.sampling import predict_x0
-from vpae.training import randomness
+from vpae import randomness
 from vpae.training import roles as R
 from vpae.training.methods import ExpertPair, build_method_step, first_phase_step, student_inputs, weak_real_score
 

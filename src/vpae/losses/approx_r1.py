@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from vpae.training import randomness
+from vpae import randomness
 
 Tensor = torch.Tensor
 

@@ -13,7 +13,7 @@ Rectified flow makes both exact and parameter-free: the consistency function to 
 which satisfies the boundary condition f(x_s, s -> s) = x_s for any v (LCM's c_skip/c_out do this job for
 eps-prediction models); at s = 0 it is the x0 prediction x_t - t v. The teacher's solver Psi is one Euler
 (= DDIM) step with classifier-free guidance. The noise levels are drawn here (EDM2 style), through
-vpae.training.randomness.
+vpae.randomness.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 from vpae import flow
 from vpae.sampling import guided_velocity
-from vpae.training import randomness
+from vpae import randomness
 
 Tensor = torch.Tensor
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import torch
 
-from vpae.training import randomness
+from vpae import randomness
 
 Tensor = torch.Tensor
 
 
 def spatiotemporal_perturbation(like: Tensor, sigma_s: float, sigma_t: float) -> Tensor:
     """delta = sigma_s eps_s + sigma_t eps_t for a video batch like (B, C, F, H, W) (per-sample streams in a
-    training step: vpae.training.randomness)."""
+    training step: vpae.randomness)."""
     b, c, f, _, _ = like.shape
     eps_s = randomness.randn_like(like)
     eps_t = randomness.randn((b, c, f, 1, 1), device=like.device, dtype=like.dtype)

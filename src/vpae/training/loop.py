@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from vpae.conditioning import Conditioning
 from vpae.errors import DivergenceError
-from vpae.training import randomness
+from vpae import randomness
 from vpae.training.checkpoint import clean_stale_tmp, latest_checkpoint, load_checkpoint, save_checkpoint
 from vpae.training.parallel import World
 

@@ -21,7 +21,7 @@ Roles.optimizers):
           (a trained copy initialised from the teacher)
 
 Where a paper is silent the choice is a config value (config.py: baseline, dmd2, consistency, add, apt, md) and
-is written down in docs/METHODS.md. All random draws go through vpae.training.randomness, and no draw count
+is written down in docs/METHODS.md. All random draws go through vpae.randomness, and no draw count
 depends on the data, so a step does not depend on how the batch is split over processes.
 """
 
@@ -44,7 +44,7 @@ from vpae.losses import (PhasedConsistencyLoss, add_distillation_loss, approxima
                          dmd_loss, fake_score_loss, feature_matching_loss, gaussian_perturbation,
                          generator_adversarial_loss, ground_truth_loss, temporal_coherence_loss)
 from vpae.sampling import few_step_sigmas, predict_x0
-from vpae.training import randomness
+from vpae import randomness
 from vpae.training import roles as R
 from vpae.training.collapse import with_collapse
 from vpae.training.steps import PrimingStep, clip_and_norm, dmd_scores, requires_grad, sample_band

@@ -20,7 +20,7 @@ from vpae.discriminator import SelfDiscriminator, blur_frames
 from vpae.losses import (conditional_sds_loss, discriminator_accuracy, discriminator_loss, dmd_loss, fake_score_loss,
                          generator_adversarial_loss, mode_seeking_loss, spatiotemporal_perturbation, st_r1_penalty)
 from vpae.sampling import predict_x0
-from vpae.training import randomness
+from vpae import randomness
 from vpae.training import roles as R
 from vpae.training.collapse import with_collapse
 

@@ -1,4 +1,4 @@
-"""usage: python scripts/diag_discriminator.py [--gen outputs/demo/run/generator] [--head semantic] [--band 0.02,0.2]
+"""usage: python research/diagnostics/diag_discriminator.py [--gen outputs/demo/run/generator] [--head semantic] [--band 0.02,0.2]
        [--steps 300] [--blur 0] [--hd 64]
 
 Offline: train a head on real vs the demo generator's 1-NFE samples, then ask whether its logits rank the

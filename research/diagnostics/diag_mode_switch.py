@@ -1,4 +1,4 @@
-"""usage: python scripts/diag_mode_switch.py GENERATOR_DIR [...]   (e.g. outputs/demo/run/generator, src/vpae/toy/teacher)
+"""usage: python research/diagnostics/diag_mode_switch.py GENERATOR_DIR [...]   (e.g. outputs/demo/run/generator, src/vpae/toy/teacher)
 
 Where in noise space does a 1-NFE generator draw partial averages? For two-mode held-out conditions, take
 noise pairs whose samples land in different modes and walk the great circle between them (slerp, 17 points):

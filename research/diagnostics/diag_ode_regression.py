@@ -10,7 +10,7 @@ Targets (`--target`):
   4-step target covers 0.72 per condition (0.875 in a mode); 2,000 steps at lr 1e-4 leave the 1-NFE generator at
   0.64 (docs/RESULTS.md, "Session 9").
 
-    python scripts/diag_ode_regression.py GENERATOR_DIR [--target teacher|self] [--pairs 4096] [--steps 2000]
+    python research/diagnostics/diag_ode_regression.py GENERATOR_DIR [--target teacher|self] [--pairs 4096] [--steps 2000]
         [--lr 1e-4] [--euler-steps 25] [--self-steps 4] [--batch 16]
 """
 import argparse

@@ -5,8 +5,8 @@ as an ordinary diffusers WanTransformer3DModel with more layers. Session 8: 4 ex
 seeds 0 / 1: per-condition mode coverage 0.600 / 0.560 over four noise draws, the same as the 4-block generator's
 0.600 / 0.568 (docs/RESULTS.md, "Session 8").
 
-    python scripts/diag_deep_generator.py EXTRA -- distill --config configs/toy/demo.yaml --out outputs/deep4
-    python scripts/diag_coverage_draws.py outputs/deep4/generator:few_step:1
+    python research/diagnostics/diag_deep_generator.py EXTRA -- distill --config configs/toy/demo.yaml --out outputs/deep4
+    python research/diagnostics/diag_coverage_draws.py outputs/deep4/generator:few_step:1
 """
 import copy
 import sys
@@ -17,7 +17,7 @@ import vpae.training.roles as R
 from vpae.cli import app
 
 if len(sys.argv) < 3 or sys.argv[2] != "--" or not sys.argv[1].isdigit():
-    print("error: usage: python scripts/diag_deep_generator.py EXTRA -- <vpae command and options>", file=sys.stderr)
+    print("error: usage: python research/diagnostics/diag_deep_generator.py EXTRA -- <vpae command and options>", file=sys.stderr)
     sys.exit(2)
 extra = int(sys.argv[1])
 copy_generator = R.copy_generator

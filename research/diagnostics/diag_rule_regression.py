@@ -7,7 +7,7 @@ time input --time on pure noise (4 noises per held-out video). Session 8: from V
 time 1.0 or 0.7, it falls back to the blurred average of the two modes (per-condition coverage 0.04-0.10)
 instead of learning the rule (docs/RESULTS.md, "Session 8").
 
-    python scripts/diag_rule_regression.py GENERATOR_DIR [--rule global] [--steps 1500] [--lr 1e-4] [--time 1.0]
+    python research/diagnostics/diag_rule_regression.py GENERATOR_DIR [--rule global] [--steps 1500] [--lr 1e-4] [--time 1.0]
 """
 import argparse
 import json

@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vpae.eval import preprocess as P
-from vpae.eval import vbench as V
+from vpae.eval import preprocess, vbench
 from vpae.eval.fd import frechet_distance
 from vpae.eval.metrics import aggregates, dynamic_degree
 from vpae.eval.run import table_row
@@ -23,19 +22,19 @@ def test_i2v_consistency_hand_computed():
     s_max = 1.0
     c = [0.5, math.sqrt(3) / 2, 0.0]
     want = 0.4 * s_max + 0.3 * np.mean(c) + 0.3 * min(c)
-    assert V.i2v_consistency(img, f) == pytest.approx(want, abs=1e-12)
+    assert vbench.i2v_consistency(img, f) == pytest.approx(want, abs=1e-12)
 
 
 def test_consistency_is_frame_weighted_over_all_pairs():
     a = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])   # pairs: (0 + 0)/2, (1 + 0)/2  -> sum 0.5, 2 pairs
     b = np.array([[1.0, 0.0], [1.0, 1.0]])               # (cos45 + cos45)/2 = .7071 -> 1 pair
-    s, n = V.consistency_pairs(a)
+    s, n = vbench.consistency_pairs(a)
     assert (s, n) == (pytest.approx(0.5), 2)
-    val, per = V.consistency_dimension([a, b])
+    val, per = vbench.consistency_dimension([a, b])
     assert val == pytest.approx((0.5 + math.sqrt(0.5)) / 3)           # not the mean of per-video means
     assert per == [pytest.approx(0.25), pytest.approx(math.sqrt(0.5))]
     # negative cosines are clamped to 0
-    s, _ = V.consistency_pairs(np.array([[1.0, 0.0], [-1.0, 0.0]]))
+    s, _ = vbench.consistency_pairs(np.array([[1.0, 0.0], [-1.0, 0.0]]))
     assert s == 0.0
 
 
@@ -44,15 +43,15 @@ def test_vfi_score_and_dynamic_params():
     frames[1] = 10
     frames[3] = 30
     mids = [np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2, 3), np.uint8)]
-    assert V.vfi_score(frames, mids) == pytest.approx((255 - 20) / 255)
-    assert V.dynamic_params(256, 512, 16) == (6.0, 4)          # 6 * min(H, W) / 256, exact in binary
-    assert V.dynamic_params(128, 128, 8) == (3.0, 2)           # no fps factor (vbench 0.1.5 / head)
-    assert V.dynamic_frame_interval(30) == 4 and V.dynamic_frame_interval(8) == 1
-    assert V.dynamic_frame_interval(4) == 1 and V.dynamic_frame_interval(12) == 2   # max(1, round(fps/8))
+    assert vbench.vfi_score(frames, mids) == pytest.approx((255 - 20) / 255)
+    assert vbench.dynamic_params(256, 512, 16) == (6.0, 4)          # 6 * min(H, W) / 256, exact in binary
+    assert vbench.dynamic_params(128, 128, 8) == (3.0, 2)           # no fps factor (vbench 0.1.5 / head)
+    assert vbench.dynamic_frame_interval(30) == 4 and vbench.dynamic_frame_interval(8) == 1
+    assert vbench.dynamic_frame_interval(4) == 1 and vbench.dynamic_frame_interval(12) == 2   # max(1, round(fps/8))
     flow = np.zeros((10, 10, 2))
     flow[0, :5, 0] = 3.0    # top 5 of 100 magnitudes are 3, 4 rest 0
-    assert V.top_flow_magnitude(flow) == pytest.approx(3.0)
-    assert V.is_dynamic([7, 1, 7], 6.0, 2) and not V.is_dynamic([7, 1, 1], 6.0, 2)
+    assert vbench.top_flow_magnitude(flow) == pytest.approx(3.0)
+    assert vbench.is_dynamic([7, 1, 7], 6.0, 2) and not vbench.is_dynamic([7, 1, 1], 6.0, 2)
 
 
 def test_dynamic_degree_threshold_ignores_fps():
@@ -79,29 +78,32 @@ def test_frame_resizes_keep_floats_like_vbench_load_video():
     floats. Same ops in the same order, so the comparisons are exact."""
     edge = np.zeros((1, 64, 96, 3), np.uint8)
     edge[:, :, 48:] = 255
-    x = P.to_nchw(edge)
+    x = preprocess.to_nchw(edge)
     up = F.interpolate(x, size=(224, 336), mode="bicubic", align_corners=False, antialias=False)
     assert up.max() > 255 and up.min() < 0 and (up != up.round()).any()   # rounding/clamping would show
-    assert torch.equal(P.resize_short(x, 224, "bicubic"), up)
-    assert torch.equal(P.clip_frames(edge), P.normalize(P.center_crop(up, 224) / 255.0, P.CLIP_MEAN, P.CLIP_STD))
+    assert torch.equal(preprocess.resize_short(x, 224, "bicubic"), up)
+    clip_want = preprocess.normalize(preprocess.center_crop(up, 224) / 255.0, preprocess.CLIP_MEAN, preprocess.CLIP_STD)
+    assert torch.equal(preprocess.clip_frames(edge), clip_want)
     bil = F.interpolate(x, size=(224, 336), mode="bilinear", align_corners=False, antialias=False)
-    assert torch.equal(P.dino_frames(edge), P.normalize(bil / 255.0, P.IMAGENET_MEAN, P.IMAGENET_STD))
+    dino_want = preprocess.normalize(bil / 255.0, preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD)
+    assert torch.equal(preprocess.dino_frames(edge), dino_want)
 
 
 def test_i2v_frame_resizes_antialias_like_torchvision_0_17():
     """The I2V transforms leave antialias to torchvision's default: True since torchvision 0.17 (followed
     here, preprocess.I2V_TENSOR_ANTIALIAS)."""
-    assert P.I2V_TENSOR_ANTIALIAS is True
+    assert preprocess.I2V_TENSOR_ANTIALIAS is True
     noise = np.random.default_rng(0).integers(0, 256, (1, 300, 400, 3), dtype=np.uint8)
-    x = P.to_nchw(noise)
+    x = preprocess.to_nchw(noise)
 
     def bicubic(size, aa):
         return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=aa)
 
     assert (bicubic((224, 224), True) - bicubic((224, 224), False)).abs().max() > 10   # the setting matters
-    assert torch.equal(P.dreamsim_frames(noise), bicubic((224, 224), True) / 255.0)
-    want = P.normalize(P.center_crop(bicubic((256, 341), True), 224) / 255.0, P.IMAGENET_MEAN, P.IMAGENET_STD)
-    assert torch.equal(P.dino_internet_frames(noise), want)
+    assert torch.equal(preprocess.dreamsim_frames(noise), bicubic((224, 224), True) / 255.0)
+    want = preprocess.normalize(preprocess.center_crop(bicubic((256, 341), True), 224) / 255.0,
+                                preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD)
+    assert torch.equal(preprocess.dino_internet_frames(noise), want)
 
 
 RAW = {"i2v_subject": 0.95, "i2v_background": 0.96, "subject_consistency": 0.94,
@@ -116,22 +118,23 @@ def _n(v, lo, hi):
 def test_aggregate_hand_computed_missing_camera():
     q_sum = (_n(0.94, .1462, 1) + _n(0.95, .2615, 1) + _n(0.98, .706, .9975) + 0.5 * 0.4 + 0.6 + 0.7)
     i_sum = _n(0.95, .1462, 1) + _n(0.96, .2615, 1)
-    a = V.aggregate(RAW, "zero")
+    a = vbench.aggregate(RAW, "zero")
     assert a["quality_score"] == pytest.approx(q_sum / 5.5)
     assert a["i2v_score"] == pytest.approx(i_sum / 2.1)           # camera counted as 0
     assert a["total_score"] == pytest.approx((q_sum / 5.5 + i_sum / 2.1) / 2)
-    r = V.aggregate(RAW, "renormalize")
+    r = vbench.aggregate(RAW, "renormalize")
     assert r["quality_score"] == pytest.approx(q_sum / 5.5)
     assert r["i2v_score"] == pytest.approx(i_sum / 2.0)           # camera dropped
     # with camera present both policies agree
     full = dict(RAW, camera_motion=0.3)
-    assert V.aggregate(full, "zero")["i2v_score"] == pytest.approx((i_sum + 0.1 * 0.3) / 2.1)
-    assert V.aggregate(full, "renormalize")["total_score"] == pytest.approx(V.aggregate(full, "zero")["total_score"])
+    assert vbench.aggregate(full, "zero")["i2v_score"] == pytest.approx((i_sum + 0.1 * 0.3) / 2.1)
+    zero_total = vbench.aggregate(full, "zero")["total_score"]
+    assert vbench.aggregate(full, "renormalize")["total_score"] == pytest.approx(zero_total)
     # a missing subject-type dimension counts as raw 0 -> negative normalised term (official behaviour)
-    z = V.aggregate({k: v for k, v in RAW.items() if k != "subject_consistency"}, "zero")
+    z = vbench.aggregate({k: v for k, v in RAW.items() if k != "subject_consistency"}, "zero")
     assert z["quality_score"] == pytest.approx((q_sum - _n(0.94, .1462, 1) + _n(0.0, .1462, 1)) / 5.5)
     with pytest.raises(ValueError):
-        V.aggregate(RAW, "drop")
+        vbench.aggregate(RAW, "drop")
 
 
 def test_aggregate_names_proxy_unless_all_reference():
@@ -148,7 +151,7 @@ def test_camera_motion_labelled_missing_in_aggregates_and_table():
     dims = {d: {"value": v, "tier": "offline"} for d, v in RAW.items()}
     dims["aesthetic_quality"] = {"value": None, "tier": "unavailable", "note": "no offline substitute"}
     agg = aggregates(dims)
-    assert agg["camera_motion"] == V.CAMERA_MOTION_MISSING == "missing (CoTracker not available)"
+    assert agg["camera_motion"] == vbench.CAMERA_MOTION_MISSING == "missing (CoTracker not available)"
     assert agg["missing"] == {"camera_motion": "missing (CoTracker not available)",
                               "aesthetic_quality": "missing (no offline substitute)"}
     assert "camera_motion" in agg["missing[missing=0]"] and "camera_motion" in agg["missing[renormalized]"]

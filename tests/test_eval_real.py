@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vpae.errors import VpaeError
-from vpae.eval import backbones as B
-from vpae.eval import preprocess as P
+from vpae.eval import feature_nets, preprocess
 from vpae.eval.metrics import EvalConfig, evaluate_videos
 from vpae.eval.video import read_video
 
@@ -92,7 +91,7 @@ def test_niqe_on_scikit_image():
 
 def _tiny_dino_state_dict():
     torch.manual_seed(0)
-    m = B.DinoViT(dim=64, depth=2, heads=1, patch=16, num_patches=196)
+    m = feature_nets.DinoViT(dim=64, depth=2, heads=1, patch=16, num_patches=196)
     for p in m.parameters():
         torch.nn.init.normal_(p, std=0.05)
     return m, m.state_dict()
@@ -102,8 +101,8 @@ def test_dino_reference_loading_state_dict_and_torchscript(tmp_path, carphone, c
     m, sd = _tiny_dino_state_dict()
     sd_path = tmp_path / "dino_vitbase16_pretrain.pth"
     torch.save({"module." + k: v for k, v in sd.items()}, sd_path)
-    feats = B.DinoFeatures(sd_path)
-    assert feats.info.tier == "reference" and feats.info.files[str(sd_path)] == B.sha256_file(sd_path)
+    feats = feature_nets.DinoFeatures(sd_path)
+    assert feats.info.tier == "reference" and feats.info.files[str(sd_path)] == feature_nets.sha256_file(sd_path)
     assert "warning: " not in capsys.readouterr().err        # plain tensors: no code runs, no warning
     frames = carphone[:3]
     x = feats.frames(frames, "subject_consistency")       # non-square input: pos-embed interpolation
@@ -113,7 +112,7 @@ def test_dino_reference_loading_state_dict_and_torchscript(tmp_path, carphone, c
         ts = torch.jit.trace(m.eval(), torch.randn(1, 3, 224, 224))
     ts_path = tmp_path / "dino.ts"
     ts.save(str(ts_path))
-    feats_ts = B.DinoFeatures(ts_path)
+    feats_ts = feature_nets.DinoFeatures(ts_path)
     assert "torchscript" in feats_ts.info.description
     ours = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning: ")]
     assert len(ours) == 1 and "TorchScript" in ours[0] and str(ts_path) in ours[0] and "trust" in ours[0]
@@ -123,45 +122,45 @@ def test_dino_reference_loading_state_dict_and_torchscript(tmp_path, carphone, c
     from safetensors.torch import save_file
     st_path = tmp_path / "dino.safetensors"
     save_file({k: v.contiguous() for k, v in sd.items()}, str(st_path))
-    feats_st = B.DinoFeatures(st_path)
+    feats_st = feature_nets.DinoFeatures(st_path)
     assert "safetensors" in feats_st.info.description and "warning: " not in capsys.readouterr().err
     assert torch.equal(feats_st.frames(frames, "i2v_subject"), y)
     # evaluate_videos with a DINO file: those two dimensions become reference tier, the rest stay offline
     res = evaluate_videos([frames], [frames[0]], EvalConfig(dino=str(sd_path), progress=False),
                           dimensions=["i2v_subject", "subject_consistency"])
     assert {r["tier"] for r in res["dimensions"].values()} == {"reference"}
-    assert res["backbones"]["dino_vitb16"]["files"][str(sd_path.resolve())] == B.sha256_file(sd_path)
+    assert res["backbones"]["dino_vitb16"]["files"][str(sd_path.resolve())] == feature_nets.sha256_file(sd_path)
 
 
 def test_reference_missing_or_bad_file_errors(tmp_path):
-    with pytest.raises(B.MissingWeightsError, match="not found"):
-        B.build("dino_vitb16", tmp_path / "nope.pth")
-    with pytest.raises(B.MissingWeightsError, match="no weight file"):
-        B.build("raft", None)
+    with pytest.raises(feature_nets.MissingWeightsError, match="not found"):
+        feature_nets.build("dino_vitb16", tmp_path / "nope.pth")
+    with pytest.raises(feature_nets.MissingWeightsError, match="no weight file"):
+        feature_nets.build("raft", None)
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(B.MissingWeightsError, match="neither TorchScript nor"):
-        B.DinoFeatures(bad)
-    assert issubclass(B.MissingWeightsError, VpaeError)     # the CLI prints it as one `error:` line
+    with pytest.raises(feature_nets.MissingWeightsError, match="neither TorchScript nor"):
+        feature_nets.DinoFeatures(bad)
+    assert issubclass(feature_nets.MissingWeightsError, VpaeError)     # the CLI prints it as one `error:` line
     with pytest.raises(KeyError):
-        B.build("vgg")
+        feature_nets.build("vgg")
 
 
 def test_musiq_input_resizes_longer_side_without_antialias():
     """VBench imaging_quality ('longer'): float frames, Resize((int(s*H), int(s*W)), antialias=False),
     s = 512 / max(H, W), then / 255. Same ops in the same order, so the comparison is exact."""
     frame = np.random.default_rng(0).integers(0, 256, (600, 1000, 3), dtype=np.uint8)
-    x = P.to_nchw(frame[None])
+    x = preprocess.to_nchw(frame[None])
 
     def bilinear(aa):
         return F.interpolate(x, size=(307, 512), mode="bilinear", align_corners=False, antialias=aa)
 
     want = bilinear(False) / 255.0
     assert (bilinear(True) / 255.0 - want).abs().max() > 0.05           # the setting matters here
-    assert torch.equal(B.musiq_input(frame), want)
+    assert torch.equal(feature_nets.musiq_input(frame), want)
     small = frame[:300, :500]
-    assert torch.equal(B.musiq_input(small), P.to_nchw(small[None]) / 255.0)   # <= 512: untouched
-    q = object.__new__(B.MusiqQuality)   # the wiring, with a stand-in model instead of a weight file
+    assert torch.equal(feature_nets.musiq_input(small), preprocess.to_nchw(small[None]) / 255.0)   # <= 512: untouched
+    q = object.__new__(feature_nets.MusiqQuality)   # the wiring, with a stand-in model instead of a weight file
     q.device, seen = "cpu", []
     q.model = lambda t: (seen.append(t), torch.tensor([[42.0]]))[1]
     assert q.raw(frame) == 42.0 and torch.equal(seen[0], want) and q(frame) == 0.42
@@ -171,7 +170,7 @@ def test_amt_output_truncated_like_tensor2img():
     """AMT's tensor2img: (x * 255).clip(0, 255).astype(uint8) truncates (127.7 -> 127, not 128)."""
     values = [127.7, 0.4, 254.99, 300.0, -3.0]
     expected = [127, 0, 254, 255, 0]
-    amt = object.__new__(B.AmtInterpolator)   # stand-in model returning a constant frame
+    amt = object.__new__(feature_nets.AmtInterpolator)   # stand-in model returning a constant frame
     amt.device = "cpu"
     a = np.zeros((6, 10, 3), np.uint8)
     for v, e in zip(values, expected):

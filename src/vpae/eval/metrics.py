@@ -1,4 +1,4 @@
-"""VBench-I2V dimensions computed with the backbones of `EvalConfig.plan()`, tier recorded per number."""
+"""VBench-I2V dimensions computed with the feature networks of `EvalConfig.plan()`, tier recorded per number."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vpae.eval import backbones as B
-from vpae.eval import vbench as V
+from vpae.eval import feature_nets, vbench
 from vpae.eval.fd import FD_OFFLINE_NAME, FVD_NAME, frechet_distance
 from vpae.eval.video import image_to_uint8, to_uint8
 
@@ -66,7 +65,7 @@ def _fps_list(fps, n) -> list[float]:
 
 
 # ------------------------------------------------------------------------------------ dimensions
-def i2v_dimension(videos, images, feats: B.ImageFeatures, dim: str, progress=False):
+def i2v_dimension(videos, images, feats: feature_nets.ImageFeatures, dim: str, progress=False):
     per = []
     for v, img in _bar(list(zip(videos, images)), dim, progress):
         if img is None:
@@ -74,13 +73,13 @@ def i2v_dimension(videos, images, feats: B.ImageFeatures, dim: str, progress=Fal
             continue
         f = feats.frames(v, dim).numpy()
         fi = feats.image(img, dim).numpy()[0]
-        per.append(V.i2v_consistency(fi, f))
+        per.append(vbench.i2v_consistency(fi, f))
     vals = [p for p in per if p is not None]
     return (float(np.mean(vals)) if vals else None), per
 
 
-def consistency_dimension(videos, feats: B.ImageFeatures, dim: str, progress=False):
-    return V.consistency_dimension(feats.frames(v, dim).numpy() for v in _bar(videos, dim, progress))
+def consistency_dimension(videos, feats: feature_nets.ImageFeatures, dim: str, progress=False):
+    return vbench.consistency_dimension(feats.frames(v, dim).numpy() for v in _bar(videos, dim, progress))
 
 
 def motion_smoothness(videos, interp, progress=False):
@@ -90,17 +89,17 @@ def motion_smoothness(videos, interp, progress=False):
         if len(even) < 2:
             raise ValueError(f"motion smoothness needs at least 3 frames, got {len(v)}")
         mids = [interp(a, b) for a, b in zip(even[:-1], even[1:])]
-        per.append(V.vfi_score(v, mids))
+        per.append(vbench.vfi_score(v, mids))
     return float(np.mean(per)), per
 
 
 def dynamic_degree(videos, flow, fps, progress=False):
     per, pair_scores = [], []
     for v, f in _bar(list(zip(videos, fps)), "dynamic_degree", progress):
-        frames = v[:: V.dynamic_frame_interval(f)]
-        thres, count_num = V.dynamic_params(v.shape[1], v.shape[2], len(frames))
-        scores = [V.top_flow_magnitude(flow(a, b)) for a, b in zip(frames[:-1], frames[1:])]
-        per.append(float(V.is_dynamic(scores, thres, count_num)))
+        frames = v[:: vbench.dynamic_frame_interval(f)]
+        thres, count_num = vbench.dynamic_params(v.shape[1], v.shape[2], len(frames))
+        scores = [vbench.top_flow_magnitude(flow(a, b)) for a, b in zip(frames[:-1], frames[1:])]
+        per.append(float(vbench.is_dynamic(scores, thres, count_num)))
         pair_scores.append(scores)
     return float(np.mean(per)), per, pair_scores
 
@@ -140,7 +139,7 @@ def evaluate_videos(videos: Sequence, images: Sequence | None = None, config: Ev
     if len(imgs) != len(vids):
         raise ValueError(f"{len(imgs)} condition images for {len(vids)} videos")
     fps = _fps_list(fps, len(vids))
-    dims = list(dimensions or V.DIMENSIONS)
+    dims = list(dimensions or vbench.DIMENSIONS)
     plan = config.plan()
     out: dict[str, Any] = {}
     infos: dict[str, Any] = {}
@@ -148,15 +147,15 @@ def evaluate_videos(videos: Sequence, images: Sequence | None = None, config: Ev
     for dim in dims:
         name, path = plan[dim]
         if name is None:
-            out[dim] = {"value": None, "tier": B.UNAVAILABLE, "backbone": None,
+            out[dim] = {"value": None, "tier": feature_nets.UNAVAILABLE, "backbone": None,
                         "note": "no offline substitute; supply the CLIP-L/14 + LAION head file"}
             continue
-        model = B.build(name, path, config.device)
+        model = feature_nets.build(name, path, config.device)
         infos[name] = model.info.as_dict()
         rec: dict[str, Any] = {"tier": model.info.tier, "backbone": name}
         if dim in ("i2v_subject", "i2v_background"):
             if all(i is None for i in imgs):
-                out[dim] = {"value": None, "tier": B.UNAVAILABLE, "backbone": name,
+                out[dim] = {"value": None, "tier": feature_nets.UNAVAILABLE, "backbone": name,
                             "note": "no condition images given"}
                 continue
             rec["value"], rec["per_video"] = i2v_dimension(vids, imgs, model, dim, prog)
@@ -185,12 +184,12 @@ def aggregates(dims: dict[str, dict[str, Any]]) -> dict[str, Any]:
     it is always missing: `camera_motion` and `missing` say so, with the reason for every missing
     dimension. Under [missing=0] its raw 0 caps the I2V score at 2 / 2.1 (as the official script would
     with a 0 entry); [renormalized] leaves it out."""
-    official = all(dims.get(d, {}).get("tier") == B.REFERENCE for d in V.DIMENSIONS)
+    official = all(dims.get(d, {}).get("tier") == feature_nets.REFERENCE for d in vbench.DIMENSIONS)
     kind = "vbench" if official else "proxy"
     raw = {d: r.get("value") for d, r in dims.items()}
-    out: dict[str, Any] = {"kind": kind, "camera_motion": V.CAMERA_MOTION_MISSING}
+    out: dict[str, Any] = {"kind": kind, "camera_motion": vbench.CAMERA_MOTION_MISSING}
     for policy, label in (("zero", "missing=0"), ("renormalize", "renormalized")):
-        a = V.aggregate(raw, policy)
+        a = vbench.aggregate(raw, policy)
         for k in ("quality_score", "i2v_score", "total_score"):
             out[f"{kind}_{k}[{label}]"] = a[k]
         out[f"missing[{label}]"] = a["missing"]
@@ -201,7 +200,7 @@ def aggregates(dims: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def missing_reason(dim: str, rec: dict[str, Any] | None) -> str:
     """Why a dimension has no value, as shown in tables and notes."""
     if dim == "camera_motion":
-        return V.CAMERA_MOTION_MISSING
+        return vbench.CAMERA_MOTION_MISSING
     note = (rec or {}).get("note")
     return f"missing ({note})" if note else "missing (not computed)"
 
@@ -211,11 +210,11 @@ def fd_features(videos: Sequence, config: EvalConfig | None = None) -> dict[str,
     on the first 16 frames) when an I3D file is configured."""
     config = config or EvalConfig()
     vids = [to_uint8(v) for v in videos]
-    eff = B.build("effnet_lite0", None, config.device)
+    eff = feature_nets.build("effnet_lite0", None, config.device)
     out = {FD_OFFLINE_NAME: np.concatenate([eff.frames(v, "fd").numpy() for v in
                                             _bar(vids, "fd features", config.progress)])}
     if config.i3d:
-        i3d = B.build("i3d", config.i3d, config.device)
+        i3d = feature_nets.build("i3d", config.i3d, config.device)
         out[FVD_NAME] = np.concatenate([i3d.video(v[:16]).numpy() for v in vids])
     return out
 

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vpae.eval import vbench as V
+from vpae.eval import vbench
 from vpae.eval.metrics import EvalConfig, evaluate_videos, fd_features, fd_scores
 from vpae.eval.report import write_report
 from vpae.eval.video import VIDEO_EXTS, EvalError, read_image, read_video
@@ -176,8 +176,8 @@ def run_eval(video_dir, out_dir, *, config: EvalConfig | None = None, reference=
 
 def table_row(rec: Mapping[str, Any]) -> dict[str, Any]:
     """One paper-style table row from a method's results record."""
-    row: dict[str, Any] = {"Camera Motion": V.CAMERA_MOTION_MISSING}   # never computed: labelled, not a silent 0
-    for d in V.DIMENSIONS:
+    row: dict[str, Any] = {"Camera Motion": vbench.CAMERA_MOTION_MISSING}   # never computed: labelled, not a silent 0
+    for d in vbench.DIMENSIONS:
         r = rec["dimensions"].get(d, {})
         tag = "" if r.get("tier") == "reference" else ("*" if r.get("tier") == "offline" else "")
         row[SHORT[d] + tag] = r.get("value")
@@ -205,7 +205,7 @@ def report_notes(tiers, kind, backbones, has_fd) -> list[str]:
     else:
         notes.append("All eight dimensions used the reference VBench models; aggregates follow "
                      "scripts/cal_i2v_final_score.py.")
-    notes.append(f"camera_motion: {V.CAMERA_MOTION_MISSING}. It is in every aggregate's missing list: "
+    notes.append(f"camera_motion: {vbench.CAMERA_MOTION_MISSING}. It is in every aggregate's missing list: "
                  "[missing=0] counts missing dimensions as raw 0, as the official script does (so the I2V score is "
                  "at most 2/2.1 = 0.952); [renormalized] drops them from numerator and denominator.")
     for d, t in tiers.items():

@@ -102,14 +102,10 @@ def consistency_dimension(per_video_feats: Iterable) -> tuple[float, list[float]
 
 
 # ------------------------------------------------------------------------------- motion smoothness
-def even_odd(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return frames[0::2], frames[1::2]
-
-
 def vfi_score(original: np.ndarray, interpolated: Sequence[np.ndarray]) -> float:
     """Motion smoothness of one video: (255 - mean_i mean|odd_i - interp_i|) / 255 over uint8 frames
     (VBench `MotionSmoothness.vfi_score`; the interpolated frames are uint8 as AMT's `tensor2img` makes
-    them: clipped to 0..255 and truncated, see backbones.AmtInterpolator).
+    them: clipped to 0..255 and truncated, see feature_nets.flow.AmtInterpolator).
 
     `interpolated[i]` is the frame predicted between even frames 2i and 2i+2, compared with original
     frame 2i+1 (as many as there are interpolations; VBench zips odd frames with interpolated ones)."""

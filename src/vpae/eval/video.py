@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -176,7 +175,3 @@ def write_video(path, video, fps: float = 8.0) -> Path:
     else:
         raise VideoError(f"unsupported video extension {ext!r} (use .mp4 or .gif)")
     return path
-
-
-def sample_frames(video: np.ndarray, indices: Sequence[int]) -> np.ndarray:
-    return video[np.asarray(indices, dtype=int)]

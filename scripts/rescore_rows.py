@@ -2,8 +2,8 @@
 generators (no training): every `row.json` under OUT whose run folder has a `generator/` and a `config.yaml`
 gets its oracle/* columns recomputed exactly as `vpae ablate` computes them (1 NFE, the run's seed); the
 other columns (train_s, proxies) are kept. Rerunning the same `vpae ablate` command then rebuilds the report
-from the re-scored rows. Used when an oracle metric's definition changes (session 7: per-condition mode
-coverage); the unchanged metrics come out identical, which the script checks.
+from the re-scored rows. For a change of the mode coverage's definition (e.g. per condition instead of the pooled
+histogram): every other oracle metric must come out identical, which the script checks.
 
     python scripts/rescore_rows.py outputs/reproduce [--workers 2]
 """
@@ -22,17 +22,16 @@ def rescore(run_dir: str) -> str:
     import torch
     torch.set_num_threads(1)
     from vpae.config import load_config
-    from vpae.models import load_wan_backbone
     from vpae.recipes import build_data
     from vpae.toy.ablate import ablation_columns
-    from vpae.toy.evaluate import Method, oracle_eval
+    from vpae.toy.evaluate import oracle_eval, sampler_from_spec
 
     run = Path(run_dir)
     cfg = load_config(run / "config.yaml")
     data = build_data(cfg)
     batch = data.heldout(cfg.data.heldout_size)
-    gen = load_wan_backbone(run / "generator", torch.float32, cfg.model.text_len or cfg.data.text_tokens)
-    rep, _ = oracle_eval(gen.eval(), data, batch, Method("1", "few_step", 1), cfg.train.seed)
+    gen, one_step = sampler_from_spec(f"{run / 'generator'}:few_step:1", cfg)  # 1 NFE, no CFG, as vpae ablate samples
+    rep, _ = oracle_eval(gen, data, batch, one_step, cfg.train.seed)
     old = json.loads((run / "row.json").read_text())
     new = ablation_columns(rep)
     # the definition that changed is the mode coverage; everything else must come out as it was

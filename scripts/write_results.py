@@ -1,9 +1,12 @@
-"""Generate docs/RESULTS.md from the results.json files that `make demo` and the reproduction wrote.
+"""Generate docs/RESULTS.md from the results.json files that `make demo`, the reproduction and the Table 1 / 2
+analogues wrote, followed by the curated readings in docs/results_notes.md.
 
-    python scripts/write_results.py --demo outputs/demo/results.json --reproduce outputs/reproduce/results.json
+    python scripts/write_results.py --demo outputs/demo/results.json --reproduce outputs/reproduce/results.json \
+        --table1 outputs/table1/results.json --table2 outputs/table2/results.json
 
-Every number in RESULTS.md comes from those files. A paper claim "reproduces" only when its mean gap over
-seeds exceeds the spread (vpae.toy.ablate.judge); the verdicts are the reproduction's own.
+Every number in the generated sections comes from those files; a missing file leaves its section out. A paper
+claim "reproduces" only when its mean gap over seeds exceeds the spread (vpae.toy.ablate.judge); the verdicts are
+the runs' own. docs/results_notes.md states what the numbers say (by topic, not by date) and is appended verbatim.
 """
 import argparse
 import json
@@ -26,8 +29,8 @@ def fmt(v):
 
 
 def coverage_name(rows) -> str:
-    """What a results file's "mode_coverage" is: per condition, or the pooled histogram for files written before
-    session 7 (they have no mode_coverage_pooled column; vpae.toy.oracle.mode_report)."""
+    """What a results file's "mode_coverage" is: per condition, or the pooled histogram in files that have no
+    mode_coverage_pooled column (vpae.toy.oracle.mode_report computes both)."""
     return "mode_coverage" if any("mode_coverage_pooled" in k for r in rows.values() for k in r) else "mode_coverage_pooled"
 
 
@@ -35,6 +38,25 @@ def column_label(col: str, coverage: str) -> str:
     """A results column as a table shows it: no "oracle/" prefix, and "mode_coverage" named by coverage_name."""
     name = col.replace("oracle/", "")
     return name[:-len("mode_coverage")] + coverage if name.endswith("mode_coverage") else name
+
+
+# Config keys as the current schema names them; results files keep the keys of the run that wrote them.
+RENAMED_KEYS = {"baseline.": "comparison."} | {f"data.{k}": f"data.toy.{k}" for k in (
+    "bounce", "caption_bank", "image_patch", "pixel_grid", "caption_speed", "caption_sign", "speeds", "sizes",
+    "small_radius", "large_radius", "slow_travel", "fast_travel")}
+
+
+def current_key(override: str) -> str:
+    """'baseline.steps=300' -> 'comparison.steps=300', 'data.bounce=true' -> 'data.toy.bounce=true'."""
+    for old, new in RENAMED_KEYS.items():
+        if override.startswith(old) and (old.endswith(".") or override[len(old):len(old) + 1] in ("=", "")):
+            return new + override[len(old):]
+    return override
+
+
+def overrides(r) -> str:
+    """A results file's --set overrides as a list of current config keys, or 'none'."""
+    return str([current_key(o) for o in r["overrides"]]) if r.get("overrides") else "none"
 
 
 def table(rows, cols, std=False):
@@ -73,7 +95,7 @@ def demo_section(d):
 
 def repro_section(r):
     out = ["## Reproduction (Tables 1-3 analogues, 1-NFE generator, mean ± std over seeds)", "",
-           f"Seeds {r['seeds']}; wall time of the call that finished it {r['total_s']:.0f} s (a resumed run counts only its last call; the readings give the rest); overrides {r.get('overrides') or 'none'}.", "",
+           f"Seeds {r['seeds']}; wall time of the call that finished it {r['total_s']:.0f} s (a resumed run counts only its last call); overrides {overrides(r)}.", "",
            table(r["rows"], REPRO_COLS, std=True), "", "### Paper claims", "",
            "| claim | metric | gap (better - worse) | spread (std + std) | verdict |", "|---|---|---|---|---|"]
     for v in r["verdicts"]:
@@ -93,8 +115,8 @@ def methods_table_section(r):
     n = r["table"]
     what = ("V-PAE against DMD2, MD, LCM, PCM, DCM, ADD, APT" if n == 1 else "none / LCM / V-PAE-I as the first phase")
     out = [f"## Table {n} analogue ({what}; mean ± std over seeds)", "",
-           f"Command: `vpae ablate --table {n}` (docs/METHODS.md). Seeds {r['seeds']}; wall time {r['total_s']:.0f} s; "
-           f"overrides {r.get('overrides') or 'none'}.", "",
+           f"Command: `vpae ablate --table {n}` (docs/COMPARISON_METHODS.md). Seeds {r['seeds']}; wall time {r['total_s']:.0f} s; "
+           f"overrides {overrides(r)}.", "",
            table(r["rows"], TABLE_COLS, std=True).replace("1nfe/", "1 NFE ").replace("4nfe/", "4 NFE "), "",
            "### Paper claims", "",
            "| claim | metric | gap (better - worse) | spread (std + std) | verdict |", "|---|---|---|---|---|"]
@@ -110,13 +132,14 @@ def main():
     ap.add_argument("--reproduce", type=Path, default=Path("outputs/reproduce/results.json"))
     ap.add_argument("--table1", type=Path, default=Path("outputs/table1/results.json"))
     ap.add_argument("--table2", type=Path, default=Path("outputs/table2/results.json"))
-    ap.add_argument("--notes", type=Path, default=Path("docs/results_readings.md"),
-                    help="Markdown appended verbatim (readings of the numbers, settings tried, history)")
+    ap.add_argument("--notes", type=Path, default=Path("docs/results_notes.md"),
+                    help="Markdown appended verbatim: what the numbers say, by topic")
     ap.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
     a = ap.parse_args()
     parts = ["# Measured results", "",
-             "Generated by `python scripts/write_results.py` from the runs' results.json files; every number below "
-             "comes from them. Toy world and teacher: docs/TOY_WORLD.md, docs/TEACHER.md.", ""]
+             "Generated by `python scripts/write_results.py`: the tables from the runs' results.json files (every "
+             "number in them comes from those files), then what they say (docs/results_notes.md). Toy world and "
+             "teacher: docs/TOY_WORLD.md, docs/TEACHER.md.", ""]
     if a.demo.is_file():
         parts += [demo_section(json.loads(a.demo.read_text())), ""]
     if a.reproduce.is_file():

@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests scripts benchmarks
 	mkdir -p .tmp
 	TMPDIR=$(CURDIR)/.tmp TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/.tmp/inductor HF_HUB_OFFLINE=1 \
 	  $(BIN)/python -m pytest --durations=8 tests

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import make_cond, make_latent, make_wan
-from vpae.discriminator import HEADS, SelfDiscriminator, build_head
+from vpae.discriminator import HEADS, FeatureDiscriminator, build_head
 
 B, D, GRID, TEXT_DIM, IMAGE_DIM = 2, 24, (2, 2, 2), 32, 24
 
@@ -96,11 +96,11 @@ def test_build_head_unknown():
 
 
 @pytest.mark.parametrize("kind", sorted(HEADS))
-def test_self_discriminator_on_wan(kind):
+def test_feature_discriminator_on_wan(kind):
     bb = make_wan().requires_grad_(False)
     head = build_head(kind, feature_dim=bb.feature_dim, num_layers=2, text_dim=TEXT_DIM, image_dim=IMAGE_DIM,
                       hidden_dim=16, num_queries=2, num_heads=2)
-    disc = SelfDiscriminator(head, (0.5, 1.0))
+    disc = FeatureDiscriminator(head, (0.5, 1.0))
     x = make_latent().requires_grad_()
     c = make_cond()
     s = torch.full((2,), 0.95)

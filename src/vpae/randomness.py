@@ -84,3 +84,9 @@ def randn(shape, device=None, dtype=torch.float32) -> Tensor:
 def rand(n: int, device=None) -> Tensor:
     """U[0, 1) per sample: (n,)."""
     return _per_sample((n,), device, torch.float32, "uniform")
+
+
+def uniform(n: int, band, device=None) -> Tensor:
+    """U[lo, hi) per sample for band = (lo, hi): a noise level drawn from a band."""
+    lo, hi = band
+    return lo + (hi - lo) * rand(n, device)

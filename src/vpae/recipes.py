@@ -1,52 +1,39 @@
-"""Recipes: config -> data source -> roles -> phase steps -> the training loop -> exported models.
-The only module that knows how the pieces fit; the CLI, the demo and the ablation call it."""
+"""Recipes: config -> data source -> networks -> method phases -> the training loop -> exported models.
+The one wiring path for every method (registered in vpae.training.methods) and for teacher pre-training; the
+CLI, the demo and the ablation call it."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import time
-
 from pathlib import Path
 
 import torch
 
+from vpae import registry
+from vpae.backbones.base import resolve_layers
 from vpae.backbones.wan import WanBackbone
-from vpae.config import ConfigError, VPAEConfig, record_run_config, to_dict
-from vpae.data.cache import CacheSource
+from vpae.config import ConfigError, VPAEConfig, load_config, record_run_config, to_dict
 from vpae.data.source import DataSource
 from vpae.discriminator import build_head
 from vpae.export import export_backbone
 from vpae.models import build_teacher
-from vpae.toy.source import ToyData
+from vpae.training import model as M
 from vpae.training import parallel
-from vpae.training import roles as R
 from vpae.training.checkpoint import CheckpointError, checkpoint_tensors, latest_checkpoint, load_checkpoint
 from vpae.training.loop import DivergenceCheck, train
-from vpae.training.steps import EquilibriumStep, PretrainStep, PrimingStep
-from vpae.training.methods import first_phase_step
-
-
-DATA_SOURCES = {"toy": ToyData, "cache": CacheSource}
-"""data.kind -> the DataSource class built from the config (vpae.data.source)."""
+from vpae.training.methods.base import Method
+from vpae.training.methods.pretrain import FlowMatchingPhase
 
 
 def build_data(cfg: VPAEConfig) -> DataSource:
-    return DATA_SOURCES[cfg.data.kind](cfg, cfg.train.device)
+    """The data source named by data.kind (vpae.registry), built from the config."""
+    return registry.data_source(cfg.data.kind)(cfg, cfg.train.device)
 
 
-# ----------------------------------------------------------------------------------------------
-# Teacher pre-training
-
-def _probe_fn(ema: WanBackbone, data: ToyData, n: int):  # toy only: the direction-word probe
-    """step -> the EMA teacher's direction-word probe on n held-out videos (does it read the caption yet?)."""
-    from vpae.toy.evaluate import direction_sensitivity
-    batch = data.heldout(max(1, n))
-
-    def probe(_step: int) -> dict[str, float]:
-        r = direction_sensitivity(ema, data, batch, sigmas=(0.97, 0.9, 0.5))
-        return {f"direction_ratio@{s:g}": v for s, v in r.items()}
-    return probe
+def build_method(cfg: VPAEConfig) -> Method:
+    return registry.method(cfg.method)(cfg)
 
 
 def start_run(cfg: VPAEConfig, run_dir: Path) -> parallel.World:
@@ -80,20 +67,20 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
 
     def build():
         model = build_teacher(cfg, parallel.build_device(world, cfg.train.device)).requires_grad_(True)
-        ema = R.make_ema(model)
+        ema = M.make_ema(model)
         if world.distributed:
             for m in (model, ema):
                 parallel.shard_backbone(m, cfg.parallel)
         return model, ema
     model, ema = parallel.in_turns(world, build)
-    step = PretrainStep(model, ema, cfg.pretrain)  # its optimizer over the (sharded) parameters
-    result = train("pretrain", step, data.batch_fn(cfg.pretrain.batch_size, cfg.train.seed, world.rank, world.size,
-                                                   num_workers=cfg.train.num_workers),
-                   steps=cfg.pretrain.steps, run_dir=run_dir, seed=cfg.train.seed,
-                   checkpoint_every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
-                   log_every=cfg.train.log_every, progress=progress, max_seconds=cfg.pretrain.max_seconds,
-                   divergence=divergence_check(cfg),
-                   eval_fn=_probe_fn(ema, data, cfg.train.eval_videos) if isinstance(data, ToyData) else None,
+    phase = FlowMatchingPhase(model, ema, cfg)
+    probe = getattr(data, "pretrain_probe", None)  # a data source may offer a probe of what the teacher learnt
+    result = train(phase, data.batch_fn(phase.batch_size, cfg.train.seed + phase.stream, world.rank, world.size,
+                                        num_workers=cfg.train.num_workers),
+                   run_dir=run_dir, seed=cfg.train.seed, checkpoint_every=cfg.train.checkpoint_every,
+                   keep=cfg.train.keep_checkpoints, log_every=cfg.train.log_every, progress=progress,
+                   max_seconds=cfg.pretrain.max_seconds, divergence=divergence_check(cfg),
+                   eval_fn=probe(ema, cfg.train.eval_videos) if probe else None,
                    eval_every=cfg.train.eval_every, world=world)
     result["world"] = world
     if world.distributed:
@@ -111,29 +98,33 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
 
 
 # ----------------------------------------------------------------------------------------------
-# Distillation: phase I then phase II
+# Distillation: any method's phases
 
-def build_roles(cfg: VPAEConfig, data: DataSource, world: parallel.World | None = None) -> R.Roles:
-    """Teacher (+ its zero-initialised fake adapter), generator, EMA, discriminator heads and every optimizer;
-    under torchrun every role sharded (training.parallel.shard_roles), built in CPU memory one local rank at a
-    time and moved to the device shard by shard."""
+def build_networks(cfg: VPAEConfig, data: DataSource, method: Method, world: parallel.World | None = None) -> M.Networks:
+    """The teacher (+ its zero-initialised fake adapter), the generator, the heads when the method reads them and
+    the method's own networks; under torchrun every network sharded (training.parallel.shard_networks), built in
+    CPU memory one local rank at a time and moved to the device shard by shard."""
     world = world or parallel.World()
-    return parallel.in_turns(world, lambda: _build_roles(cfg, data, world))
+    return parallel.in_turns(world, lambda: _build_networks(cfg, data, method, world))
 
 
-def _build_roles(cfg: VPAEConfig, data: DataSource, world: parallel.World) -> R.Roles:
+def _build_networks(cfg: VPAEConfig, data: DataSource, method: Method, world: parallel.World) -> M.Networks:
     device = parallel.build_device(world, cfg.train.device)
     teacher = build_teacher(cfg, device)
-    p, e = cfg.priming, cfg.equilibrium
+    p = cfg.priming
     generator = _generator_of(teacher, cfg)
-    R.make_teacher_and_fake(teacher, p.lora_rank, p.lora_alpha, p.lora_targets)
-    from vpae.backbones.base import resolve_layers
-    torch.manual_seed(cfg.train.seed + 1)
-    heads = build_head(e.head, feature_dim=generator.feature_dim, num_layers=len(resolve_layers(e.layers, generator.num_layers)),
-                       text_dim=data.sizes.text_dim, image_dim=data.sizes.image_dim,
-                       hidden_dim=e.head_dim, num_queries=e.head_queries, num_heads=e.head_attn_heads).to(device)
-    roles = R.make_roles(generator, teacher, heads, p, e, trained_backbone=e.backbone == "trained")
-    return parallel.shard_roles(roles, cfg.parallel, world)
+    M.make_teacher_and_fake(teacher, p.lora_rank, p.lora_alpha, p.lora_targets)
+    heads = None
+    if method.needs_heads:
+        h = method.head_settings()
+        torch.manual_seed(cfg.train.seed + 1)  # the heads' initialisation does not depend on the teacher's
+        heads = build_head(h["kind"], feature_dim=generator.feature_dim,
+                           num_layers=len(resolve_layers(h["layers"], generator.num_layers)),
+                           text_dim=data.sizes.text_dim, image_dim=data.sizes.image_dim, hidden_dim=h["hidden_dim"],
+                           num_queries=h["num_queries"], num_heads=h["num_heads"]).to(device)
+    nets = M.Networks(generator, teacher, heads)
+    method.add_roles(nets, before_sharding=world.distributed)
+    return parallel.shard_networks(nets, cfg.parallel, world)
 
 
 def fresh_generator(cfg: VPAEConfig, device: str | None = None) -> WanBackbone:
@@ -146,25 +137,24 @@ def _generator_of(teacher: WanBackbone, cfg: VPAEConfig) -> WanBackbone:
     seeded, so two runs of one config (and a resumed one) build the same roles."""
     p = cfg.priming
     torch.manual_seed(cfg.train.seed)
-    return R.copy_generator(teacher, p.generator_mode, p.lora_rank, p.lora_alpha, p.lora_targets)
+    return M.copy_generator(teacher, p.generator_mode, p.lora_rank, p.lora_alpha, p.lora_targets)
 
 
 def export_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None, out: str | Path | None = None) -> Path:
     """Consolidate the generator of a distill run's checkpoint (DCP, written by any number of processes) into a
     diffusers transformer folder (and its LoRA adapter in LoRA mode), in one process. Default checkpoint: the
-    newest of phase II (a comparison method's own phase), else of phase I."""
-    from vpae.config import load_config
+    newest of the method's last phase that has one."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir} is not a run directory of vpae distill (no config.yaml)")
     cfg = load_config(run_dir / "config.yaml")
     if checkpoint is None:
-        phases = ("equilibrium", cfg.method, "priming") if cfg.method != "vpae" else ("equilibrium", "priming")
+        phases = reversed(build_method(cfg).phase_names())
         checkpoint = next((c for c in (latest_checkpoint(run_dir / ph) for ph in phases) if c is not None), None)
         if checkpoint is None:
             raise CheckpointError(f"{run_dir} has no checkpoint yet")
     generator = fresh_generator(cfg, "cpu")
-    R.generator_checkpoint_view(generator).load_state_dict(checkpoint_tensors(checkpoint, "model.generator."))
+    M.generator_checkpoint_view(generator).load_state_dict(checkpoint_tensors(checkpoint, "model.generator."))
     out = Path(out) if out is not None else run_dir / "generator"
     lora = out.with_name(out.name + "_lora") if cfg.priming.generator_mode == "lora" else None
     meta = json.loads((Path(checkpoint) / "meta.json").read_text())
@@ -191,65 +181,63 @@ def phase_done(run_dir: Path, steps: int) -> bool:
 
 def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progress: bool = True,
                 eval_fn_factory=None) -> dict:
-    """Run phase I ('priming'), phase II ('equilibrium') or both ('all') in run_dir, resuming from the
-    latest checkpoint of each, across the phase boundary. Exports the final generator (and its EMA) as
-    diffusers folders in run_dir. eval_fn_factory(generator) -> (step -> metrics) adds curves."""
-    if phase not in ("priming", "equilibrium", "all"):
-        raise ConfigError(f"phase must be priming, equilibrium or all, got {phase!r}")
-    if cfg.method != "vpae":  # the paper's comparison methods (Table 1): vpae.training.methods
-        from vpae.training.methods import run_method
-        return run_method(cfg, run_dir, phase, progress, eval_fn_factory)
+    """Train cfg.method in run_dir: its phases in order ('all') or one of them by name (V-PAE: 'priming' or
+    'equilibrium'), each resuming from its latest checkpoint, across phase boundaries (a later phase run alone
+    starts from the previous phase's generator checkpoint). Then exports the raw (not EMA) generator as a
+    diffusers folder run_dir/generator (a LoRA generator merged, its adapter alone in run_dir/generator_lora),
+    plus the method's own exports (DCM: detail_expert). eval_fn_factory(model to sample) -> (step -> metrics)
+    adds curves. Returns every phase's loop result by name, "generator" (the model to sample: DCM's expert pair),
+    "sampler" (its sampler kind), "networks", "teacher", "ema", "data", "world", "timings" and "seconds"."""
+    method = build_method(cfg)
+    names = method.phase_names()
+    if phase != "all" and phase not in names:
+        raise ConfigError(f"method {cfg.method} has the phase(s) {', '.join(names)}; --phase must be one of them "
+                          f"or all (got {phase!r})")
     run_dir = Path(run_dir)
     world = start_run(cfg, run_dir)
+    if world.distributed and not method.distributed:
+        raise ConfigError(f"method {cfg.method} runs in one process for now (torchrun: method vpae only)")
     data = build_data(cfg)
-    roles = build_roles(cfg, data, world)
-    out = {"timings": {}}
+    nets = build_networks(cfg, data, method, world)
+    phases = method.phases(nets)
+    out: dict = {"timings": {}}
     t0 = time.perf_counter()
     tc = cfg.train
     common = dict(seed=tc.seed, checkpoint_every=tc.checkpoint_every, keep=tc.keep_checkpoints,
-                  log_every=tc.log_every, progress=progress, eval_every=tc.eval_every, world=world)
-
-    # Phase I: stability priming.
-    priming = first_phase_step(roles, cfg)  # V-PAE-I, or LCM (priming.kind, Table 2)
-    pdir = run_dir / "priming"
-    if phase in ("priming", "all"):
-        evf = eval_fn_factory(roles.generator) if eval_fn_factory else None
-        r = train("priming", priming, data.batch_fn(cfg.priming.batch_size, tc.seed + 1, world.rank, world.size), steps=cfg.priming.steps,
-                  run_dir=pdir, eval_fn=evf, divergence=divergence_check(cfg), **common)
-        out["timings"]["priming"] = r["seconds"]
-        out["priming"] = r
-    elif cfg.priming.steps > 0:
-        # phase II alone starts from the primed generator of this run directory
-        ckpt = latest_checkpoint(pdir)
-        if ckpt is None:
-            raise CheckpointError(f"phase II needs phase I's checkpoint in {pdir}; run --phase priming first "
-                                    f"or set priming.steps=0 to start phase II from the teacher")
-        load_checkpoint(ckpt, {"generator": priming.modules["generator"]}, {})
-
-    # Phase II: unified adversarial equilibrium.
-    if phase in ("equilibrium", "all"):
-        if not phase_done(pdir, cfg.priming.steps) and phase == "all":
-            raise CheckpointError(f"phase I did not finish in {pdir}; rerun the same command to resume it")
-        eq = EquilibriumStep(roles, cfg.equilibrium)  # EMA and phase II optimizers from the primed generator
-        evf = eval_fn_factory(roles.generator) if eval_fn_factory else None
-        r = train("equilibrium", eq, data.batch_fn(cfg.equilibrium.batch_size, tc.seed + 2, world.rank, world.size),
-                  steps=cfg.equilibrium.steps, run_dir=run_dir / "equilibrium", eval_fn=evf,
-                  divergence=divergence_check(cfg), **common)
-        out["timings"]["equilibrium"] = r["seconds"]
-        out["equilibrium"] = r
-        out["ema"] = roles.ema
-    generator = roles.generator
-    if world.distributed:  # rank 0 exports an unsharded copy; the run's roles stay sharded
-        generator = consolidated(cfg, roles.generator, lambda: fresh_generator(cfg, "cpu"), world)
+                  log_every=tc.log_every, progress=progress, eval_every=tc.eval_every, world=world,
+                  divergence=divergence_check(cfg))
+    sampler_model = method.sampler_model(nets, phases)
+    for i, ph in enumerate(phases):
+        pdir = run_dir / ph.name
+        if phase in ("all", ph.name):
+            if i > 0 and phase == "all" and not phase_done(run_dir / phases[i - 1].name, phases[i - 1].steps):
+                raise CheckpointError(f"{phases[i - 1].name} did not finish in {run_dir / phases[i - 1].name}; "
+                                      f"rerun the same command to resume it")
+            ph.start()  # the phase's copies (EMA, targets) from the generator as the previous phase left it
+            evf = eval_fn_factory(sampler_model) if eval_fn_factory else None
+            r = train(ph, data.batch_fn(ph.batch_size, tc.seed + ph.stream, world.rank, world.size), run_dir=pdir,
+                      eval_fn=evf, **common)
+            out["timings"][ph.name] = r["seconds"]
+            out[ph.name] = r
+        elif i + 1 < len(phases) and phases[i + 1].name == phase and ph.steps > 0:
+            # a later phase run alone starts from this phase's generator in this run directory
+            ckpt = latest_checkpoint(pdir)
+            if ckpt is None:
+                raise CheckpointError(f"{phase} needs {ph.name}'s checkpoint in {pdir}; run --phase {ph.name} first "
+                                      f"or set {ph.name}.steps=0 to start {phase} from the teacher")
+            load_checkpoint(ckpt, {"generator": ph.modules()["generator"]}, {})
+    out.update({"generator": sampler_model, "sampler": method.sampler, "networks": nets, "teacher": nets.teacher,
+                "ema": nets.ema, "data": data, "world": world})
+    generator = nets.generator
+    if world.distributed:  # rank 0 exports an unsharded copy; the run's networks stay sharded
+        generator = consolidated(cfg, nets.generator, lambda: fresh_generator(cfg, "cpu"), world)
         world.barrier()
         if not world.main:
-            return {**out, "generator": roles.generator, "teacher": roles.teacher, "data": data, "world": world}
+            return out
+    meta = {"role": "generator", "method": cfg.method, "phase": phase, "data": to_dict(cfg.data)}
     lora = run_dir / "generator_lora" if cfg.priming.generator_mode == "lora" else None
-    export_backbone(generator, run_dir / "generator", {"role": "generator", "phase": phase, "data": to_dict(cfg.data)},
-                    lora_dir=lora)
-    out["generator"] = roles.generator
-    out["teacher"] = roles.teacher
-    out["world"] = world
-    out["data"] = data
+    export_backbone(generator, run_dir / "generator", meta, lora_dir=lora)
+    for folder, (backbone, extra) in method.exports(nets, phases).items():
+        export_backbone(backbone, run_dir / folder, {**meta, **extra})
     out["seconds"] = time.perf_counter() - t0
     return out

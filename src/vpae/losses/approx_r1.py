@@ -23,3 +23,15 @@ def gaussian_perturbation(like: Tensor, sigma: float) -> Tensor:
 def approximated_r1_penalty(logits_perturbed: Tensor, logits_clean: Tensor) -> Tensor:
     """Per sample |D(x + delta) - D(x)|^2."""
     return (logits_perturbed - logits_clean).reshape(logits_clean.shape[0], -1).pow(2).sum(1)
+
+
+class ApproximatedR1:
+    """APT's approximated R1 with its perturbation: delta = sigma * N(0, I), penalty |D(x + delta) - D(x)|^2.
+    `discriminate(x)` -> logits (it may add its own noise level)."""
+
+    def __init__(self, sigma: float):
+        self.sigma = sigma
+
+    def __call__(self, discriminate, x: Tensor, logits: Tensor) -> Tensor:
+        delta = gaussian_perturbation(x, self.sigma)
+        return approximated_r1_penalty(discriminate(x + delta), logits)

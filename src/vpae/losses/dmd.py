@@ -8,8 +8,12 @@ per-sample normalisation by mean |x0_gen - x0_real|, which we follow.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
+from vpae import flow, randomness
+from vpae.conditioning import Conditioning
 from vpae.errors import DivergenceError
 
 Tensor = torch.Tensor
@@ -42,3 +46,44 @@ def dmd_loss(x0_gen: Tensor, x0_real: Tensor, x0_fake: Tensor) -> Tensor:
 def fake_score_loss(v_fake: Tensor, x0_gen: Tensor, eps: Tensor) -> Tensor:
     """Eq. 2: flow matching of the fake score on detached generator samples, target v = eps - x0."""
     return _per_sample_mean((eps - x0_gen.detach() - v_fake) ** 2)
+
+
+class ScorePair(Protocol):
+    """The two scores of eq. 1 as x0 predictions (vpae.training.model.Networks is one): the real score with
+    classifier-free guidance, the fake score, and the fake score's velocity with a graph (eq. 2)."""
+
+    def real_x0(self, x_t: Tensor, t: Tensor, cond: Conditioning, guidance: float = 1.0) -> Tensor: ...
+
+    def fake_x0(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor: ...
+
+    def fake_velocity(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor: ...
+
+
+class DistributionMatchingLoss:
+    """Eq. 1: the generator's sample is detached, re-noised at t ~ U(band) and read by the real score (CFG
+    `guidance`) and the fake score; the per-sample surrogate `dmd_loss` carries the normalised difference."""
+
+    def __init__(self, band, guidance: float = 1.0):
+        self.band, self.guidance = tuple(band), guidance
+
+    def __call__(self, x0_gen: Tensor, cond: Conditioning, scores: ScorePair) -> tuple[Tensor, Tensor]:
+        """-> (per-sample loss (B,), mean |x0_real - x0_fake| (a logged gap))."""
+        t = randomness.uniform(x0_gen.shape[0], self.band, x0_gen.device)
+        x_t = flow.add_noise(x0_gen.detach(), randomness.randn_like(x0_gen), t)
+        with torch.no_grad():
+            x0_real = scores.real_x0(x_t, t, cond, self.guidance)
+            x0_fake = scores.fake_x0(x_t, t, cond)
+        return dmd_loss(x0_gen, x0_real, x0_fake), (x0_real - x0_fake).abs().mean()
+
+
+class FakeScoreLoss:
+    """Eq. 2: flow matching of the fake score on detached generator samples re-noised at t ~ U(band)."""
+
+    def __init__(self, band):
+        self.band = tuple(band)
+
+    def __call__(self, x0_gen: Tensor, cond: Conditioning, scores: ScorePair) -> Tensor:
+        t = randomness.uniform(x0_gen.shape[0], self.band, x0_gen.device)
+        eps = randomness.randn_like(x0_gen)
+        v_fake = scores.fake_velocity(flow.add_noise(x0_gen, eps, t), t, cond)
+        return fake_score_loss(v_fake, x0_gen, eps)

@@ -31,3 +31,15 @@ def st_r1_penalty(logits_perturbed: Tensor, logits_clean: Tensor, delta: Tensor)
     """Eq. 4 per sample: |D(x~) - D(x)|^2 / ||sigma_s eps_s + sigma_t eps_t||^2."""
     diff = (logits_perturbed - logits_clean).reshape(logits_clean.shape[0], -1)
     return diff.pow(2).sum(1) / delta.flatten(1).pow(2).sum(1)
+
+
+class SpatiotemporalR1:
+    """Eq. 4 with its perturbation: draws delta (spatiotemporal_perturbation) and scores D(x + delta) against
+    the clean logits. `discriminate(x, t)` -> logits."""
+
+    def __init__(self, sigma_s: float, sigma_t: float):
+        self.sigma_s, self.sigma_t = sigma_s, sigma_t
+
+    def __call__(self, discriminate, x: Tensor, t: Tensor, logits: Tensor) -> Tensor:
+        delta = spatiotemporal_perturbation(x, self.sigma_s, self.sigma_t)
+        return st_r1_penalty(discriminate(x + delta, t), logits, delta)

@@ -15,7 +15,7 @@ space, so it is scale-free and works for pixels (toy world) and Wan VAE latents 
                      the data. A vanishing object (the last frame turns into flat background) -> < 1.
 
 `collapse_flags` turns them into named alarms with thresholds far from 1 (a healthy run sits near 1 on
-each), and the training steps log both as `collapse/*`.
+each), and the training methods log both as `collapse/*`.
 """
 
 from __future__ import annotations
@@ -65,10 +65,9 @@ def collapse_flags(stats: dict[str, float]) -> list[str]:
     return out
 
 
-def with_collapse(stats: dict[str, float], x0_gen: Tensor, x_data: Tensor) -> dict[str, float]:
-    """stats plus the collapse ratios and `collapse/alarms` (how many modes are flagged this step)."""
+def collapse_logs(x0_gen: Tensor, x_data: Tensor) -> dict[str, float]:
+    """The collapse ratios of a generated batch and `collapse/alarms` (how many modes are flagged this step)."""
     c = collapse_stats(x0_gen, x_data)
     if c:
-        stats.update(c)
-        stats["collapse/alarms"] = float(len(collapse_flags(c)))
-    return stats
+        c["collapse/alarms"] = float(len(collapse_flags(c)))
+    return c

@@ -1,4 +1,5 @@
-"""The one training loop: data, step, logging, NaN guard, checkpoint, resume.
+"""The one training loop: data, the phase's updates, optimizers (zero_grad, backward, clipping, stepping),
+logging, divergence guard, checkpoint, resume.
 
 EDM2-style determinism: the global RNG is reseeded from (seed, phase, step) before every step, every sample's
 noise comes from its own stream seeded from (seed, phase, step, global sample index) (training.randomness), and
@@ -17,23 +18,17 @@ import math
 import time
 import zlib
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from vpae import randomness
 from vpae.conditioning import Conditioning
 from vpae.errors import DivergenceError
-from vpae import randomness
 from vpae.training.checkpoint import clean_stale_tmp, latest_checkpoint, load_checkpoint, save_checkpoint
+from vpae.training.methods.base import OptimizerSpec, Phase, Update
 from vpae.training.parallel import World
-
-
-class Step(Protocol):
-    modules: dict
-    optimizers: dict
-
-    def step(self, step: int, x_data: torch.Tensor, cond: Conditioning) -> dict[str, float]: ...
 
 
 def step_seed(seed: int, phase: str, step: int) -> int:
@@ -86,13 +81,77 @@ def _hyperparameters(opt: torch.optim.Optimizer) -> list[dict]:
     return [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
 
 
-def train(phase: str, step_obj: Step, batch_fn: Callable[[int], tuple[torch.Tensor, Conditioning]], *,
-          steps: int, run_dir: str | Path, seed: int = 0, checkpoint_every: int = 100, keep: int = 2,
+def clip_and_norm(params, max_norm: float) -> float:
+    """Clip the gradients of params to max_norm (0: no clipping) and return their norm before clipping."""
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return 0.0
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    # sharded (FSDP2) parameters give a DTensor norm: clipping used the global norm; read it whole
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+class Optimizers:
+    """A phase's optimizers, built from its OptimizerSpecs over the parameters as they are now (after sharding,
+    the sharded ones), and the one place where weights are updated."""
+
+    def __init__(self, specs: dict[str, OptimizerSpec]):
+        self.specs = specs
+        self.optimizers = {name: spec.build() for name, spec in specs.items()}
+
+    def apply(self, update: Update, step: int) -> float:
+        """Update weights: zero, backward, clip, step; returns the gradient norm before clipping."""
+        spec, opt = self.specs[update.optimizer], self.optimizers[update.optimizer]
+        if spec.lr_scale is not None:
+            for g in opt.param_groups:
+                g["lr"] = spec.lr * spec.lr_scale(step)
+        opt.zero_grad(set_to_none=True)
+        update.loss.backward()
+        norm = clip_and_norm(spec.params, spec.grad_clip)
+        opt.step()
+        return norm
+
+    def release(self) -> None:
+        """Free the moments and the last gradients (the next phase builds its own optimizers)."""
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+            opt.state.clear()
+
+
+def take_step(phase: Phase, optimizers: Optimizers, step: int, x_data: torch.Tensor, cond: Conditioning) -> dict[str, float]:
+    """One training step of `phase`: each Update it yields is applied before the phase continues."""
+    stats: dict[str, float] = {}
+    for update in phase.step(step, x_data, cond):
+        if isinstance(update, dict):
+            stats.update(update)
+            continue
+        stats[f"grad_norm/{update.name or update.optimizer}"] = optimizers.apply(update, step)
+        stats.update(update.logs)
+    return stats
+
+
+class PhaseStepper:
+    """A phase with its optimizers, stepped by hand (tests, benchmarks): what the loop does for one step,
+    without data, logging or checkpoints. start=True runs phase.start() first (its EMA and target copies)."""
+
+    def __init__(self, phase: Phase, start: bool = True):
+        if start:
+            phase.start()
+        self.phase = phase
+        self.optimizers = Optimizers(phase.optimizers())
+
+    def step(self, step: int, x_data: torch.Tensor, cond: Conditioning) -> dict[str, float]:
+        return take_step(self.phase, self.optimizers, step, x_data, cond)
+
+
+def train(phase: Phase, batch_fn: Callable[[int], tuple[torch.Tensor, Conditioning]], *,
+          steps: int | None = None, run_dir: str | Path, seed: int = 0, checkpoint_every: int = 100, keep: int = 2,
           log_every: int = 10, meta: dict | None = None,
           eval_fn: Callable[[int], dict[str, float]] | None = None, eval_every: int = 0,
           progress: bool = True, max_seconds: float = 0.0, divergence: DivergenceCheck | None = None,
           world: World | None = None) -> dict:
-    """Run `steps` optimisation steps of one phase in `run_dir`, resuming from its latest checkpoint.
+    """Run `steps` (default phase.steps) steps of one phase in `run_dir`, resuming from its latest checkpoint.
+The phase's optimizers are built here and released at the end.
 
     batch_fn(step) -> (x_data, cond) must be deterministic in step. max_seconds > 0 stops early (with a
     checkpoint) once that much wall time has passed. A diverged step (see DivergenceCheck) raises
@@ -102,20 +161,24 @@ def train(phase: str, step_obj: Step, batch_fn: Callable[[int], tuple[torch.Tens
     world: this process under torchrun (batch_fn must then return this rank's share of the global batch).
     """
     world = world or World()
+    steps = phase.steps if steps is None else steps
+    optimizers = Optimizers(phase.optimizers())
+    modules = phase.modules()
+    name = phase.name
     run_dir = Path(run_dir)
     if world.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         clean_stale_tmp(run_dir)
     world.barrier()
-    meta = {"phase": phase, **(meta or {})}
+    meta = {"phase": name, **(meta or {})}
     start, before = 0, 0.0
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
         # The optimizers were built from the current config: its hyper-parameters (lr, betas, ...) win over
         # the checkpoint's (a changed lr is applied, not silently replaced by the old one; see resume_changes).
-        hyper = {k: _hyperparameters(o) for k, o in step_obj.optimizers.items()}
-        loaded = load_checkpoint(ckpt, step_obj.modules, step_obj.optimizers, strict_meta={"phase": phase})
-        for k, o in step_obj.optimizers.items():
+        hyper = {k: _hyperparameters(o) for k, o in optimizers.optimizers.items()}
+        loaded = load_checkpoint(ckpt, modules, optimizers.optimizers, strict_meta={"phase": name})
+        for k, o in optimizers.optimizers.items():
             for g, h in zip(o.param_groups, hyper[k]):
                 g.update(h)
         start, before = int(loaded["step"]), float(loaded.get("train_seconds", 0.0))
@@ -124,15 +187,15 @@ def train(phase: str, step_obj: Step, batch_fn: Callable[[int], tuple[torch.Tens
     logger = JsonlLogger(run_dir / "log.jsonl") if world.main else None
     last: dict[str, float] = {}
     t0 = time.perf_counter()
-    bar = tqdm(range(start, steps), desc=phase, initial=start, total=steps, disable=not (progress and world.main), dynamic_ncols=True)
+    bar = tqdm(range(start, steps), desc=name, initial=start, total=steps, disable=not (progress and world.main), dynamic_ncols=True)
     for step in bar:
-        torch.manual_seed(step_seed(seed, phase, step))
+        torch.manual_seed(step_seed(seed, name, step))
         t_data = time.perf_counter()
-        with randomness.batch_stream(step_seed(seed, phase, step), world.rank):
+        with randomness.batch_stream(step_seed(seed, name, step), world.rank):
             x_data, cond = batch_fn(step)
             t_step = time.perf_counter()
             try:
-                stats, why = step_obj.step(step, x_data, cond), None
+                stats, why = take_step(phase, optimizers, step, x_data, cond), None
             except DivergenceError as e:  # raised inside a loss (e.g. a non-finite DMD gradient)
                 stats, why = {}, str(e)
         why = world.first(why)  # a rank that diverged stops every rank
@@ -142,8 +205,8 @@ def train(phase: str, step_obj: Step, batch_fn: Callable[[int], tuple[torch.Tens
         # Divergence guard: stop before a diverged update can reach a checkpoint.
         if why:
             where = (f"the last checkpoint before it is {saved} (resume from it with a lower learning rate: "
-                     f"rerun with --set {phase}.lr=...)" if saved else "no checkpoint of this phase was written yet")
-            raise DivergenceError(f"{phase} diverged at step {step + 1}: {why}; {where}")
+                     f"rerun with --set {name}.lr=...)" if saved else "no checkpoint of this phase was written yet")
+            raise DivergenceError(f"{name} diverged at step {step + 1}: {why}; {where}")
         stats["time/data_s"], stats["time/step_s"] = t_step - t_data, time.perf_counter() - t_step
         last = stats
         if eval_fn is not None and eval_every > 0 and ((step + 1) % eval_every == 0 or step + 1 == steps):
@@ -154,7 +217,7 @@ def train(phase: str, step_obj: Step, batch_fn: Callable[[int], tuple[torch.Tens
         # every rank must stop at the same step: rank 0's clock decides
         out_of_time = max_seconds > 0 and world.broadcast(time.perf_counter() - t0 > max_seconds)
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps or out_of_time:
-            saved = save_checkpoint(run_dir, step + 1, step_obj.modules, step_obj.optimizers,
+            saved = save_checkpoint(run_dir, step + 1, modules, optimizers.optimizers,
                                     {**meta, "train_seconds": before + time.perf_counter() - t0}, keep=keep)
         if out_of_time and logger:
             logger.log({"step": step + 1, "time": time.perf_counter() - t0, **stats})
@@ -162,4 +225,5 @@ def train(phase: str, step_obj: Step, batch_fn: Callable[[int], tuple[torch.Tens
             steps = step + 1
             break
     seconds = time.perf_counter() - t0
+    optimizers.release()
     return {"step": steps, "seconds": seconds, "train_seconds": before + seconds, "last": last, "resumed_from": start}

@@ -3,16 +3,16 @@
 Under `torchrun --nproc_per_node N` every process holds 1/N of every role (FSDP2 `fully_shard`: each transformer
 block, then the embedders, then the root; the discriminator heads as one unit), draws its share of each global
 batch (data.source.rank_share) and its samples' own noise (training.randomness), and FSDP2 averages the
-gradients. The phase steps are the same code on one process and on N: nothing in losses/ or steps.py knows
+gradients. The phase steps are the same code on one process and on N: nothing in losses/ or training/methods/ knows
 about sharding. One process (plain `vpae ...`) never initialises torch.distributed and shards nothing.
 
-Roles under sharding:
+Networks under sharding:
 - teacher: frozen weights sharded; its LoRA fake-score adapter lives inside the same blocks, so the real and
   fake scores share one sharded copy and adapter toggling (peft flags) works unchanged;
-- EMA generator (and the "trained" ablation's discriminator backbone): created from the unsharded generator
-  BEFORE wrapping (Roles.make_phase_two_copies) and sharded like it, so the EMA update is a shard-local
-  lerp; phase II starts by copying the primed generator into them (Roles.start_equilibrium);
-- optimizers are built after wrapping, over the sharded parameters (Roles.build_optimizers).
+- EMA generator (and a method's other copies): created from the unsharded generator BEFORE wrapping
+  (Method.add_roles) and sharded like it, so the EMA update is a shard-local lerp; phase II starts by copying
+  the primed generator into them (EquilibriumPhase.start);
+- optimizers are built after wrapping, over the sharded parameters (by the training loop).
 """
 
 from __future__ import annotations
@@ -182,18 +182,17 @@ def shard_module(module: nn.Module, parallel_cfg) -> nn.Module:
     return module
 
 
-def shard_roles(roles, parallel_cfg, world: World):
-    """Shard every role of a Roles object in place (a no-op on one process) and rebuild its optimizers over
-    the sharded parameters."""
+def shard_networks(nets, parallel_cfg, world: World):
+    """Shard every network of a training.model.Networks in place (a no-op on one process): each backbone per
+    block, the heads as one unit. The method's copies (EMA, ...) must exist already: a sharded module is not
+    deep-copied. Optimizers are built afterwards by the training loop, over the sharded parameters."""
     if not world.distributed:
-        return roles
-    roles.make_phase_two_copies()  # the EMA is copied from the unsharded generator, then sharded like it
-    for backbone in (roles.generator, roles.teacher, roles.ema, roles.trained_backbone):
-        if backbone is not None:
-            shard_backbone(backbone, parallel_cfg)
-    shard_module(roles.heads, parallel_cfg)
-    roles.build_optimizers()
-    return roles
+        return nets
+    for backbone in nets.backbones():
+        shard_backbone(backbone, parallel_cfg)
+    if nets.heads is not None:
+        shard_module(nets.heads, parallel_cfg)
+    return nets
 
 
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:

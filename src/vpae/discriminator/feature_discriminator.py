@@ -1,7 +1,7 @@
-"""The discriminator D = [backbone; heads] of eq. 3.
+"""The discriminator D = [backbone; heads] of eq. 3: light heads reading any backbone's features.
 
-The backbone is any Backbone (the generator's EMA copy in V-PAE, the teacher or a trained copy in the
-ablations). Its parameters are never touched here; its features stay differentiable with respect to the
+The backbone is any Backbone (the generator's EMA copy in V-PAE; the teacher or a trained copy in the
+ablations; the fake score in DMD2; the frozen teacher in ADD and DCM; a trained copy in APT). Its parameters are never touched here; its features stay differentiable with respect to the
 input so the generator receives the adversarial gradient through it (the unofficial-APT-port bug of
 running the backbone under no_grad is what `input_grad=True` prevents).
 """
@@ -21,7 +21,9 @@ from vpae.conditioning import Conditioning
 Tensor = torch.Tensor
 
 
-class SelfDiscriminator(nn.Module):
+class FeatureDiscriminator(nn.Module):
+    """Heads over the features a backbone gives at `layers` (depth fractions or block indices)."""
+
     def __init__(self, heads: nn.Module, layers: Sequence[int | float]):
         super().__init__()
         self.heads = heads

@@ -1,13 +1,15 @@
-"""Model roles, named explicitly (ARCHITECTURE: "roles are explicit"), held with every optimizer by one
-`Roles` object that `make_roles` builds.
+"""The networks of a distillation run, held by one object (`Networks`), and the operations on them.
 
 teacher    the frozen real score. With its peft adapter "fake" switched on it IS the fake score: one copy
            of the teacher's weights serves both (the memory reason the paper uses LoRA).
 generator  starts as a copy of the teacher; trained in both phases (full weights or a LoRA adapter).
 ema        the generator's EMA; in phase II it is the discriminator backbone ("unified").
-heads      the discriminator heads (phase II), trained by the discriminator loss only.
-trained_backbone  only for the Table 3 ablation equilibrium.backbone = "trained": a full copy of the
-           generator that the discriminator trains (the memory cost the unified design avoids).
+heads      the discriminator heads, trained by the discriminator loss only.
+others     a method's own networks by name (DCM's detail expert and its EMA, APT's trained discriminator
+           backbone, the Table 3 ablation's trained discriminator backbone), built by the method.
+
+Which networks train is each method's choice (its optimizer specs, vpae.training.methods); optimizers belong to
+the training loop (vpae.training.loop), never to this object.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
+from vpae.backbones.base import Backbone
 from vpae.backbones.wan import WanBackbone
+from vpae.sampling import predict_x0
 
 FAKE_ADAPTER = "fake"
 GENERATOR_ADAPTER = "generator"
@@ -142,90 +145,59 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 @dataclass
-class Roles:
-    """The five roles and their optimizers. Optimizer keys: "priming/generator", "priming/fake" (phase I),
-    "equilibrium/generator", "equilibrium/discriminator" (phase II: the heads, plus a trained backbone).
-    The EMA generator (and a trained discriminator backbone) exist only from phase II on (start_equilibrium):
-    phase I does not need them, and at 14B each is another full copy of the generator."""
+class Networks:
+    """Every network of a run. The teacher carries the zero-initialised "fake" LoRA (make_teacher_and_fake), so
+    it serves as the real score (adapters off) and as the fake score (adapter on): `real_x0`, `fake_x0` and
+    `fake_velocity` are the score queries the losses make (vpae.losses.dmd.ScorePair). The EMA and the
+    method's other copies are made by `copy_generator_as` when a phase needs them: in one process at that
+    phase's start (phase I does not pay for an EMA it does not use), under torchrun before sharding."""
 
     generator: WanBackbone
     teacher: WanBackbone
-    heads: nn.Module
-    equilibrium: Any
-    trained_backbone_wanted: bool = False
+    heads: nn.Module | None = None
     ema: WanBackbone | None = None
-    trained_backbone: WanBackbone | None = None
-    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
-    priming: Any = None
-    equilibrium_started: bool = False
-    # Roles of the comparison methods (training/methods.py builds them and their optimizers, "<method>/<role>"):
-    detail_expert: WanBackbone | None = None    # DCM: the detail expert (low-noise phases); generator = semantic
-    detail_ema: WanBackbone | None = None       # DCM: the detail expert's EMA consistency target
-    disc_backbone: WanBackbone | None = None    # APT: a trained discriminator backbone initialised from the teacher
+    others: dict[str, WanBackbone] = field(default_factory=dict)
 
     @property
     def fake_params(self) -> list[nn.Parameter]:
         return trainable_parameters(self.teacher)  # only the "fake" LoRA is trainable on the teacher
 
-    @property
-    def discriminator_params(self) -> list[nn.Parameter]:
-        extra = trainable_parameters(self.trained_backbone) if self.trained_backbone is not None else []
-        return list(self.heads.parameters()) + extra
+    def head_params(self) -> list[nn.Parameter]:
+        return list(self.heads.parameters()) if self.heads is not None else []
 
-    def make_phase_two_copies(self) -> "Roles":
-        """The EMA generator (and, for the "trained" ablation, a full discriminator backbone) as copies of the
-        generator. One process makes them at phase II's start; a sharded run makes them before wrapping
-        (training.parallel.shard_roles: a sharded module is not deep-copied), and phase II's start then
-        copies the primed generator into them. Idempotent."""
+    def make_ema(self) -> WanBackbone:
+        """The generator's EMA (frozen), made once as a copy of the generator as it is now."""
         if self.ema is None:
             self.ema = make_ema(self.generator)
-            if self.trained_backbone_wanted:
-                self.trained_backbone = copy.deepcopy(self.generator).requires_grad_(True)
-        return self
+        return self.ema
 
-    def build_optimizers(self, phases=("priming", "equilibrium")) -> "Roles":
-        """The optimizers of `phases` over the roles' current parameters (after sharding, the sharded ones).
-        Phase II's exist once phase II has started."""
-        p, e = self.priming, self.equilibrium
-        if "priming" in phases:
-            self.optimizers["priming/generator"] = torch.optim.Adam(
-                trainable_parameters(self.generator), lr=p.lr, betas=tuple(p.betas))
-            self.optimizers["priming/fake"] = torch.optim.Adam(self.fake_params, lr=p.fake_lr, betas=tuple(p.fake_betas))
-        if "equilibrium" in phases and self.equilibrium_started:
-            self.optimizers["equilibrium/generator"] = torch.optim.Adam(
-                trainable_parameters(self.generator), lr=e.lr, betas=tuple(e.betas))
-            self.optimizers["equilibrium/discriminator"] = torch.optim.Adam(
-                self.discriminator_params, lr=e.head_lr, betas=tuple(e.head_betas))
-        return self
+    def make_copy(self, name: str, trains: str = "all") -> WanBackbone:
+        """others[name]: a full copy of the generator as it is now, made once. trains: "all" (every weight
+        trainable), "same" (what trains in the generator: its LoRA only for a LoRA generator), "none" (frozen)."""
+        if name not in self.others:
+            dup = copy.deepcopy(self.generator)
+            self.others[name] = {"all": lambda m: m.requires_grad_(True), "same": lambda m: m, "none": freeze}[trains](dup)
+        return self.others[name]
 
-    def start_equilibrium(self) -> "Roles":
-        """Phase II starts from the primed generator: the EMA (and a trained discriminator backbone) start as
-        copies of it, and phase II's optimizers are built. A resumed phase II then loads its checkpoint over
-        them. Idempotent."""
-        if self.equilibrium_started:
-            return self
-        if self.ema is None:
-            self.make_phase_two_copies()
-        else:  # made before sharding: overwrite them with the primed generator, shard by shard
-            with torch.no_grad():
-                for copy_ in (self.ema, self.trained_backbone):
-                    if copy_ is not None:
-                        for c, g in zip(copy_.parameters(), self.generator.parameters(), strict=True):
-                            c.copy_(g)
-        self.equilibrium_started = True
-        # Phase I is over: free its optimizer moments and the fake LoRA's last gradients (measured: 27 % of the
-        # phase II bytes of a weight-dominated model; ~8 GiB per GPU at 14B over 8 GPUs).
-        for key in [k for k in self.optimizers if k.startswith("priming/")]:
-            opt = self.optimizers.pop(key)
-            opt.zero_grad(set_to_none=True)
-            opt.state.clear()
-        return self.build_optimizers(("equilibrium",))
+    def backbones(self) -> list[WanBackbone]:
+        return [m for m in (self.generator, self.teacher, self.ema, *self.others.values()) if m is not None]
+
+    # The score queries of eq. 1, 2 and 5 (vpae.losses.dmd.ScorePair).
+    def real_x0(self, x_t: torch.Tensor, t: torch.Tensor, cond, guidance: float = 1.0) -> torch.Tensor:
+        with real_score(self.teacher):
+            return predict_x0(self.teacher, x_t, t, cond, guidance)[0]
+
+    def fake_x0(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        with fake_score(self.teacher):
+            return predict_x0(self.teacher, x_t, t, cond)[0]
+
+    def fake_velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        with fake_score(self.teacher):
+            return self.teacher.velocity(x_t, t, cond)
 
 
-def make_roles(generator: WanBackbone, teacher: WanBackbone, heads: nn.Module, priming, equilibrium,
-               trained_backbone: bool = False) -> Roles:
-    """Every role and optimizer in one place. `teacher` already carries its zero-initialised fake adapter
-    (make_teacher_and_fake). priming / equilibrium: the phases' configs (lrs, betas); phase II's roles and
-    optimizers are made by Roles.start_equilibrium, from the generator as phase I left it."""
-    roles = Roles(generator, teacher, heads, equilibrium, trained_backbone, priming=priming)
-    return roles.build_optimizers()
+def copy_into(dst: Backbone, src: Backbone) -> None:
+    """dst's parameters <- src's (same shapes; shard by shard when both are sharded alike)."""
+    with torch.no_grad():
+        for d, s in zip(dst.parameters(), src.parameters(), strict=True):
+            d.copy_(s)

@@ -1,0 +1,88 @@
+"""ADD (Sauer et al. 2024b, Adversarial Diffusion Distillation). The student denoises real videos noised to the
+comparison sigmas (ADD's tau = 999, 749, 499, 249); its loss is the hinge adversarial loss of a discriminator
+made of a frozen feature network (the teacher, adapters off; ADD uses DINOv2) with trainable heads, plus
+lambda = 2.5 times the score-distillation loss toward the teacher (eq. 5, weight c(t) = alpha_t;
+losses/add.py). The heads train with the hinge loss and R1 on real data (weight 1e-5, approximated:
+losses/approx_r1.py).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from vpae import flow, randomness
+from vpae.conditioning import Conditioning
+from vpae.discriminator import FeatureDiscriminator
+from vpae.losses import (ADDDistillationLoss, ApproximatedR1, discriminator_accuracy, discriminator_loss,
+                         generator_adversarial_loss)
+from vpae.registry import register_method
+from vpae.sampling import few_step_sigmas
+from vpae.training import model as M
+from vpae.training.collapse import collapse_logs
+from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, requires_grad, student_inputs
+
+Tensor = torch.Tensor
+
+
+class ADDPhase(Phase):
+    name, stream = "add", 3
+
+    def __init__(self, nets: M.Networks, cfg):
+        super().__init__(nets, cfg)
+        self.c, self.a = cfg.comparison, cfg.add
+        self.steps, self.batch_size = self.c.steps, self.c.batch_size
+        self.sigmas = few_step_sigmas(self.c.nfe, self.c.shift)
+        self.disc = FeatureDiscriminator(nets.heads, self.c.layers)
+        self.distill = ADDDistillationLoss(self.c.guidance)
+        self.r1 = ApproximatedR1(self.a.r1_sigma)
+
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        c = self.c
+        return {"generator": OptimizerSpec(M.trainable_parameters(self.nets.generator), c.lr, c.betas, c.grad_clip),
+                "heads": OptimizerSpec(self.nets.head_params(), c.disc_lr, c.disc_betas, c.grad_clip)}
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": M.generator_checkpoint_view(self.nets.generator), "heads": self.nets.heads}
+
+    def discriminate(self, x0: Tensor, cond: Conditioning, backbone_grad: bool) -> Tensor:
+        """The frozen teacher's features at noise level add.disc_sigma (0: the clean video, as ADD), read by the heads."""
+        s = torch.full((x0.shape[0],), self.a.disc_sigma, device=x0.device)
+        x = flow.add_noise(x0, randomness.randn_like(x0), s)
+        with M.real_score(self.nets.teacher):
+            return self.disc(self.nets.teacher, x, s, cond, backbone_grad)
+
+    def generator_loss(self, x0_gen: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
+        """ADD eq. 5: adversarial + distill_weight x distillation."""
+        with requires_grad(self.nets.head_params(), False):
+            adv = generator_adversarial_loss(self.discriminate(x0_gen, cond, True), "hinge").mean()
+        distill = self.distill(x0_gen, cond, self.nets).mean()
+        loss = adv + self.a.distill_weight * distill
+        return loss, {"loss/g_adv": adv.item(), "loss/distill": distill.item(), "loss/g_total": loss.item()}
+
+    def discriminator_loss(self, x_data: Tensor, x0_fake: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
+        """Hinge + r1_weight x the approximated R1 on real data."""
+        logits_real = self.discriminate(x_data, cond, False)
+        logits_fake = self.discriminate(x0_fake, cond, False)
+        d = discriminator_loss(logits_real, logits_fake, "hinge").mean()
+        r1 = self.r1(lambda x: self.discriminate(x, cond, False), x_data, logits_real).mean()
+        loss = d + self.a.r1_weight * r1
+        return loss, {"loss/d": d.item(), "loss/r1": r1.item(), "d/logits_real": logits_real.mean().item(),
+                      "d/logits_fake": logits_fake.mean().item(),
+                      "d/accuracy": discriminator_accuracy(logits_real, logits_fake).item()}
+
+    def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update | dict]:
+        x0_gen, _ = student_inputs(self.nets.generator, x_data, cond, self.sigmas, False)
+        yield Update("generator", *self.generator_loss(x0_gen, cond))
+        yield Update("heads", *self.discriminator_loss(x_data, x0_gen.detach(), cond))
+        yield collapse_logs(x0_gen, x_data)
+
+
+@register_method("add")
+class ADD(Method):
+    name, paper, sampler, needs_heads = "add", "Sauer et al. 2024b, Adversarial Diffusion Distillation", "few_step", True
+
+    def phases(self, nets: M.Networks) -> list[Phase]:
+        return [ADDPhase(nets, self.cfg)]

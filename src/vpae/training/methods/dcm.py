@@ -1,0 +1,143 @@
+"""DCM (Lv et al. 2025, DCM: Dual-Expert Consistency Model for Efficient and High-Quality Video Generation):
+phased consistency distillation (PCM's phases) split between two experts at the edge after
+`consistency.semantic_phases` phases. The semantic expert (the generator; phases above the boundary) adds the
+temporal coherence loss, the detail expert (phases below) adds a GAN loss and feature matching on the frozen
+teacher's features with the project's heads. Each expert has its EMA target (nets.ema, others["detail_ema"]).
+The experts alternate, one update each per two steps (DCM trains them in two stages; interleaving them lets a
+run of any length train both; the generator-update budget counts both).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from vpae import flow, randomness
+from vpae.conditioning import Conditioning
+from vpae.discriminator import FeatureDiscriminator
+from vpae.losses import (PhasedConsistencyLoss, discriminator_accuracy, discriminator_loss, feature_matching_loss,
+                         generator_adversarial_loss, temporal_coherence_loss)
+from vpae.registry import register_method
+from vpae.training import model as M
+from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, requires_grad
+
+Tensor = torch.Tensor
+
+
+class ExpertPair(nn.Module):
+    """DCM's generator at sampling time: the semantic expert for sigma > boundary, the detail expert below
+    (sec. 3.2). A Backbone for the samplers (velocity only)."""
+
+    def __init__(self, semantic, detail, boundary: float):
+        super().__init__()
+        self.semantic, self.detail, self.boundary = semantic, detail, float(boundary)
+
+    def velocity(self, x_t: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
+        sig = torch.as_tensor(sigma, device=x_t.device).reshape(-1).expand(x_t.shape[0])
+        high = sig > self.boundary
+        if bool(high.all()):
+            return self.semantic.velocity(x_t, sigma, cond)
+        if not bool(high.any()):
+            return self.detail.velocity(x_t, sigma, cond)
+        mask = high.reshape(-1, *([1] * (x_t.ndim - 1)))
+        return torch.where(mask, self.semantic.velocity(x_t, sigma, cond), self.detail.velocity(x_t, sigma, cond))
+
+    def forward(self, x_t, sigma, cond):
+        return self.velocity(x_t, sigma, cond)
+
+
+class DCMPhase(Phase):
+    name, stream = "dcm", 3
+
+    def __init__(self, nets: M.Networks, cfg):
+        super().__init__(nets, cfg)
+        self.c, self.k = cfg.comparison, cfg.consistency
+        self.steps, self.batch_size = self.c.steps, self.c.batch_size
+        edges = flow.sigma_schedule(self.c.nfe, self.c.shift).tolist()
+        self.loss = PhasedConsistencyLoss(edges, self.k.num_timesteps, self.k.skip, self.c.guidance,
+                                          self.k.distance, self.k.huber_c)
+        self.split = self.k.semantic_phases  # phases 0..split-1 semantic, split..M-1 detail
+        self.boundary = edges[self.split]
+        self.disc = FeatureDiscriminator(nets.heads, self.c.layers)
+
+    def experts(self) -> list[tuple[str, nn.Module, nn.Module, tuple[int, int]]]:
+        """(optimizer, student, EMA target, phases) of the semantic and the detail expert."""
+        n = self.nets
+        return [("generator", n.generator, n.ema, (0, self.split - 1)),
+                ("detail_expert", n.others["detail_expert"], n.others["detail_ema"], (self.split, self.c.nfe - 1))]
+
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        c, n = self.c, self.nets
+        return {"generator": OptimizerSpec(M.trainable_parameters(n.generator), c.lr, c.betas, c.grad_clip),
+                "detail_expert": OptimizerSpec(M.trainable_parameters(n.others["detail_expert"]), c.lr, c.betas, c.grad_clip),
+                "heads": OptimizerSpec(n.head_params(), c.disc_lr, c.disc_betas, c.grad_clip)}
+
+    def modules(self) -> dict[str, nn.Module]:
+        n = self.nets
+        return {"generator": M.generator_checkpoint_view(n.generator), "target": n.ema,
+                "detail_expert": n.others["detail_expert"], "detail_target": n.others["detail_ema"], "heads": n.heads}
+
+    def expert_loss(self, which: int, x_data: Tensor, cond: Conditioning) -> tuple[Tensor, dict, dict]:
+        """The consistency loss of expert `which` (+ temporal coherence for the semantic one, + GAN and feature
+        matching on the frozen teacher's features at the phase edge for the detail one)."""
+        _, student, target, phases = self.experts()[which]
+        teacher = self.nets.teacher
+        with M.real_score(teacher):
+            out = self.loss(student, target, teacher, x_data, cond, phases)
+            loss = out["loss"].mean()
+            logs = {"loss/consistency": loss.item()}
+            if which == 0:
+                tc = temporal_coherence_loss(out["pred"], out["target"]).mean()
+                loss = loss + self.k.temporal_weight * tc
+                logs["loss/temporal"] = tc.item()
+            else:
+                edge, layers = out["edge"], self.c.layers
+                with requires_grad(self.nets.head_params(), False):
+                    adv = generator_adversarial_loss(self.disc(teacher, out["pred"], edge, cond, True)).mean()
+                    fm = feature_matching_loss(teacher.features(out["pred"], edge, cond, layers),
+                                               [f.detach() for f in teacher.features(out["target"], edge, cond, layers)]).mean()
+                loss = loss + self.k.adv_weight * adv + self.k.feature_matching_weight * fm
+                logs.update({"loss/g_adv": adv.item(), "loss/feature_matching": fm.item()})
+        logs["loss/g_total"] = loss.item()
+        return loss, logs, out
+
+    def discriminator_loss(self, x_data: Tensor, out: dict, cond: Conditioning) -> tuple[Tensor, dict]:
+        """Hinge on the teacher's features: real = data noised to the phase edge, fake = the detail prediction."""
+        teacher = self.nets.teacher
+        with M.real_score(teacher):
+            x_real = flow.add_noise(x_data, randomness.randn_like(x_data), out["edge"])
+            logits_real = self.disc(teacher, x_real, out["edge"], cond, False)
+            logits_fake = self.disc(teacher, out["pred"].detach(), out["edge"], cond, False)
+            d = discriminator_loss(logits_real, logits_fake).mean()
+        return d, {"loss/d": d.item(), "d/accuracy": discriminator_accuracy(logits_real, logits_fake).item()}
+
+    def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update]:
+        which = step % 2
+        name, student, target, _ = self.experts()[which]
+        loss, logs, out = self.expert_loss(which, x_data, cond)
+        yield Update(name, loss, logs)
+        M.update_ema(target, student, self.k.ema_decay)
+        if which == 1:  # the heads learn on the detail expert's steps
+            yield Update("heads", *self.discriminator_loss(x_data, out, cond))
+
+
+@register_method("dcm")
+class DCM(Method):
+    name, sampler, needs_heads = "dcm", "euler", True
+    paper = "Lv et al. 2025, DCM: Dual-Expert Consistency Model for Efficient and High-Quality Video Generation"
+
+    def add_roles(self, nets: M.Networks, before_sharding: bool) -> None:
+        nets.make_ema()                                  # the semantic expert's consistency target
+        nets.make_copy("detail_expert", trains="same")   # same trainable parameters as the generator
+        nets.make_copy("detail_ema", trains="none")
+
+    def phases(self, nets: M.Networks) -> list[Phase]:
+        return [DCMPhase(nets, self.cfg)]
+
+    def sampler_model(self, nets: M.Networks, phases: list[Phase]) -> nn.Module:
+        return ExpertPair(nets.generator, nets.others["detail_expert"], phases[0].boundary)
+
+    def exports(self, nets: M.Networks, phases: list[Phase]) -> dict[str, tuple[nn.Module, dict]]:
+        return {"detail_expert": (nets.others["detail_expert"], {"role": "detail_expert", "boundary": phases[0].boundary})}

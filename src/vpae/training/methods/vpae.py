@@ -1,0 +1,232 @@
+"""V-PAE: phase I, stability priming (paper 3.1, eq. 1-2), then phase II, unified adversarial equilibrium
+(paper 3.2-3.4, eq. 3-7). `priming.kind: lcm` replaces phase I by latent consistency distillation (Table 2).
+
+Networks: the generator (full or LoRA), the teacher with its fake LoRA (real and fake score), from phase II on
+the generator's EMA (the discriminator backbone, "unified"), the heads, and for the Table 3 ablation
+`equilibrium.backbone: trained` a trained full copy ("trained_backbone").
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from vpae import flow, randomness
+from vpae.conditioning import Conditioning
+from vpae.discriminator import FeatureDiscriminator, blur_frames
+from vpae.losses import (AdversarialLoss, ConditionalSDSLoss, DistributionMatchingLoss, FakeScoreLoss,
+                         SpatiotemporalR1, discriminator_accuracy, mode_seeking_loss)
+from vpae.registry import register_method
+from vpae.sampling import predict_x0
+from vpae.training import model as M
+from vpae.training.collapse import collapse_logs
+from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, one_step_x0, requires_grad
+from vpae.training.methods.lcm import ConsistencyPhase
+
+Tensor = torch.Tensor
+
+
+class PrimingPhase(Phase):
+    """Phase I (V-PAE-I): the generator predicts x0 from x_s built from data at s ~ U(generator_band), the
+    low-SNR band (Fig. 2a); the fake score tracks its samples (eq. 2) `fake_updates_per_generator` times per
+    generator update, then the generator follows the real-minus-fake score difference (eq. 1)."""
+
+    name, stream = "priming", 1
+
+    def __init__(self, nets: M.Networks, cfg):
+        super().__init__(nets, cfg)
+        p = self.p = cfg.priming
+        self.steps, self.batch_size = p.steps, p.batch_size
+        self.dmd = DistributionMatchingLoss(p.renoise_band, p.real_guidance)
+        self.fake_score = FakeScoreLoss(p.renoise_band)
+
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        p = self.p
+        return {"generator": OptimizerSpec(M.trainable_parameters(self.nets.generator), p.lr, p.betas, p.grad_clip),
+                "fake": OptimizerSpec(self.nets.fake_params, p.fake_lr, p.fake_betas, p.grad_clip)}
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": M.generator_checkpoint_view(self.nets.generator),
+                "fake_lora": M.AdapterState(self.nets.teacher, M.FAKE_ADAPTER)}
+
+    def generate(self, x_data: Tensor, cond: Conditioning) -> Tensor:
+        """x0_hat = f(x_s, s): one evaluation from the low-SNR band, x_s built from data (Fig. 2a)."""
+        s = randomness.uniform(x_data.shape[0], self.p.generator_band, x_data.device)
+        x_s = flow.add_noise(x_data, randomness.randn_like(x_data), s)
+        return predict_x0(self.nets.generator, x_s, s, cond)[0]
+
+    def fake_loss(self, x_data: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
+        with torch.no_grad():
+            x0_gen = self.generate(x_data, cond)
+        loss = self.fake_score(x0_gen, cond, self.nets).mean()
+        return loss, {"loss/fake": loss.item()}
+
+    def generator_loss(self, x_data: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
+        x0_gen = self.generate(x_data, cond)
+        loss, gap = self.dmd(x0_gen, cond, self.nets)
+        loss = loss.mean()
+        return loss, {"loss/dmd": loss.item(), "dmd/real_fake_gap": gap.item(), **collapse_logs(x0_gen, x_data)}
+
+    def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update]:
+        for _ in range(self.p.fake_updates_per_generator):
+            yield Update("fake", *self.fake_loss(x_data, cond))
+        yield Update("generator", *self.generator_loss(x_data, cond))
+
+
+class EquilibriumPhase(Phase):
+    """Phase II: x0 = f(eps, T) from pure noise. The generator minimises eq. 6, adv_weight x the adversarial
+    loss through the discriminator backbone's input + sds_lambda x C-SDS (eq. 5) (+ the optional mode-seeking
+    term); then the EMA follows (the unified backbone co-evolves); then the heads minimise eq. 7, the
+    discriminator loss + r1_weight x ST-R1 (eq. 4), `disc_updates_per_generator` times."""
+
+    name, stream = "equilibrium", 2
+
+    def __init__(self, nets: M.Networks, cfg):
+        super().__init__(nets, cfg)
+        e = self.e = cfg.equilibrium
+        self.steps, self.batch_size = e.steps, e.batch_size
+        self.disc = FeatureDiscriminator(nets.heads, e.layers)
+        self.adversarial = AdversarialLoss(e.loss, e.disc_band)
+        self.r1 = SpatiotemporalR1(e.sigma_s, e.sigma_t)
+        self.sds = ConditionalSDSLoss(e.sds_band, e.sds_guidance)
+
+    def start(self) -> None:
+        """Phase II starts from the primed generator: the EMA (and a trained discriminator backbone) start as
+        copies of it (made now, or made before sharding and overwritten now)."""
+        nets = self.nets
+        if nets.ema is None:
+            nets.make_ema()
+        else:
+            M.copy_into(nets.ema, nets.generator)
+        if self.e.backbone == "trained":
+            if "trained_backbone" in nets.others:
+                M.copy_into(nets.others["trained_backbone"], nets.generator)
+            else:
+                nets.make_copy("trained_backbone")
+
+    @property
+    def disc_backbone(self):
+        return {"unified": self.nets.ema, "frozen": self.nets.teacher,
+                "trained": self.nets.others.get("trained_backbone")}[self.e.backbone]
+
+    def disc_params(self) -> list[nn.Parameter]:
+        extra = self.nets.others.get("trained_backbone")
+        return self.nets.head_params() + (M.trainable_parameters(extra) if extra is not None else [])
+
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        e = self.e
+        return {"generator": OptimizerSpec(M.trainable_parameters(self.nets.generator), e.lr, e.betas, e.grad_clip),
+                "heads": OptimizerSpec(self.disc_params(), e.head_lr, e.head_betas, e.grad_clip)}
+
+    def modules(self) -> dict[str, nn.Module]:
+        out = {"generator": self.nets.generator, "ema": self.nets.ema, "heads": self.nets.heads}
+        if self.e.backbone == "trained":
+            out["disc_backbone"] = self.nets.others["trained_backbone"]
+        return out
+
+    def discriminate(self, x_t: Tensor, t: Tensor, cond: Conditioning, backbone_grad: bool) -> Tensor:
+        if self.e.backbone == "frozen":
+            with M.real_score(self.nets.teacher):
+                return self.disc(self.disc_backbone, x_t, t, cond, backbone_grad)
+        return self.disc(self.disc_backbone, x_t, t, cond, backbone_grad)
+
+    def disc_view(self, x0: Tensor, cond: Conditioning) -> Tensor:
+        """What the discriminator is shown of a generated x0: optionally blurred, and with the condition's first
+        latent frame in place of the generated one (disc_condition_frame; real videos already start with it)."""
+        if self.e.disc_condition_frame and cond.is_i2v:
+            x0 = torch.cat([cond.cond_latent[:, :, :1].to(x0.dtype), x0[:, :, 1:]], dim=2)
+        return blur_frames(x0, self.e.disc_blur)
+
+    def mode_seeking(self, x0_gen: Tensor, z: Tensor, cond: Conditioning) -> Tensor:
+        """The optional diversity term: a second sample, from fresh noise, for the first half of the batch's
+        conditions, pushed away from the first (MSGAN eq. 3)."""
+        half = max(1, x0_gen.shape[0] // 2)
+        z2 = randomness.randn_like(z[:half])
+        x0_2 = one_step_x0(self.nets.generator, z2, cond[:half])
+        blur = self.e.diversity_blur
+        return mode_seeking_loss(blur_frames(x0_gen[:half], blur), blur_frames(x0_2, blur), z[:half], z2).mean()
+
+    def generator_loss(self, x0_gen: Tensor, z: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
+        """Eq. 6 (+ the optional mode-seeking term)."""
+        e, terms = self.e, {}
+        with requires_grad(self.disc_params(), False):  # no wasted gradients for heads / a trained backbone
+            if e.adv_weight > 0:
+                terms["g_adv"] = self.adversarial.generator(
+                    lambda x_t, t: self.discriminate(x_t, t, cond, backbone_grad=True), self.disc_view(x0_gen, cond)).mean()
+            if e.sds_lambda > 0:
+                terms["c_sds"] = self.sds(x0_gen, cond, self.nets).mean()
+            loss = e.adv_weight * terms.get("g_adv", 0.0) + e.sds_lambda * terms.get("c_sds", 0.0)
+            if e.diversity_weight > 0:
+                terms["mode_seeking"] = self.mode_seeking(x0_gen, z, cond)
+                loss = loss + e.diversity_weight * terms["mode_seeking"]
+        return loss, {"loss/g_total": loss.item(), **{f"loss/{k}": v.item() for k, v in terms.items()}}
+
+    def discriminator_loss(self, x_data: Tensor, x0_fake: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
+        """Eq. 7: the discriminator loss on re-noised real and generated videos, + r1_weight x ST-R1 (eq. 4)."""
+        e = self.e
+        grad_bb = e.backbone == "trained"
+
+        def discriminate(x_t, t):
+            return self.discriminate(x_t, t, cond, grad_bb)
+        d = self.adversarial.discriminator(discriminate, blur_frames(x_data, e.disc_blur), self.disc_view(x0_fake, cond))
+        disc = d["loss"].mean()
+        logits_real, logits_fake = d["real"][2], d["fake"][2]
+        logs = {"loss/d": disc.item(), "d/logits_real": logits_real.detach().mean().item(),
+                "d/logits_fake": logits_fake.detach().mean().item(),
+                "d/accuracy": discriminator_accuracy(logits_real, logits_fake).item()}
+        loss = disc
+        if e.r1_weight > 0:
+            r1 = 0.0
+            sides = {"fake": [d["fake"]], "real": [d["real"]], "both": [d["fake"], d["real"]]}[e.r1_on]
+            for x, t, logits in sides:
+                r1 = r1 + self.r1(discriminate, x, t, logits).mean()
+            loss = disc + e.r1_weight * r1
+            logs["loss/st_r1"] = r1.item()
+        logs["loss/d_total"] = loss.item()
+        return loss, logs
+
+    def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update | dict]:
+        z = randomness.randn_like(x_data)
+        x0_gen = one_step_x0(self.nets.generator, z, cond)
+        yield Update("generator", *self.generator_loss(x0_gen, z, cond))
+        # Update EMA (the unified discriminator backbone co-evolves with the generator).
+        M.update_ema(self.nets.ema, self.nets.generator, self.e.ema_decay)
+        for _ in range(self.e.disc_updates_per_generator):
+            yield Update("heads", *self.discriminator_loss(x_data, x0_gen.detach(), cond))
+        yield collapse_logs(x0_gen, x_data)
+
+
+@register_method("vpae")
+class VPAE(Method):
+    name, paper, sampler = "vpae", "V-PAE (this paper)", "few_step"
+    needs_heads, distributed = True, True
+
+    def head_settings(self) -> dict:
+        e = self.cfg.equilibrium
+        return {"kind": e.head, "layers": e.layers, "hidden_dim": e.head_dim, "num_queries": e.head_queries,
+                "num_heads": e.head_attn_heads}
+
+    def add_roles(self, nets: M.Networks, before_sharding: bool) -> None:
+        if before_sharding:  # a sharded module cannot be deep-copied: phase II's copies exist from the start
+            nets.make_ema()
+            if self.cfg.equilibrium.backbone == "trained":
+                nets.make_copy("trained_backbone")
+
+    def phase_names(self) -> list[str]:
+        return ["priming", "equilibrium"]
+
+    def phases(self, nets: M.Networks) -> list[Phase]:
+        if self.cfg.priming.kind == "lcm":  # Table 2: LCM as the first phase, with phase I's optimizer and budget
+            first = ConsistencyPhase(nets, self.cfg, phases=1, name="priming", stream=1,
+                                     optimizer=_priming_optimizer(self.cfg), steps=self.cfg.priming.steps,
+                                     batch_size=self.cfg.priming.batch_size)
+        else:
+            first = PrimingPhase(nets, self.cfg)
+        return [first, EquilibriumPhase(nets, self.cfg)]
+
+
+def _priming_optimizer(cfg) -> dict:
+    p = cfg.priming
+    return {"lr": p.lr, "betas": p.betas, "grad_clip": p.grad_clip}

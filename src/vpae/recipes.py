@@ -196,7 +196,7 @@ def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progre
     run_dir = Path(run_dir)
     world = start_run(cfg, run_dir)
     if world.distributed and not method.distributed:
-        raise ConfigError(f"method {cfg.method} runs in one process for now (torchrun: method vpae only)")
+        raise ConfigError(f"method {cfg.method} runs in one process (torchrun: method vpae only)")
     data = build_data(cfg)
     nets = build_networks(cfg, data, method, world)
     phases = method.phases(nets)

@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-import common as C  # noqa: E402
+from memory_arithmetic import wan14b_config  # noqa: E402
+from reporting import OUT_DIR, ROOT, command_line, machine_info, machine_line, md_table  # noqa: E402
 
 MODES = ("trained", "input", "lora")
 TEXT_TOKENS, IMAGE_TOKENS = 512, 257
@@ -65,7 +66,7 @@ def parse(argv=None):
 
 def build_model(args):
     from diffusers import WanTransformer3DModel
-    cfg = {**C.wan14b_config(), "num_layers": 1}
+    cfg = {**wan14b_config(), "num_layers": 1}
     if args.t2v:
         cfg.update(in_channels=16, image_dim=None, added_kv_proj_dim=None)
     dtype = getattr(torch, args.dtype)
@@ -185,7 +186,7 @@ def main(argv=None):
     from vpae.backbones.wan import WanBackbone
     from vpae.config import PrimingConfig
     from vpae.training import roles as R
-    info = C.machine_info(argparse.Namespace(device="cpu"))
+    info = machine_info(argparse.Namespace(device="cpu"))
     dtype = getattr(torch, args.dtype)
     i2v = not args.t2v
     t0 = time.perf_counter()
@@ -235,8 +236,8 @@ def main(argv=None):
                          f"{sh_slope / 1024:.1f} KiB/tok + {sh_const / 2**20:.1f} MiB",
                          ", ".join(f"{n}: {d / 2**20:+.2f}" for n, d in check) or "-"])
     peak = rss_gib()
-    out = [f"# Activation cost of one Wan2.1-14B-shaped block\n\n`{C.command_line()}`\n",
-           C.machine_line(info, argparse.Namespace(device="cpu")),
+    out = [f"# Activation cost of one Wan2.1-14B-shaped block\n\n`{command_line()}`\n",
+           machine_line(info, argparse.Namespace(device="cpu")),
            f"Block: {'I2V' if i2v else 'T2V'}, dim 5120 (40 x 128), FFN 13824, context {IMAGE_TOKENS if i2v else 0} image + "
            f"{TEXT_TOKENS} text tokens, {args.dtype}; {n_block / 1e6:.1f} M params in the block, {n_model / 1e6:.1f} M "
            f"in the 1-layer model (embedders included); batch 1; video tokens {n1} and {n2}. Build {build_s:.0f} s; "
@@ -244,19 +245,19 @@ def main(argv=None):
            "Bytes retained for backward by ONE block (saved tensors, dedup by storage, parameters excluded; with "
            "checkpointing + the block input kept for recomputation). Shared inputs (context, timestep projection, "
            "rotary tables) are one copy per forward for all blocks and are listed apart.\n",
-           C.md_table([ "mode", "checkpointing", f"MiB @ {n1}", f"MiB @ {n2}", "KiB / token", "/ token in units of "
+           md_table([ "mode", "checkpointing", f"MiB @ {n1}", f"MiB @ {n2}", "KiB / token", "/ token in units of "
                         "5120 x dtype", "constant MiB", "shared inputs saved",
                         "fit residual MiB (middle N)"], rows)]
     top = next(r for r in results if r["mode"] == args.modes[0] and not r["checkpoint"] and r["tokens"] == n2)
     out.append(f"\nLargest saved storages ({top['mode']}, no checkpointing, {n2} tokens): " + "; ".join(top["top_saved"]) + "\n")
     text = "\n".join(out)
     print(text)
-    path = Path(args.out) if args.out else C.OUT_DIR / "activation_cost.json"
+    path = Path(args.out) if args.out else OUT_DIR / "activation_cost.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"command": C.command_line(), "args": vars(args), "machine": info, "config": cfg,
+    path.write_text(json.dumps({"command": command_line(), "args": vars(args), "machine": info, "config": cfg,
                                 "block_params": n_block, "model_params": n_model, "results": results, "fits": fits,
                                 "peak_rss_gib": peak, "report_markdown": text}, indent=1, default=str))
-    print(f"wrote {path.relative_to(C.ROOT) if path.is_relative_to(C.ROOT) else path}")
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
 if __name__ == "__main__":

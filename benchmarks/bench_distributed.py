@@ -109,7 +109,8 @@ def count_bytes(roles) -> dict:
 def worker_main(args) -> None:
     import torch
     torch.set_num_threads(1)
-    import common as C
+    from model_setup import data_stub, make_batch, make_cfg
+    from procmem import proc_status_kb, reset_hwm
     from vpae.recipes import build_roles
     from vpae import randomness
     from vpae.training import parallel
@@ -121,16 +122,16 @@ def worker_main(args) -> None:
     tag = f"w{world.size}"
     if args.batch % world.size:
         raise SystemExit(f"--batch {args.batch} is not divisible by {world.size} ranks")
-    cfg = C.make_cfg(argparse.Namespace(**{**vars(args), "device": "cpu"}),
+    cfg = make_cfg(argparse.Namespace(**{**vars(args), "device": "cpu"}),
                      priming={"fake_updates_per_generator": args.fake_updates},
                      equilibrium={"backbone": "unified", "head": "semantic"})
     if args.param_dtype:
         cfg.parallel.param_dtype = args.param_dtype
     t0 = time.perf_counter()
-    roles = build_roles(cfg, C.data_stub(), world)
+    roles = build_roles(cfg, data_stub(), world)
     build_s = time.perf_counter() - t0
     # the global batch (equal on every rank: a pure function of the seed), then this rank's rows
-    x_all, cond_all = C.make_batch(argparse.Namespace(**{**vars(args), "device": "cpu"}))
+    x_all, cond_all = make_batch(argparse.Namespace(**{**vars(args), "device": "cpu"}))
     b = args.batch // world.size
     rows = slice(world.rank * b, world.rank * b + b)
     x = x_all[rows].contiguous()
@@ -182,18 +183,18 @@ def worker_main(args) -> None:
             phase = cmd["phase"]
             if phase == "equilibrium" and phase not in steps:
                 result["bytes"]["priming"] = count_bytes(roles)  # what phase I holds at its end
-                result["peak_rss"]["priming"] = C.proc_status_kb("VmHWM") * 1024
+                result["peak_rss"]["priming"] = proc_status_kb("VmHWM") * 1024
                 steps["equilibrium"] = EquilibriumStep(roles, cfg.equilibrium)  # as run_distill does
             if cmd.get("arm"):  # first timed step of this phase: reset the RSS high-water mark
-                result["rss_before"][phase] = C.proc_status_kb("VmRSS") * 1024
-                C.reset_hwm()
+                result["rss_before"][phase] = proc_status_kb("VmRSS") * 1024
+                reset_hwm()
             dt = run_step(phase)
             if cmd.get("timed"):
                 result["times"][phase].append(dt)
             answer(n, {"dt": dt})
         elif cmd["op"] == "finish":
             result["bytes"]["equilibrium"] = count_bytes(roles)
-            result["peak_rss"]["equilibrium"] = C.proc_status_kb("VmHWM") * 1024
+            result["peak_rss"]["equilibrium"] = proc_status_kb("VmHWM") * 1024
             # phase I's optimizers were freed when phase II started (Roles.start_equilibrium), as in recipes.run_distill
             result["seen_compute_dtype"] = seen_dtype
             results = [None] * world.size
@@ -250,11 +251,12 @@ def main(argv=None):
     args = parse(argv)
     if args.worker:
         return worker_main(args)
-    import common as C
+    from model_setup import LATENT_C
+    from reporting import OUT_DIR, ROOT, command_line, machine_info, machine_line, md_table
     import torch
-    info = C.machine_info(argparse.Namespace(device="cpu"))
+    info = machine_info(argparse.Namespace(device="cpu"))
     info["torch_threads"] = 1
-    out_path = Path(args.out) if args.out else C.OUT_DIR / "distributed.json"
+    out_path = Path(args.out) if args.out else OUT_DIR / "distributed.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     ctl = Path(tempfile.mkdtemp(prefix="vpae_bench_dist_"))
     t_start = time.perf_counter()
@@ -320,19 +322,19 @@ def main(argv=None):
 
     # ---- report
     a0 = res[1][0]
-    out = [f"# Scale-out: FSDP2 per-rank bytes and step time, 1 process vs 2 ranks\n\n`{C.command_line()}`\n",
-           C.machine_line(info, argparse.Namespace(device="cpu")).rstrip() +
+    out = [f"# Scale-out: FSDP2 per-rank bytes and step time, 1 process vs 2 ranks\n\n`{command_line()}`\n",
+           machine_line(info, argparse.Namespace(device="cpu")).rstrip() +
            f" Load avg at the end: {load['end'][0]:.2f}. Whole run {wall:.0f} s.\n",
            f"Model: Wan I2V, {args.layers} layers, dim {args.dim} ({args.dim // args.head_dim} heads x {args.head_dim}), "
            f"{n_gen:,} params per backbone, model.dtype {args.dtype}, generator {args.generator_mode}, fake LoRA rank "
            f"{args.lora_rank}; global batch {args.batch} (per rank: 1 process {res[1][0]['local_batch']}, 2 ranks "
-           f"{res[2][0]['local_batch']}), latent {C.LATENT_C}x{args.frames}x{args.size}x{args.size}, patch "
+           f"{res[2][0]['local_batch']}), latent {LATENT_C}x{args.frames}x{args.size}x{args.size}, patch "
            f"1x{args.patch}x{args.patch}; phase I K = {args.fake_updates}; phase II unified backbone, semantic head. "
            f"2 ranks: torchrun + gloo, parallel.shard_roles (param_dtype {args.param_dtype or 'config default'}); "
            f"blocks computed in {res[2][0].get('seen_compute_dtype', {})} (2 ranks) vs "
            f"{a0.get('seen_compute_dtype', {})} (1 process).\n",
            "## Per-rank bytes (counted after the timed steps; FSDP2 DTensors: local shard)\n",
-           C.md_table(["phase", "what", "1 process MiB", "2 ranks MiB per rank (rank 0 / rank 1)", "rank 0 / 1 process"],
+           md_table(["phase", "what", "1 process MiB", "2 ranks MiB per rank (rank 0 / rank 1)", "rank 0 / 1 process"],
                       rows_bytes),
            "\nBy role (MiB, 1 process -> 2 ranks rank 0):\n"]
     for phase in PHASES:
@@ -344,18 +346,18 @@ def main(argv=None):
                    f"{p}: 1 process {mib(res[1][0]['peak_rss'][p]):.0f}, 2 ranks "
                    + "/".join(f"{mib(r['peak_rss'][p]):.0f}" for r in res[2]) for p in PHASES) + "\n")
     out.append(f"## Step time (median of {args.repeats} interleaved steps after {args.warmup} warm-up; same global batch)\n")
-    out.append(C.md_table(["phase", "1 process s", "2 ranks s", "speed-up (1 / 2)", "1 process raw s", "2 ranks raw s"],
+    out.append(md_table(["phase", "1 process s", "2 ranks s", "speed-up (1 / 2)", "1 process raw s", "2 ranks raw s"],
                           rows_time))
     out.append("\nBytes per parameter at 1 process (phase II, " + args.dtype + "): " +
                ", ".join(f"{k} {v:.2f}" for k, v in per_param.items()) + "\n")
     text = "\n".join(out)
     print(text)
-    payload = {"command": C.command_line(), "args": vars(args), "machine": info, "loadavg": load, "wall_s": wall,
+    payload = {"command": command_line(), "args": vars(args), "machine": info, "loadavg": load, "wall_s": wall,
                "build_s": build, "order": order_log, "median_seconds": med, "summary": summary,
                "bytes_per_param_1_process": per_param, "workers": {str(w): res[w] for w in WORLDS},
                "report_markdown": text}
     out_path.write_text(json.dumps(payload, indent=1))
-    print(f"wrote {out_path.relative_to(C.ROOT) if out_path.is_relative_to(C.ROOT) else out_path}")
+    print(f"wrote {out_path.relative_to(ROOT) if out_path.is_relative_to(ROOT) else out_path}")
     import shutil
     shutil.rmtree(ctl, ignore_errors=True)
 

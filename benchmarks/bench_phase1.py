@@ -6,7 +6,7 @@ fake score versus a full fake-score copy (issue 4).
 
 Step times: every variant is built in this process and stepped in turn (interleaved, rotating order);
 medians of --repeats timed steps after --warmup untimed ones, and ratios of the medians.
-Peak memory: each variant in a fresh subprocess (see benchmarks/common.py for the method).
+Peak memory: each variant in a fresh subprocess (see benchmarks/procmem.py and subprocs.py for the method).
 Writes outputs/benchmarks/phase1.json.
 """
 
@@ -20,12 +20,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-import common as C  # noqa: E402
+from accounting import GIB, MIB, count_params, lora_param_count, mib  # noqa: E402
+from memory_arithmetic import scale_report  # noqa: E402
+from model_setup import LATENT_C, Variant, add_model_args, data_stub, make_batch, make_cfg, start  # noqa: E402
+from reporting import (  # noqa: E402
+    ROOT, command_line, machine_info, machine_line, md_table, peak_description, write_json)
+from subprocs import child_main, run_children  # noqa: E402
+from timing import interleaved_timing, median  # noqa: E402
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_model_args(p)
+    add_model_args(p)
     p.add_argument("--fake-updates", type=int, nargs="+", default=[1, 5],
                    help="PrimingConfig.fake_updates_per_generator values to benchmark")
     return p.parse_args(argv)
@@ -34,35 +40,35 @@ def parse(argv=None):
 # ----------------------------------------------------------------------------------------------
 # Variants
 
-def build_fm(args) -> C.Variant:
+def build_fm(args) -> Variant:
     """Plain flow-matching fine-tuning of the same model: vpae.training.steps.PretrainStep (AdamW + EMA)."""
     from vpae.models import build_teacher
     from vpae.training import roles as R
     from vpae.training.steps import PretrainStep
     torch.manual_seed(args.seed)
-    cfg = C.make_cfg(args)
+    cfg = make_cfg(args)
     model = build_teacher(cfg)
     model.requires_grad_(True)
     ema = R.make_ema(model)
     step = PretrainStep(model, ema, cfg.pretrain)
-    x, cond = C.make_batch(args)
-    return C.Variant("fm", lambda i: step.step(i, x, cond), {"model": model, "ema": ema}, step.optimizers)
+    x, cond = make_batch(args)
+    return Variant("fm", lambda i: step.step(i, x, cond), {"model": model, "ema": ema}, step.optimizers)
 
 
-def build_priming(args, k: int) -> C.Variant:
+def build_priming(args, k: int) -> Variant:
     """Phase I as the recipe wires it: build_roles (generator copy + teacher with the fake LoRA), PrimingStep."""
     from vpae.recipes import build_roles
     from vpae.training.steps import PrimingStep
     torch.manual_seed(args.seed)
-    cfg = C.make_cfg(args, priming={"fake_updates_per_generator": k})
-    roles = build_roles(cfg, C.data_stub())
+    cfg = make_cfg(args, priming={"fake_updates_per_generator": k})
+    roles = build_roles(cfg, data_stub())
     step = PrimingStep(roles, cfg.priming)
-    x, cond = C.make_batch(args)
-    return C.Variant(f"phase1_k{k}", lambda i: step.step(i, x, cond),
+    x, cond = make_batch(args)
+    return Variant(f"phase1_k{k}", lambda i: step.step(i, x, cond),
                      {"teacher": roles.teacher, "generator": roles.generator}, step.optimizers)
 
 
-def build_fake(args, design: str) -> C.Variant:
+def build_fake(args, design: str) -> Variant:
     """One fake-score update (eq. 2, the inner loop of PrimingStep) on a detached sample, with either
     design: 'lora' = the teacher's weights shared, only the "fake" LoRA trains (the project's design);
     'full' = a separate full trainable copy of the teacher beside the frozen teacher (the real score)."""
@@ -72,7 +78,7 @@ def build_fake(args, design: str) -> C.Variant:
     from vpae.training import roles as R
     from vpae.training.steps import clip_and_norm, sample_band
     torch.manual_seed(args.seed)
-    cfg = C.make_cfg(args)
+    cfg = make_cfg(args)
     p = cfg.priming
     teacher = build_teacher(cfg)
     if design == "lora":
@@ -84,7 +90,7 @@ def build_fake(args, design: str) -> C.Variant:
         modules = {"teacher": teacher, "fake_copy": fake}
     params = R.trainable_parameters(fake)
     opt = torch.optim.Adam(params, lr=p.fake_lr, betas=tuple(p.fake_betas))
-    x, cond = C.make_batch(args)
+    x, cond = make_batch(args)
     x0_gen = torch.randn_like(x)  # stands in for a detached generator sample
 
     def update(_i):
@@ -101,7 +107,7 @@ def build_fake(args, design: str) -> C.Variant:
         clip_and_norm(params, p.grad_clip)
         opt.step()
 
-    return C.Variant(f"fake_{design}", update, modules, {"fake_opt": opt})
+    return Variant(f"fake_{design}", update, modules, {"fake_opt": opt})
 
 
 def builders(args) -> dict:
@@ -115,50 +121,50 @@ def builders(args) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 def main(argv=None):
-    argv, args, B = C.start(argv, parse, builders)
+    argv, args, B = start(argv, parse, builders)
     if args.child:
-        return C.child_main(args, B)
+        return child_main(args, B)
 
-    info = C.machine_info(args)
+    info = machine_info(args)
     step_names = ["fm"] + [f"phase1_k{k}" for k in args.fake_updates]
     fake_names = ["fake_lora", "fake_full"]
     variants = {n: B[n]() for n in step_names + fake_names}
 
     # Parameter counts and the analytic byte model at this (toy) scale.
     from vpae.config import PrimingConfig
-    teacher_n = C.count_params(variants["fake_full"].modules["teacher"], False)
-    lora_n = C.count_params(variants["fake_lora"].modules["teacher+fake_lora"], True)
-    lora_analytic = C.lora_param_count(variants["fake_full"].modules["teacher"].model, args.lora_rank,
+    teacher_n = count_params(variants["fake_full"].modules["teacher"], False)
+    lora_n = count_params(variants["fake_lora"].modules["teacher+fake_lora"], True)
+    lora_analytic = lora_param_count(variants["fake_full"].modules["teacher"].model, args.lora_rank,
                                        PrimingConfig().lora_targets)
     wbytes = torch.finfo(getattr(torch, args.dtype)).bits // 8
     # Adam keeps m and v in the parameter dtype here (torch default), grads too.
     analytic = {"lora": wbytes * teacher_n + 4 * wbytes * lora_n, "full": wbytes * teacher_n + 4 * wbytes * teacher_n}
 
     # Interleaved timing.
-    times = C.interleaved_timing([variants[n] for n in step_names], args.repeats, args.warmup, args.device)
-    times.update(C.interleaved_timing([variants[n] for n in fake_names], args.repeats, args.warmup, args.device))
-    med = {n: C.median(t) for n, t in times.items()}
+    times = interleaved_timing([variants[n] for n in step_names], args.repeats, args.warmup, args.device)
+    times.update(interleaved_timing([variants[n] for n in fake_names], args.repeats, args.warmup, args.device))
+    med = {n: median(t) for n, t in times.items()}
     del variants
 
     mem = {}
     if not args.no_memory:
-        mem = C.run_children(__file__, argv, step_names + fake_names, args.threads)
+        mem = run_children(__file__, argv, step_names + fake_names, args.threads)
 
     # ---- report
-    out = [f"# Phase I benchmark\n\n`{C.command_line()}`\n",
-           C.machine_line(info, args),
+    out = [f"# Phase I benchmark\n\n`{command_line()}`\n",
+           machine_line(info, args),
            f"Model: Wan I2V, {args.layers} layers, dim {args.dim}, {teacher_n:,} params; batch {args.batch}, latent "
-           f"{C.LATENT_C}x{args.frames}x{args.size}x{args.size}, patch 1x{args.patch}x{args.patch}; fake LoRA rank "
+           f"{LATENT_C}x{args.frames}x{args.size}x{args.size}, patch 1x{args.patch}x{args.patch}; fake LoRA rank "
            f"{args.lora_rank}: {lora_n:,} params ({100 * lora_n / teacher_n:.1f}% of the model).\n",
            f"## Step time and peak memory: phase I (PrimingStep) vs plain flow matching (PretrainStep)\n\n"
-           f"Median of {args.repeats} interleaved steps; peak = {C.peak_description(args)}.\n"]
+           f"Median of {args.repeats} interleaved steps; peak = {peak_description(args)}.\n"]
     rows = []
     for n in step_names:
         m = mem.get(n, {})
-        rows.append([n, med[n], med[n] / med["fm"], C.mib(m["peak_bytes"]) if m else "-",
+        rows.append([n, med[n], med[n] / med["fm"], mib(m["peak_bytes"]) if m else "-",
                      (m["peak_bytes"] / mem["fm"]["peak_bytes"]) if m else "-",
-                     C.mib(m["tensors"]["total"]) if m else "-"])
-    out.append(C.md_table(["variant", "step s (median)", "x plain FM", "peak MiB", "x plain FM",
+                     mib(m["tensors"]["total"]) if m else "-"])
+    out.append(md_table(["variant", "step s (median)", "x plain FM", "peak MiB", "x plain FM",
                            "weights+grads+Adam MiB (counted)"], rows))
     out.append("\nfm = PretrainStep (AdamW on all weights + EMA update); phase1_kK = PrimingStep with "
                "fake_updates_per_generator=K (K fake-score updates + 1 generator update with CFG real score).\n")
@@ -168,28 +174,28 @@ def main(argv=None):
     for d in ("lora", "full"):
         n = f"fake_{d}"
         m = mem.get(n, {})
-        rows.append([d, med[n], analytic[d] / C.MIB, C.mib(m["tensors"]["total"]) if m else "-",
-                     C.mib(m["peak_bytes"]) if m else "-"])
+        rows.append([d, med[n], analytic[d] / MIB, mib(m["tensors"]["total"]) if m else "-",
+                     mib(m["peak_bytes"]) if m else "-"])
     rows.append(["lora / full", med["fake_lora"] / med["fake_full"], analytic["lora"] / analytic["full"],
                  (mem["fake_lora"]["tensors"]["total"] / mem["fake_full"]["tensors"]["total"]) if mem else "-",
                  (mem["fake_lora"]["peak_bytes"] / mem["fake_full"]["peak_bytes"]) if mem else "-"])
-    out.append(C.md_table(["design", "update s (median)", "params+grads+Adam MiB (analytic)",
+    out.append(md_table(["design", "update s (median)", "params+grads+Adam MiB (analytic)",
                            "params+grads+Adam MiB (counted)", "peak MiB (measured)"], rows))
     out.append(f"\nBoth designs include the frozen teacher ({teacher_n:,} params, the real score). LoRA params: "
                f"peft {lora_n:,}, analytic rank x (in+out) {lora_analytic:,}.\n")
 
-    scale_text, scale = C.scale_report(["phase I, fake score = teacher + shared-weight LoRA",
+    scale_text, scale = scale_report(["phase I, fake score = teacher + shared-weight LoRA",
                                         "phase I, fake score = full trainable copy"])
     out.append("## Scale notes: Wan2.1-I2V-14B (analytic)\n\n" + scale_text + "\n")
     d = scale["designs"]
     lo, fu = (d["phase I, fake score = teacher + shared-weight LoRA"]["total_bytes"],
               d["phase I, fake score = full trainable copy"]["total_bytes"])
-    out.append(f"Shared-weight LoRA fake score saves {(fu - lo) / C.GIB:,.0f} GiB at 14B "
+    out.append(f"Shared-weight LoRA fake score saves {(fu - lo) / GIB:,.0f} GiB at 14B "
                f"(phase I total {lo / fu:.2f}x of the full-copy design).\n")
     text = "\n".join(out)
     print(text)
 
-    payload = {"command": C.command_line(), "args": vars(args), "machine": info,
+    payload = {"command": command_line(), "args": vars(args), "machine": info,
                "params": {"teacher": teacher_n, "fake_lora": lora_n, "fake_lora_analytic": lora_analytic},
                "step_seconds": times, "median_seconds": med,
                "ratios": {"time_vs_fm": {n: med[n] / med["fm"] for n in step_names},
@@ -201,8 +207,8 @@ def main(argv=None):
         payload["ratios"]["fake_lora_vs_full_peak"] = mem["fake_lora"]["peak_bytes"] / mem["fake_full"]["peak_bytes"]
         payload["ratios"]["fake_lora_vs_full_bytes_counted"] = (mem["fake_lora"]["tensors"]["total"]
                                                                 / mem["fake_full"]["tensors"]["total"])
-    path = C.write_json(args, "phase1.json", payload)
-    print(f"wrote {path.relative_to(C.ROOT) if path.is_relative_to(C.ROOT) else path}")
+    path = write_json(args, "phase1.json", payload)
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-import common as C  # noqa: E402
+from reporting import OUT_DIR, ROOT, command_line, machine_info, md_table  # noqa: E402
 
 TEXT_LEN, TEXT_DIM = 512, 4096
 
@@ -213,7 +213,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --tiny (CPU) or on a GPU machine")
-    info = C.machine_info(argparse.Namespace(device="cuda" if args.device.startswith("cuda") else "cpu"))
+    info = machine_info(argparse.Namespace(device="cuda" if args.device.startswith("cuda") else "cpu"))
     if args.device.startswith("cuda"):
         info["gpu_total_gib"] = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -244,12 +244,12 @@ def main(argv=None):
                      f"{t['peak_bytes'] / max(1, u['peak_bytes']):.2f}"])
     name = "Wan2.1-T2V-1.3B-shaped" if not args.tiny else "TINY (code-path test, not a measurement)"
     gpu = info.get("gpu", "none (CPU)")
-    text = [f"# {name}: phase step time, peak memory, 1-NFE vs 100-NFE\n\n`{C.command_line()}`\n",
+    text = [f"# {name}: phase step time, peak memory, 1-NFE vs 100-NFE\n\n`{command_line()}`\n",
             f"Device {args.device} ({gpu}), torch {info['torch']}. Model {results.get('phase1', results.get('phase2_unified', {})).get('generator_params', 0):,} params, bf16, "
             f"gradient checkpointing {'off' if args.no_checkpointing else 'on'}; batch {args.batch}, latent 16x{f}x{h}x{w} "
             f"({tokens:,} tokens), text {TEXT_LEN}x{TEXT_DIM}; phase I K = {args.fake_updates}; phase II semantic head, "
             f"C-SDS lambda {args.sds_lambda}. Whole run {wall:.0f} s.\n",
-            C.md_table(["variant", "step s (median)", "raw s", "GiB after build", "peak GiB (max_memory_allocated)"], rows)]
+            md_table(["variant", "step s (median)", "raw s", "GiB after build", "peak GiB (max_memory_allocated)"], rows)]
     if "sampling" in results:
         s = results["sampling"]
         text.append(f"\nLatency (no VAE): 1 NFE {s['one_step']['median_s']:.3f} s; teacher {s['teacher']['nfe']} NFE "
@@ -258,11 +258,11 @@ def main(argv=None):
     report = "\n".join(text)
     print(report)
     default = "gpu_wan_1_3b_tiny.json" if args.tiny else "gpu_wan_1_3b.json"
-    path = Path(args.out) if args.out else C.OUT_DIR / default
+    path = Path(args.out) if args.out else OUT_DIR / default
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"command": C.command_line(), "args": vars(args), "machine": info, "tokens": tokens,
+    path.write_text(json.dumps({"command": command_line(), "args": vars(args), "machine": info, "tokens": tokens,
                                 "results": results, "wall_s": wall, "report_markdown": report}, indent=1))
-    print(f"wrote {path.relative_to(C.ROOT) if path.is_relative_to(C.ROOT) else path}")
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
 if __name__ == "__main__":

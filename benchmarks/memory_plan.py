@@ -1,8 +1,8 @@
 """ESTIMATED per-GPU memory of Wan2.1-I2V-14B phase I and phase II under FSDP2 (issue 14), built from MEASURED
 pieces: the bytes per parameter of each role (bench_distributed.py -> outputs/benchmarks/distributed.json), the
 bytes per video token of one 14B-shaped block (activation_cost.py -> outputs/benchmarks/activation_cost.json) and
-the 14B parameter counts (meta-device model, common.scale_counts). Nothing here ran on a GPU: an estimate until
-benchmarks/gpu_wan_1_3b.py-style measurements at 14B exist.
+the 14B parameter counts (meta-device model, memory_arithmetic.scale_counts). Nothing here ran on a GPU: an
+estimate until benchmarks/gpu_wan_1_3b.py-style measurements at 14B exist.
 
     .venv/bin/python benchmarks/memory_plan.py [--gpus 8 --gpu-gib 80] [--gpus 32 --gpu-gib 96]
 
@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common as C  # noqa: E402
+from memory_arithmetic import scale_counts  # noqa: E402
+from reporting import OUT_DIR, ROOT, md_table  # noqa: E402
 
 GIB, KIB, MIB = 2 ** 30, 1024, 2 ** 20
 CLIPS = {"480p (21x60x104 latent)": 21 * 30 * 52, "720p (21x90x160 latent)": 21 * 45 * 80}
@@ -39,8 +40,8 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gpus", type=int, nargs="+", default=[8, 32])
     p.add_argument("--gpu-gib", type=float, nargs="+", default=[80.0, 96.0])
-    p.add_argument("--distributed-json", default=str(C.OUT_DIR / "distributed.json"))
-    p.add_argument("--activation-json", default=str(C.OUT_DIR / "activation_cost.json"))
+    p.add_argument("--distributed-json", default=str(OUT_DIR / "distributed.json"))
+    p.add_argument("--activation-json", default=str(OUT_DIR / "activation_cost.json"))
     p.add_argument("--out", default="")
     return p.parse_args(argv)
 
@@ -106,7 +107,7 @@ def main(argv=None):
     dist = json.loads(Path(args.distributed_json).read_text())
     act = json.loads(Path(args.activation_json).read_text())
     fit = act["fits"]
-    counts = C.scale_counts()
+    counts = scale_counts()
     pp = per_param(dist)
     rows, plan = [], []
     for gpus, gib in zip(args.gpus, args.gpu_gib):
@@ -136,14 +137,14 @@ def main(argv=None):
             f"semantic heads {counts['heads']['semantic'] / 1e6:.1f} M. Measured bytes/param (relative to the weight): "
             f"grad {pp['grad']:.2f}, Adam {pp['adam']:.2f}. Activation fits: "
             + ", ".join(f"{k} {v['per_token_bytes'] / KIB:.0f} KiB/token/block" for k, v in fit.items()) + ".\n\n"
-            + C.md_table(["GPUs", "precision", "phase", "clip", "act. ckpt", "sharded state GiB/GPU",
+            + md_table(["GPUs", "precision", "phase", "clip", "act. ckpt", "sharded state GiB/GPU",
                           "activations GiB/sample", "total GiB at batch 1 (+8 reserve)", "max batch/GPU"], rows))
     print(text)
-    out = Path(args.out) if args.out else C.OUT_DIR / "memory_plan.json"
+    out = Path(args.out) if args.out else OUT_DIR / "memory_plan.json"
     out.write_text(json.dumps({"counts": counts, "bytes_per_param_rel": pp, "precisions": precisions(pp),
                                "clips": CLIPS, "reserve_gib": RESERVE / GIB, "plan": plan, "report_markdown": text},
                               indent=1))
-    print(f"wrote {out.relative_to(C.ROOT) if out.is_relative_to(C.ROOT) else out}")
+    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
 
 
 if __name__ == "__main__":

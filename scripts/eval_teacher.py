@@ -3,7 +3,7 @@ the held-out split: direction-word sensitivity, then the oracle metrics of each 
 
     python scripts/eval_teacher.py builtin:toy --n 64 --out outputs/teacher_eval.json
     python scripts/eval_teacher.py runs/teacher/checkpoints/step_0000500 --n 16 --quick
-    python scripts/eval_teacher.py runs/t/checkpoints/latest --quick --set data.small_radius=0.15625 ...  (another world)
+    python scripts/eval_teacher.py runs/t/checkpoints/latest --quick --set data.toy.small_radius=0.15625 ...  (another world)
 """
 import argparse
 import json
@@ -14,7 +14,7 @@ import torch
 
 from vpae.config import load_config
 from vpae.models import build_teacher
-from vpae.toy.source import ToyData
+from vpae.toy.data import ToyData
 from vpae.toy.evaluate import direction_sensitivity, ground_truth_report, oracle_eval, teacher_methods, teacher_sweep
 from vpae.training.checkpoint import load_checkpoint
 
@@ -41,16 +41,16 @@ res = {"teacher": a.teacher, "n": a.n,
        "direction_sensitivity": {str(k): round(v, 4) for k, v in direction_sensitivity(teacher, data, batch).items()}}
 print("direction sensitivity (loss ratio, opposite / true direction word):", res["direction_sensitivity"], flush=True)
 s = cfg.sampling
-methods = teacher_sweep(s.teacher_steps, s.shift)
+specs = teacher_sweep(s.teacher_steps, s.shift)  # the SamplerSpecs compared
 if a.quick:
-    methods = [teacher_methods(s.teacher_steps, s.guidance, s.shift, s.teacher_sampler)[0], methods[-1]]
+    specs = [teacher_methods(s.teacher_steps, s.guidance, s.shift, s.teacher_sampler)[0], specs[-1]]
 keys = ("caption_following", "direction_accuracy", "caption_score", "first_frame_psnr", "persistence", "sharpness")
 if data.world.cfg.multimodal:
     keys += ("mode_coverage", "mode_coverage_pooled", "mode_diversity", "mode_assigned")
 gt = ground_truth_report(data, batch)
 res["ground truth"] = {k: round(gt[k], 4) for k in keys}
 print("ground truth: " + ", ".join(f"{k} {gt[k]:.3f}" for k in keys), flush=True)
-for m in methods:
+for m in specs:
     t0 = time.perf_counter()
     rep, _ = oracle_eval(teacher, data, batch, m)
     res[m.name] = {k: round(rep[k], 4) for k in keys + ("nfe",)}

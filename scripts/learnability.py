@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 CONFIG = "configs/toy/teacher.yaml"
 GRID: dict[str, list[str]] = {
     "A_shipped": [],                                           # 5 x 16 x 16, 1 and 2 px/frame, 4 blocks
-    "B_fast3px": ["data.fast_travel=0.75"],                    # 1 and 3 px/frame
+    "B_fast3px": ["data.toy.fast_travel=0.75"],                # 1 and 3 px/frame
     "C_9frames": ["data.frames=9"],                            # 144 tokens
     "D_24px": ["data.height=24", "data.width=24"],             # 180 tokens
     "E_8blocks": ["model.wan_config.num_layers=8"],
@@ -37,15 +37,16 @@ def _cfg(name: str, device: str, extra: list[str]):
 
 
 def one(name: str, out: Path, device: str, max_seconds: float) -> dict:
-    from vpae.recipes import build_data, run_pretrain
-    from vpae.training.loop import read_log
     from vpae.models import load_wan_backbone
+    from vpae.recipes import build_data, run_pretrain
     from vpae.toy.evaluate import direction_sensitivity, ground_truth_report, oracle_eval, teacher_sweep
+    from vpae.training.loop import read_log
     cfg = _cfg(name, device, [f"pretrain.max_seconds={max_seconds}", "train.num_workers=1"])
     t0 = time.time()
     r = run_pretrain(cfg, out / f"run_{name}", out / f"teacher_{name}", progress=False)
     res = {"name": name, "overrides": GRID[name], "train_seconds": time.time() - t0, "steps": r["step"],
-           "log": [{k: v for k, v in row.items() if not k.startswith("time/")} for row in read_log(out / f"run_{name}" / "log.jsonl")]}
+           "log": [{k: v for k, v in row.items() if not k.startswith("time/")}
+                   for row in read_log(out / f"run_{name}" / "log.jsonl")]}
     data = build_data(cfg)
     batch = data.heldout(64)
     teacher = load_wan_backbone(out / f"teacher_{name}").to(device)
@@ -70,7 +71,8 @@ def grid(out: Path, device: str, max_seconds: float, only: list[str]) -> None:
     for name, p in procs.items():
         rc = p.wait()
         f = out / f"{name}.json"
-        results[name] = json.loads(f.read_text()) if f.is_file() else {"error": rc, "tail": (out / f"{name}.stdout").read_text()[-2000:]}
+        results[name] = json.loads(f.read_text()) if f.is_file() else \
+            {"error": rc, "tail": (out / f"{name}.stdout").read_text()[-2000:]}
         print(name, "rc", rc, json.dumps({k: results[name].get(k) for k in ("steps", "train_seconds", "probe")}), flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
 
@@ -78,16 +80,18 @@ def grid(out: Path, device: str, max_seconds: float, only: list[str]) -> None:
 def cpu_rates(steps: int) -> None:
     """CPU seconds per step of each grid member, measured one after another in this process (side by side)."""
     import torch
-    from vpae.recipes import build_data
+
     from vpae.models import build_teacher
-    from vpae.training import roles as R
-    from vpae.training.steps import PretrainStep
+    from vpae.recipes import build_data
+    from vpae.training import model as M
+    from vpae.training.loop import PhaseStepper
+    from vpae.training.methods.pretrain import FlowMatchingPhase
     rates = {}
     for name in GRID:
         cfg = _cfg(name, "cpu", [])
         data = build_data(cfg)
         model = build_teacher(cfg).requires_grad_(True)
-        step = PretrainStep(model, R.make_ema(model), cfg.pretrain)
+        step = PhaseStepper(FlowMatchingPhase(model, M.make_ema(model), cfg))
         fn = data.batch_fn(cfg.pretrain.batch_size, 0)
         step.step(0, *fn(0))
         t0 = time.perf_counter()

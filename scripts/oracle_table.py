@@ -10,10 +10,9 @@ import numpy as np
 import torch
 
 from vpae.config import load_config
-from vpae.toy.oracle import corrupt, mode_report, oracle_report
-from vpae.toy.world import ToyWorld, caption_modes, render
-from vpae.toy.world import world_config
 from vpae.toy.evaluate import MODE_SAMPLES
+from vpae.toy.oracle import corrupt, mode_report, oracle_report
+from vpae.toy.world import ToyWorld, caption_modes, render, world_config
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--config", default="configs/toy/demo.yaml")
@@ -27,7 +26,8 @@ sets = {
     "ground truth (random mode per sample)": [torch.stack([render(m[rng.integers(len(m))], cfg) for m in modes])
                                               for _ in range(MODE_SAMPLES)],
     "always the first mode": [torch.stack([render(m[0], cfg) for m in modes])] * MODE_SAMPLES,
-    "average of the modes (the blurred mean)": [torch.stack([sum(render(x, cfg) for x in m) / len(m) for m in modes])] * MODE_SAMPLES,
+    "average of the modes (the blurred mean)":
+        [torch.stack([sum(render(x, cfg) for x in m) / len(m) for m in modes])] * MODE_SAMPLES,
 }
 truth = sets["ground truth (random mode per sample)"]
 for kind, label in (("freeze", "frozen"), ("shuffle", "time-shuffled"), ("blur", "Gaussian blur sigma 1.5")):

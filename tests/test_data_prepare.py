@@ -66,7 +66,8 @@ def test_a_killed_prepare_resumes_to_the_same_cache(manifest, world, tmp_path):
             raise KeyboardInterrupt  # the kill
         return read_video(p)
     with pytest.raises(KeyboardInterrupt):
-        prepare(path, tmp_path / "b", stack, 5, 16, 16, shard_size=2, batch_size=1, progress=False, read_video=dies_at_row_six)
+        prepare(path, tmp_path / "b", stack, 5, 16, 16, shard_size=2, batch_size=1, progress=False,
+                read_video=dies_at_row_six)
     assert not list((tmp_path / "b").glob("*.tmp-*"))
     again = prepare(path, tmp_path / "b", stack, 5, 16, 16, shard_size=2, batch_size=1, progress=False)
     assert again["items"] == whole["items"] == 5
@@ -86,6 +87,7 @@ def test_bad_manifests_are_clear_errors(tmp_path):
 
 def test_data_prepare_command(manifest, tmp_path):
     from typer.testing import CliRunner
+
     from vpae.cli import app
     path, _ = manifest
     r = CliRunner().invoke(app, ["data", "prepare", str(path), "--out", str(tmp_path / "c"), "--config",

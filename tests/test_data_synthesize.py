@@ -26,7 +26,8 @@ def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("synth")
     rows = []
     for i in range(3):
-        Image.fromarray(((b.first_frame[i].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)).save(d / f"f{i}.png")
+        frame = ((b.first_frame[i].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+        Image.fromarray(frame).save(d / f"f{i}.png")
         rows.append({"caption": b.captions[i], "image": f"f{i}.png"})
     rows.insert(1, {"caption": b.captions[0], "image": "missing.png"})
     with (d / "m.csv").open("w", newline="") as f:
@@ -67,6 +68,7 @@ def test_training_reads_the_synthetic_set(setup, tmp_path):
 
 def test_synthesize_command(setup, tmp_path):
     from typer.testing import CliRunner
+
     from vpae.cli import app
     d = setup[4]
     r = CliRunner().invoke(app, ["data", "synthesize", str(d / "m.csv"), "--out", str(tmp_path / "c"), "--config",

@@ -76,16 +76,16 @@ def test_claim_verdicts_need_the_gap_to_exceed_the_spread():
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_primed_generator_is_the_phase_one_generator_in_both_generator_modes(tmp_path, mode):
     from vpae.config import load_config
+    from vpae.recipes import run_distill
     from vpae.toy.demo import primed_generator
     from vpae.training.checkpoint import checkpoint_tensors
-    from vpae.recipes import run_distill
     cfg = load_config("configs/toy/demo.yaml", [f"priming.generator_mode={mode}", "priming.steps=1", "equilibrium.steps=1",
                                                 "priming.batch_size=1", "equilibrium.batch_size=1", "train.eval_every=0",
                                                 "priming.lora_rank=4", "priming.lr=1e-3", "equilibrium.lr=1e-3"])
     r = run_distill(cfg, tmp_path, progress=False)
     primed = primed_generator(r["generator"], tmp_path)
     saved = checkpoint_tensors(tmp_path / "priming" / "checkpoints" / "step_0000001", "model.generator.")
-    from vpae.training.roles import generator_checkpoint_view
+    from vpae.training.model import generator_checkpoint_view
     now, after_phase_two = (generator_checkpoint_view(g).state_dict() for g in (primed, r["generator"]))
     assert all(torch.equal(now[k], v) for k, v in saved.items())
     assert any(not torch.equal(now[k], after_phase_two[k]) for k in saved)  # not silently the phase II generator
@@ -95,14 +95,14 @@ def test_sampling_latency_times_the_same_network_the_same(monkeypatch):
     """The same model and sampler under two names must get about the same latency (the demo once showed
     0.19 s vs 0.016 s for equal work): every method is warmed up and timed in interleaved rounds."""
     import vpae.toy.demo as demo
-    from vpae.toy.evaluate import Method
+    from vpae.toy.evaluate import SamplerSpec
     calls = []
 
     def fake_generate(model, data, batch, method, seed):
         calls.append(method.name)
         return None, 1, 0.5 if len(calls) <= 2 else 0.01  # only the first (warm-up) calls are slow
     monkeypatch.setattr(demo, "generate", fake_generate)
-    methods = {n: Method(n, "few_step", 1) for n in ("a", "b")}
+    methods = {n: SamplerSpec(n, "few_step", 1) for n in ("a", "b")}
     from vpae.toy.world import ToyBatch
     batch = ToyBatch(torch.zeros(2, 3, 5, 16, 16), [None, None], ["", ""])
     lat = demo.sampling_latency({"a": None, "b": None}, methods, None, batch, 0, repeats=3)
@@ -110,8 +110,8 @@ def test_sampling_latency_times_the_same_network_the_same(monkeypatch):
 
 
 def test_reproduce_config_is_generated_from_demo():
-    """configs/toy/reproduce.yaml must carry every demo setting (session 5 found it had missed the teacher's
-    sampler): it is what scripts/make_reproduce_config.py writes from the committed demo.yaml."""
+    """configs/toy/reproduce.yaml must carry every demo setting (the teacher's sampler, the world, the heads): it
+    is what scripts/make_reproduce_config.py writes from the committed demo.yaml."""
     import importlib.util
     from pathlib import Path
     spec = importlib.util.spec_from_file_location("make_reproduce_config", "scripts/make_reproduce_config.py")
@@ -121,6 +121,7 @@ def test_reproduce_config_is_generated_from_demo():
     assert Path("configs/toy/reproduce.yaml").read_text() == expected, "run python scripts/make_reproduce_config.py"
     demo, rep = load_config("configs/toy/demo.yaml"), load_config("configs/toy/reproduce.yaml")
     assert rep.sampling == demo.sampling and rep.equilibrium.disc_band == demo.equilibrium.disc_band
+    assert rep.data == demo.data and rep.comparison == demo.comparison
     assert (rep.priming.steps, rep.equilibrium.steps) == (300, 300)
 
 
@@ -143,8 +144,8 @@ def test_demo_contract_ratio_and_its_standard_error():
 def test_demo_grid_shows_a_two_mode_condition_of_each_object_size():
     """The grid's four-noise rows: the first held-out video of each size whose caption leaves the direction's
     sign open (small objects are where 1-NFE samples split between modes, so they must be in the report)."""
+    from vpae.toy.data import ToyData
     from vpae.toy.demo import two_mode_examples
-    from vpae.toy.source import ToyData
     from vpae.toy.world import caption_modes
     cfg = load_config("configs/toy/demo.yaml")
     data = ToyData(cfg)
@@ -155,7 +156,7 @@ def test_demo_grid_shows_a_two_mode_condition_of_each_object_size():
         assert len(caption_modes(batch.params[i], data.world.cfg)) == 2
         earlier = [j for j in range(i) if batch.params[j].size == batch.params[i].size]
         assert all(len(caption_modes(batch.params[j], data.world.cfg)) == 1 for j in earlier)
-    one_mode = load_config("configs/toy/demo.yaml", ["data.caption_sign=1.0"])
+    one_mode = load_config("configs/toy/demo.yaml", ["data.toy.caption_sign=1.0"])
     assert two_mode_examples(batch, ToyData(one_mode).world.cfg) == []
 
 
@@ -165,7 +166,7 @@ def _write_threads(path):
 
 def test_ablation_pool_gives_each_worker_its_share_of_the_threads(tmp_path, monkeypatch):
     """`--workers N` runs N spawned processes; each must take 1/N of the caller's threads, not one per core
-    (2 workers x 2 threads on 2 cores ran phase I 3x slower per step than 2 x 1, session 10)."""
+    (measured: 2 workers x 2 threads on 2 cores ran phase I 3x slower per step than 2 x 1)."""
     import multiprocessing as mp
 
     from vpae.toy.ablate import _run_pool

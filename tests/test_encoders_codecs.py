@@ -8,8 +8,8 @@ import torch
 from vpae.backbones.wan import WanBackbone, tiny_wan_config
 from vpae.codecs import CodecError, IdentityCodec, WanVAECodec, make_conditioning
 from vpae.conditioning import first_frame_condition
-from vpae.toy.world import ToyWorld, ToyWorldConfig
 from vpae.toy.encoders import PatchImageEncoder, TextEncoder
+from vpae.toy.world import ToyWorld, ToyWorldConfig
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,8 @@ def test_exported_pipeline_runs_in_diffusers_and_equals_our_one_step_sample(base
     # float32: the pipeline's scheduler step computes z + (0 - 1) v where we compute z - v (a few ulps)
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
     # the teacher's weights are not what ran
-    assert not torch.equal(pipe.transformer.state_dict()["proj_out.weight"], make_wan(i2v=True, seed=3).model.state_dict()["proj_out.weight"])
+    assert not torch.equal(pipe.transformer.state_dict()["proj_out.weight"],
+                           make_wan(i2v=True, seed=3).model.state_dict()["proj_out.weight"])
 
 
 def test_export_refuses_what_is_not_a_pipeline_or_a_transformer(base_pipeline, tmp_path):
@@ -72,11 +73,13 @@ def test_export_refuses_what_is_not_a_pipeline_or_a_transformer(base_pipeline, t
 
 def test_export_command(base_pipeline, tmp_path):
     from typer.testing import CliRunner
+
     from vpae.cli import app
     gen_dir = export_backbone(make_wan(i2v=True, seed=7), tmp_path / "generator")
     r = CliRunner().invoke(app, ["export", "--generator", str(gen_dir), "--base", str(base_pipeline), "--out",
                                  str(tmp_path / "o"), "--link"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "o" / "vae").is_symlink() and (tmp_path / "o" / "transformer" / "config.json").is_file()
-    r = CliRunner().invoke(app, ["export", "--generator", str(gen_dir), "--base", str(tmp_path), "--out", str(tmp_path / "p")])
+    r = CliRunner().invoke(app, ["export", "--generator", str(gen_dir), "--base", str(tmp_path),
+                                 "--out", str(tmp_path / "p")])
     assert r.exit_code == 2 and "error:" in r.output and "model_index.json" in r.output

@@ -8,8 +8,8 @@ import torch
 
 from vpae.backbones.wan import WanBackbone, tiny_wan_config
 from vpae.eval.video import read_video
-from vpae.generate import GenerateError, generate_video
 from vpae.export import export_backbone
+from vpae.generate import GenerateError, generate_video
 
 
 def _random_wan(cfg: dict, seed: int = 0, text_len: int = 24) -> WanBackbone:
@@ -139,6 +139,7 @@ def test_embeddings_models(tmp_path):
 
 def test_builtin_toy_teacher_one_step(tmp_path):
     from PIL import Image
+
     from vpae.toy.world import ToyWorld, ToyWorldConfig
     batch = ToyWorld(ToyWorldConfig(frames=9, height=32, width=32)).heldout(1, seed=0)
     frame0 = ((batch.video[0, :, 0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vpae.toy.oracle import (caption_following, corrupt, first_frame_psnr, object_persistence, oracle_report,
-                              sharpness)
+from vpae.toy.oracle import caption_following, corrupt, first_frame_psnr, object_persistence, oracle_report, sharpness
 from vpae.toy.world import ToyWorld, render, render_numpy
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
@@ -113,7 +112,7 @@ def test_single_metrics_and_validation(held):
 # ---- the multimodal world: captions silent on the speed (data.caption_speed false) ----
 
 from vpae.toy.oracle import assign_mode, expected_mode_coverage, expected_mode_diversity, mode_report  # noqa: E402
-from vpae.toy.world import ToyWorld, ToyWorldConfig, all_captions, caption_modes, parse_caption, render  # noqa: E402
+from vpae.toy.world import ToyWorldConfig, all_captions, caption_modes, parse_caption  # noqa: E402
 
 MULTI = ToyWorldConfig(frames=5, height=16, width=16, bounce=True, pixel_grid=True, caption_speed=False)
 
@@ -250,8 +249,8 @@ def test_mode_report_without_multimodal_conditions_reports_caption_following():
 
 
 def test_opposite_captions_swap_the_axis_of_axis_only_captions():
-    from vpae.toy.world import ToyBatch
     from vpae.toy.evaluate import opposite_direction_captions
+    from vpae.toy.world import ToyBatch
     b = ToyWorld(AXIS).heldout(32)
     for c, o, p in zip(b.captions, opposite_direction_captions(ToyBatch(b.video, b.params, b.captions)), b.params):
         a, q = parse_caption(c), parse_caption(o)
@@ -278,11 +277,11 @@ def test_persistence_tolerates_pixel_noise_but_not_identity_changes(held):
 
 
 def test_persistence_and_sharpness_on_the_shipped_world():
-    """The same checks on the shipped world (5 x 16 x 16, objects 5-7 px wide since session 10). Measured on 64
+    """The same checks on the shipped world (5 x 16 x 16, objects 5-7 px wide). Measured on 64
     held-out videos: ground truth 0.996, teacher-level pixel noise 0.98, fade to 50 % 0.007, colour permuted from
     frame 2 0.34; a sigma-1.5 blur keeps 0.95 persistence there, so sharpness (0.44) is what catches it."""
     from vpae.config import load_config
-    from vpae.toy.source import ToyData
+    from vpae.toy.data import ToyData
     world = ToyData(load_config("configs/toy/demo.yaml")).world
     b = world.heldout(32, seed=0)
     frames = b.video.shape[2]

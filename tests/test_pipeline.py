@@ -42,12 +42,12 @@ def test_text_len_processor_splits_image_from_short_text():
 
 
 def test_caption_bank_equals_live_encoding(tmp_path):
+    from vpae.toy.data import CaptionBank, Fp16TextEncoder, build_caption_bank
     from vpae.toy.encoders import TextEncoder
-    from vpae.toy.source import CaptionBank, _Fp16TextEncoder, build_caption_bank
     caps = ["a small red square moves left slowly over a plain dark background",
             "a large blue circle moves up quickly over a checkered background"]
     bank = CaptionBank(build_caption_bank(tmp_path / "bank.safetensors", 24, captions=caps))
-    live = _Fp16TextEncoder(TextEncoder(max_tokens=24))
+    live = Fp16TextEncoder(TextEncoder(max_tokens=24))
     for a, b in zip(bank.encode(caps), live.encode(caps)):
         assert torch.equal(a, b)
     assert torch.equal(bank.negative(2), live.negative(2))
@@ -77,7 +77,7 @@ def test_pretrain_max_seconds_stops_with_checkpoint(tmp_path):
     wc = tiny_wan_config(True, 3, 1, text_dim=384, image_dim=192, num_layers=1)
     over = ["model.teacher=''", "model.text_len=24", "data.frames=5", "data.height=16", "data.width=16",
             "pretrain.steps=100000", "pretrain.batch_size=2", "pretrain.max_seconds=0.5",
-            "train.checkpoint_every=100000", "data.caption_bank=.cache/toy_captions.safetensors"]
+            "train.checkpoint_every=100000", "data.toy.caption_bank=.cache/toy_captions.safetensors"]
     def yaml_value(v):
         if isinstance(v, tuple):
             return str(list(v))
@@ -94,9 +94,10 @@ def test_pretrain_max_seconds_stops_with_checkpoint(tmp_path):
 
 def test_lora_generator_export_merges_the_adapter_and_saves_it_separately(tmp_path):
     from diffusers import WanTransformer3DModel
+
     from vpae.export import export_backbone
-    from vpae.training.roles import GENERATOR_ADAPTER, copy_generator
     from vpae.models import load_wan_backbone
+    from vpae.training.model import GENERATOR_ADAPTER, copy_generator
     torch.manual_seed(0)
     teacher = WanBackbone.from_config(tiny_wan_config(True, 3, 1, text_dim=384, image_dim=192), text_len=24)
     gen = copy_generator(teacher, "lora", rank=4, alpha=4, targets=("to_q", "to_k", "to_v", "to_out.0", "add_k_proj"))

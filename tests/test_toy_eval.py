@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from vpae.config import load_config
-from vpae.toy.world import parse_caption
-from vpae.toy.source import ToyData
+from vpae.toy.data import ToyData
 from vpae.toy.evaluate import OPPOSITE_DIRECTION, direction_sensitivity, opposite_direction_captions, sampler_from_spec
+from vpae.toy.world import parse_caption
 
 
 @pytest.fixture(scope="module")
 def data():
-    cfg = load_config("configs/toy/demo.yaml", ["data.caption_bank=.cache/toy_captions.safetensors"])
+    cfg = load_config("configs/toy/demo.yaml", ["data.toy.caption_bank=.cache/toy_captions.safetensors"])
     return ToyData(cfg)
 
 
@@ -66,11 +66,12 @@ def _direction_from_start_position(params, cfg) -> float:
 
 
 def test_bounce_world_removes_the_start_position_leak():
-    # the shipped world (demo config) against the session-1 world: 9 x 32 x 32, straight paths that fit
+    # the shipped world (demo config) against a world of straight paths that fit: 9 x 32 x 32
     fair = ToyData(load_config("configs/toy/demo.yaml")).world
-    leaky = ToyData(load_config("configs/toy/demo.yaml", ["data.bounce=false", "data.frames=9", "data.height=32",
-                                                          "data.width=32", "data.pixel_grid=false",
-                                                          "data.small_radius=0.09375", "data.large_radius=0.15625"])).world
+    leaky = ToyData(load_config("configs/toy/demo.yaml", ["data.toy.bounce=false", "data.frames=9", "data.height=32",
+                                                          "data.width=32", "data.toy.pixel_grid=false",
+                                                          "data.toy.small_radius=0.09375",
+                                                          "data.toy.large_radius=0.15625"])).world
     assert fair.cfg.bounce and not leaky.cfg.bounce
     a = _direction_from_start_position(leaky.heldout(400).params, leaky.cfg)
     b = _direction_from_start_position(fair.heldout(400).params, fair.cfg)
@@ -78,9 +79,9 @@ def test_bounce_world_removes_the_start_position_leak():
 
 
 def test_shipped_teacher_reads_the_direction_word(data):
-    """The shipped teacher's flow loss is clearly worse with the opposite direction word (it follows captions;
-    the session-1 teacher scored 1.000 here, the session-3 one 3.0). Measured at export: 13.2 at sigma 0.9 on
-    64 videos (eval.json); 16 videos leave room for sampling spread."""
+    """The shipped teacher's flow loss is clearly worse with the opposite direction word (it follows captions; a
+    teacher that ignores the caption scores 1.0). Measured at export: 13.2 at sigma 0.9 on 64 videos
+    (eval.json); 16 videos leave room for sampling spread."""
     from vpae.models import build_teacher
     teacher = build_teacher(load_config("configs/toy/demo.yaml"))
     ratio = direction_sensitivity(teacher, data, data.heldout(16), sigmas=(0.9,))[0.9]
@@ -89,9 +90,9 @@ def test_shipped_teacher_reads_the_direction_word(data):
 
 def test_sampler_from_spec():
     cfg = load_config("configs/toy/demo.yaml")
-    model, method = sampler_from_spec("builtin:toy:few_step:50", cfg)  # the path may hold a colon itself
+    model, spec = sampler_from_spec("builtin:toy:few_step:50", cfg)  # the path may hold a colon itself
     assert not model.training and model.num_layers == 4
-    assert (method.sampler, method.steps, method.guidance, method.shift) == ("few_step", 50, 1.0, cfg.sampling.shift)
+    assert (spec.sampler, spec.steps, spec.guidance, spec.shift) == ("few_step", 50, 1.0, cfg.sampling.shift)
     assert sampler_from_spec("builtin:toy:euler:1", cfg)[1].shift == 1.0
     for bad in ("builtin:toy", "builtin:toy:heun:4", "builtin:toy:euler:0", "builtin:toy:euler:x"):
         with pytest.raises(ValueError, match="PATH:SAMPLER:STEPS"):
@@ -99,15 +100,41 @@ def test_sampler_from_spec():
 
 
 def test_teacher_on_another_toy_world_warns_naming_the_fields():
-    """The shipped teacher's own world (configs) is silent; another object size warns with both values."""
+    """The shipped teacher's own world (configs) is silent; another object size warns with both values. The check
+    is the toy family's (vpae.registry), called by models.build_teacher."""
     import warnings
 
-    from vpae.models import BUILTIN_TEACHER, build_teacher, read_model_meta, warn_if_other_toy_world
+    from vpae import registry
+    from vpae.models import build_teacher, read_model_meta
+    from vpae.toy.family import BUILTIN_TEACHER, warn_if_other_toy_world
     meta = read_model_meta(BUILTIN_TEACHER)
+    assert registry.family_of(meta, BUILTIN_TEACHER).name == "toy"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_teacher(load_config("configs/toy/demo.yaml"))
         assert warn_if_other_toy_world(load_config("configs/toy/teacher.yaml"), meta) == []
-    other = load_config("configs/toy/demo.yaml", ["data.small_radius=0.09375", "data.speeds=[slow,fast]"])
-    with pytest.warns(UserWarning, match=r"data.small_radius 0.15625 \(teacher\) vs 0.09375 \(config\)"):
-        assert warn_if_other_toy_world(other, meta) == ["speeds", "small_radius"]
+    other = load_config("configs/toy/demo.yaml", ["data.toy.small_radius=0.09375", "data.toy.speeds=[slow,fast]"])
+    with pytest.warns(UserWarning, match=r"data.toy.small_radius 0.15625 \(teacher\) vs 0.09375 \(config\)"):
+        assert warn_if_other_toy_world(other, meta) == ["data.toy.speeds", "data.toy.small_radius"]
+    with pytest.warns(UserWarning, match=r"data.toy.small_radius"):
+        build_teacher(other)
+
+
+def test_the_toy_world_check_reads_the_flat_vpae_json_of_earlier_exports_too():
+    """Models exported before data.toy existed record the toy settings flat in "data"."""
+    from vpae.models import read_model_meta
+    from vpae.toy.family import BUILTIN_TEACHER, warn_if_other_toy_world
+    meta = read_model_meta(BUILTIN_TEACHER)
+    flat = {**meta, "data": {**{k: v for k, v in meta["data"].items() if k != "toy"}, **meta["data"]["toy"]}}
+    other = load_config("configs/toy/demo.yaml", ["data.toy.small_radius=0.09375"])
+    with pytest.warns(UserWarning, match=r"data.toy.small_radius 0.15625 \(teacher\)"):
+        assert warn_if_other_toy_world(other, flat) == ["data.toy.small_radius"]
+    assert warn_if_other_toy_world(load_config("configs/toy/demo.yaml"), flat) == []
+
+
+def test_the_toy_data_source_offers_the_pretraining_probe(data):
+    """ToyData.pretrain_probe(ema, n): step -> the direction-word probe at three noise levels (vpae pretrain logs it)."""
+    probe = data.pretrain_probe(TextBlind(), 2)
+    out = probe(0)
+    assert list(out) == ["direction_ratio@0.97", "direction_ratio@0.9", "direction_ratio@0.5"]
+    assert all(v == pytest.approx(1.0) for v in out.values())  # a caption-blind model: the word does not matter

@@ -11,8 +11,21 @@ import pytest
 import torch
 
 from vpae.toy.oracle import track_object
-from vpae.toy.world import (BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, ToyWorld, ToyWorldConfig, all_captions,
-                           bounces, caption, parse_caption, render, sample_params, trajectory)
+from vpae.toy.world import (
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    SHAPES,
+    ToyWorld,
+    ToyWorldConfig,
+    all_captions,
+    bounces,
+    caption,
+    parse_caption,
+    render,
+    sample_params,
+    trajectory,
+)
 
 
 @pytest.fixture(scope="module")

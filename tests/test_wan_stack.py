@@ -6,6 +6,7 @@ the folder's transformer from the cache."""
 from __future__ import annotations
 
 import csv
+
 import numpy as np
 import pytest
 import torch
@@ -90,6 +91,7 @@ def test_distill_trains_the_wan_folder_from_the_cache(wan_folder, cache, tmp_pat
 
 def test_data_prepare_command_with_a_wan_folder(wan_folder, cache, tmp_path):
     from typer.testing import CliRunner
+
     from vpae.cli import app
     root, _ = wan_folder
     d, _, _ = cache
@@ -128,6 +130,7 @@ def test_real_path_end_to_end_on_a_real_clip(wan_folder, tmp_path):
     from diffusers import WanImageToVideoPipeline
     from PIL import Image
     from typer.testing import CliRunner
+
     from vpae.backbones.wan import WAN_TEXT_LEN
     from vpae.cli import app
     from vpae.conditioning import Conditioning

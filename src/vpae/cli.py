@@ -67,6 +67,7 @@ def pretrain(config: Path = typer.Option(..., help="YAML config (e.g. configs/to
              set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
     """Flow-matching training of a teacher on the toy world (EMA, checkpoints, resume)."""
     import torch
+
     from vpae.recipes import run_pretrain
     cfg = _load(config, set_)
     t0 = time.perf_counter()
@@ -116,7 +117,8 @@ def consolidate(run: Path = typer.Option(..., help="Run directory of `vpae disti
 def generate(model: str = typer.Option(..., help="Model folder (diffusers WanTransformer3DModel) or 'builtin:toy'"),
              out: Path = typer.Option(Path("outputs/generate"), help="Output folder (sample.mp4, sample.gif)"),
              prompt: Optional[str] = typer.Option(None, help="Text prompt (toy models: MiniLM text encoder)"),
-             embeddings: Optional[Path] = typer.Option(None, help="safetensors with 'text' (L,D) [+ 'negative_text', 'image'] "
+             embeddings: Optional[Path] = typer.Option(None, help="safetensors with 'text' (L,D) [+ 'negative_text', "
+                                                                  "'image'] "
                                                                   "for models without a bundled text encoder"),
              image: Optional[Path] = typer.Option(None, help="Condition image for image-to-video"),
              sampler: str = typer.Option("euler", help="euler (teacher baseline, CFG) | few-step (distilled generators)"),
@@ -145,12 +147,11 @@ def generate(model: str = typer.Option(..., help="Model folder (diffusers WanTra
 @_command(app, "caption-bank")
 def caption_bank(out: Path = typer.Option(Path(".cache/toy_captions.safetensors")),
                  text_tokens: int = typer.Option(24),
-                 bounce: bool = typer.Option(False, help="Also the 'and bounces back' captions (data.bounce=true)"),
+                 bounce: bool = typer.Option(False, help="Also the 'and bounces back' captions (data.toy.bounce=true)"),
                  config: Path = typer.Option(None, help="Take the world (and text_tokens) from this config's data section")):
     """Precompute the text embeddings of every toy-world caption (for machines without MiniLM)."""
-    from vpae.toy.world import ToyWorldConfig
-    from vpae.toy.source import build_caption_bank
-    from vpae.toy.world import world_config
+    from vpae.toy.data import build_caption_bank
+    from vpae.toy.world import ToyWorldConfig, world_config
     world = ToyWorldConfig(bounce=bounce)
     if config is not None:
         cfg = _load(config, [])
@@ -166,6 +167,7 @@ def demo(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Demo c
          set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
     """The whole method on the toy world: phase I, phase II, evaluation, report (CPU, minutes)."""
     import shutil
+
     from vpae.toy.demo import run_demo
     cfg = _load(config, set_)
     if fresh and (out / "run").exists():
@@ -210,7 +212,8 @@ def ablate(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Base
 
 @_command(app)
 def export(generator: Path = typer.Option(..., help="Transformer folder of the distilled generator (RUN/generator)"),
-           base: Path = typer.Option(..., help="Local diffusers pipeline folder of the teacher (e.g. Wan2.1-I2V-14B-480P-Diffusers)"),
+           base: Path = typer.Option(..., help="Local diffusers pipeline folder of the teacher "
+                                               "(e.g. Wan2.1-I2V-14B-480P-Diffusers)"),
            out: Path = typer.Option(..., help="Output pipeline folder"),
            shift: float = typer.Option(3.0, help="Scheduler shift (one step from sigma 1 does not depend on it)"),
            link: bool = typer.Option(False, help="Symlink the base components instead of copying them")):
@@ -219,29 +222,31 @@ def export(generator: Path = typer.Option(..., help="Transformer folder of the d
     typer.echo(f"wrote {export_pipeline(generator, base, out, shift, link)}")
 
 
+def _encoder_stack(cfg, base: Optional[Path]):
+    """The condition stack that encodes data: the Wan family's from --base, else the one of the config's data
+    source (its `model_family`, e.g. the toy world's)."""
+    from vpae import registry
+    from vpae.data.prepare import PrepareError
+    family = "wan" if base is not None else getattr(registry.data_source(cfg.data.kind), "model_family", None)
+    if family is None:
+        raise PrepareError("pass --base, a local Wan pipeline folder whose VAE, UMT5 and CLIP encode the videos")
+    return registry.model_family(family).config_stack(cfg, base)
+
+
 @_command(data_app, "prepare")
 def data_prepare(manifest: Path = typer.Argument(..., help="CSV (header: video,caption[,image]) or JSONL manifest"),
                  out: Path = typer.Option(..., help="Cache folder (resumes if it exists)"),
                  config: Path = typer.Option(..., help="Config whose data section gives frames, height, width"),
                  base: Optional[Path] = typer.Option(None, help="Local Wan diffusers pipeline folder: encode with its "
-                                                     "VAE, UMT5 and CLIP (default: the toy stack of a toy config)"),
+                                                     "VAE, UMT5 and CLIP (default: the stack of the config's data source, "
+                                                     "e.g. the toy world's)"),
                  shard_size: int = typer.Option(256, help="Clips per safetensors shard"),
                  batch_size: int = typer.Option(8, help="Clips encoded at once"),
                  set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
     """Videos + captions -> clips -> encoders -> the latent cache (bad videos skipped and listed in report.md)."""
-    from vpae.data.prepare import EncoderStack, PrepareError, prepare
+    from vpae.data.prepare import prepare
     cfg = _load(config, set_)
-    if base is not None:
-        from vpae.data.wan_stack import wan_stack
-        stack = wan_stack(base)
-    elif cfg.data.kind == "toy":
-        from vpae.toy.encoders import PatchImageEncoder, TextEncoder
-        from vpae.toy.source import ToyData, _Fp16TextEncoder
-        toy = ToyData(cfg)
-        stack = EncoderStack(toy.codec, _Fp16TextEncoder(TextEncoder(max_tokens=cfg.data.text_tokens)),
-                             PatchImageEncoder(patch_size=cfg.data.image_patch), toy.sizes)
-    else:
-        raise PrepareError("pass --base, a local Wan pipeline folder whose VAE, UMT5 and CLIP encode the videos")
+    stack = _encoder_stack(cfg, base)
     d = cfg.data
     r = prepare(manifest, out, stack, d.frames, d.height, d.width, shard_size, batch_size)
     typer.echo(f"{r['items']} clips from {r['rows']} rows ({len(r['skipped'])} skipped: {out / 'report.md'}); "
@@ -251,26 +256,20 @@ def data_prepare(manifest: Path = typer.Argument(..., help="CSV (header: video,c
 @_command(data_app, "synthesize")
 def data_synthesize(manifest: Path = typer.Argument(..., help="CSV (header: caption[,image]) or JSONL manifest"),
                     out: Path = typer.Option(..., help="Cache folder (resumes if it exists)"),
-                    config: Path = typer.Option(..., help="Config: the teacher (model.teacher), frames / height / width, sampling"),
-                    base: Optional[Path] = typer.Option(None, help="Local Wan pipeline folder for the encoders (default: the toy stack)"),
+                    config: Path = typer.Option(..., help="Config: the teacher (model.teacher), frames / height / "
+                                                "width, sampling"),
+                    base: Optional[Path] = typer.Option(None, help="Local Wan pipeline folder for the encoders "
+                                                        "(default: the stack of the config's data source, e.g. the "
+                                                        "toy world's)"),
                     seed: int = typer.Option(0, help="Noise seed (row i uses seed * 100003 + i)"),
                     shard_size: int = typer.Option(256), batch_size: int = typer.Option(4),
                     set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
     """The paper's synthetic set: the teacher's multi-step CFG samples (sampling.teacher_steps, .guidance) for a
     caption (+ image) list, written as a latent cache."""
-    from vpae.data.prepare import EncoderStack
     from vpae.data.synthesize import synthesize
     from vpae.models import build_teacher
     cfg = _load(config, set_)
-    if base is not None:
-        from vpae.data.wan_stack import wan_stack
-        stack = wan_stack(base)
-    else:
-        from vpae.toy.encoders import TextEncoder
-        from vpae.toy.source import ToyData, _Fp16TextEncoder
-        toy = ToyData(cfg)
-        stack = EncoderStack(toy.codec, _Fp16TextEncoder(TextEncoder(max_tokens=cfg.data.text_tokens)),
-                             toy.image_encoder, toy.sizes)
+    stack = _encoder_stack(cfg, base)
     d, s = cfg.data, cfg.sampling
     r = synthesize(manifest, out, build_teacher(cfg).eval(), stack, d.frames, d.height, d.width, s.teacher_steps,
                    s.guidance, s.shift, seed, shard_size, batch_size)
@@ -303,6 +302,7 @@ def eval_command(
 ) -> None:
     """Score videos on VBench-I2V dimensions (reference or offline tier) and write reports."""
     import json
+
     from vpae.eval import EvalConfig, run_eval
     cfg = EvalConfig(dino=_s(dino), clip_b32=_s(clip_b32), dreamsim=_s(dreamsim), raft=_s(raft), amt=_s(amt),
                      musiq=_s(musiq), aesthetic=_s(aesthetic), i3d=_s(i3d), device=device)
@@ -334,9 +334,17 @@ def latency_command(
 ) -> None:
     """Time teacher (50 steps + CFG = 100 NFE, 4 and 1 steps) vs student (1 and 4 steps)."""
     import json
+
     import torch
-    from vpae.eval.latency import (EvalError, bench_latency, latency_markdown, load_wan_transformer,
-                                   random_condition, tiny_setup)
+
+    from vpae.eval.latency import (
+        EvalError,
+        bench_latency,
+        latency_markdown,
+        load_wan_transformer,
+        random_condition,
+        tiny_setup,
+    )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if student is not None and teacher is None:
         raise EvalError("--student needs --teacher (the tiny default setup has its own student)")

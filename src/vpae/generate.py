@@ -4,21 +4,20 @@ Models: a diffusers ``WanTransformer3DModel`` folder (config.json + *.safetensor
 ``vpae.json`` next to them), a run directory holding an exported ``generator/`` folder, or ``builtin:toy``
 (the shipped toy teacher).
 
-Condition stack:
+Condition stack: the model family's (vpae.registry) whose `matches(meta, folder)` claims the model:
 
-* toy models (``vpae.json`` carries a toy data config, or text_dim 384 with 3 output channels): the
-  identity codec, the MiniLM text encoder (outputs rounded to float16 exactly as in training) and the
-  parameter-free ``PatchImageEncoder`` (patch from the data config, else from image_dim = 3 p^2);
-* other models: precomputed embeddings (``--embeddings`` safetensors with 'text' (L, D) and optionally
-  'negative_text' (L', D) and 'image' (N, D_img)). Models whose latents are not pixels need a Wan VAE to
-  decode them, which ``vpae generate`` does not load yet (clear error).
+* a transformer/ folder inside a diffusers pipeline folder: the Wan family, the pipeline's VAE, UMT5 and CLIP;
+* toy models (``vpae.json`` says "data": {"kind": "toy"}): the toy family, the identity codec, the MiniLM text
+  encoder (outputs rounded to float16 exactly as in training) and the parameter-free patch image encoder;
+* other models, or ``--embeddings`` with a pixel-space model: precomputed embeddings (safetensors with 'text'
+  (L, D) and optionally 'negative_text' (L', D) and 'image' (N, D_img)). Models whose latents are not pixels
+  need a VAE to decode them, which only a pipeline folder provides (clear error).
 
 Every failure the user can fix (paths, sizes, sampler, missing inputs) raises :class:`GenerateError`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Optional
 import torch
 
 from vpae.errors import VpaeError
+from vpae.models import pipeline_root
 
 SAMPLERS = ("euler", "few-step")
 
@@ -39,7 +39,7 @@ class GenerateError(VpaeError, ValueError):
 @dataclass
 class Stack:
     """What turns a prompt / image into a Conditioning and latents into pixels."""
-    kind: str                 # "toy" | "embeddings" | "wan" (a diffusers pipeline folder's VAE, UMT5, CLIP)
+    kind: str                 # the model family's name ("toy", "wan") | "embeddings" (precomputed, --embeddings)
     codec: object             # a vpae.codecs.LatentCodec
     text_encoder: object = None
     image_encoder: object = None
@@ -49,18 +49,14 @@ class Stack:
 # ----------------------------------------------------------------------------------------------
 # Model
 
-def pipeline_root(transformer: Path) -> Path | None:
-    """The diffusers pipeline folder a transformer/ folder belongs to (`vpae export` writes one), else None."""
-    ok = transformer.name == "transformer" and (transformer / "config.json").is_file() \
-        and (transformer.parent / "model_index.json").is_file()
-    return transformer.parent if ok else None
-
-
 def find_model_folder(model: str) -> Path:
     """'builtin:toy', a diffusers folder, a run directory with an exported generator/ folder, or a diffusers
     pipeline folder (`vpae export` writes one: its transformer/, with the pipeline's encoders and VAE)."""
-    from vpae.models import resolve_model_path
-    path = resolve_model_path(str(model))
+    from vpae.models import ModelLoadError, resolve_model_path
+    try:
+        path = resolve_model_path(str(model))
+    except ModelLoadError as e:
+        raise GenerateError(str(e)) from e
     if not path.exists():
         raise GenerateError(f"model checkpoint folder not found: {path}")
     if pipeline_root(path / "transformer") is not None:
@@ -84,57 +80,30 @@ def load_model(model: str, device: str | torch.device = "cpu"):
     return backbone.eval().requires_grad_(False).to(device), path, meta
 
 
-def is_toy_model(meta: dict) -> bool:
-    """Whether the folder says it was trained on the toy world (vpae.json "data.kind": every toy export writes
-    it); a model is never assumed toy from its sizes."""
-    data = meta.get("data") or {}
-    return isinstance(data, dict) and data.get("kind") == "toy"
-
-
-@functools.lru_cache(maxsize=4)
-def _minilm(max_tokens: int):
-    from vpae.toy.encoders import TextEncoder
-    from vpae.toy.source import _Fp16TextEncoder
-    return _Fp16TextEncoder(TextEncoder(max_tokens=max_tokens))
-
-
 def build_stack(backbone, meta: dict, embeddings: Optional[Path], folder: Optional[Path] = None) -> Stack:
+    """The condition stack of the model's family (vpae.registry.family_of), unless --embeddings are given for a
+    pixel-space model; else precomputed embeddings, which need a pixel-space model (no VAE to decode)."""
+    from vpae import registry
     from vpae.codecs import IdentityCodec
-    from vpae.toy.encoders import PatchImageEncoder
     cfg = backbone.model.config
-    if folder is not None and pipeline_root(folder) is not None:
-        from vpae.data.wan_stack import wan_stack
-        w = wan_stack(pipeline_root(folder))
-        return Stack("wan", w.codec, w.text_encoder, w.image_encoder, 1)
+    family = registry.family_of(meta, folder)
+    if family is not None and (embeddings is None or cfg.out_channels != 3):
+        s = family.model_stack(backbone, meta, folder)
+        if s.codec.latent_channels != cfg.out_channels:
+            raise GenerateError(f"the {family.name} condition stack's codec has {s.codec.latent_channels} latent "
+                                f"channels, this model denoises {cfg.out_channels}")
+        return Stack(family.name, s.codec, s.text_encoder, s.image_encoder,
+                     getattr(s.image_encoder, "size_multiple", 1) if s.image_encoder is not None else 1)
     if cfg.out_channels != 3:
         raise GenerateError(
             f"this model denoises {cfg.out_channels}-channel latents, which need a Wan VAE to decode; "
             f"`vpae generate` does not support --vae yet (only pixel-space models such as the toy models)")
-    codec = IdentityCodec()
     if embeddings is not None:
-        return Stack("embeddings", codec)
-    if not is_toy_model(meta):
-        raise GenerateError(
-            f"{'this model' if meta else 'this folder has no vpae.json, so'} names no text encoder "
-            f"(text_dim {cfg.text_dim}); pass --embeddings, a safetensors "
-            f"file with 'text' (L, {cfg.text_dim}) [+ 'negative_text', 'image' (N, {cfg.image_dim or 'D_img'})]")
-    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
-    text_tokens = int(data.get("text_tokens") or meta.get("text_len") or 24)
-    image_encoder, patch = None, 1
-    if backbone.i2v:
-        patch = data.get("image_patch")
-        if patch is None:
-            patch = round(math.sqrt(cfg.image_dim / 3))
-        patch = int(patch)
-        if 3 * patch * patch != cfg.image_dim:
-            raise GenerateError(f"toy model image_dim {cfg.image_dim} does not match image patches of size {patch} "
-                                f"(3 x {patch}^2 = {3 * patch * patch})")
-        image_encoder = PatchImageEncoder(patch_size=patch)
-    try:
-        text_encoder = _minilm(text_tokens)
-    except (ImportError, FileNotFoundError) as e:
-        raise GenerateError(f"the toy text encoder (MiniLM) is unavailable: {e}; pass --embeddings instead") from e
-    return Stack("toy", codec, text_encoder, image_encoder, patch)
+        return Stack("embeddings", IdentityCodec())
+    raise GenerateError(
+        f"{'this model' if meta else 'this folder has no vpae.json, so'} names no text encoder "
+        f"(text_dim {cfg.text_dim}); pass --embeddings, a safetensors "
+        f"file with 'text' (L, {cfg.text_dim}) [+ 'negative_text', 'image' (N, {cfg.image_dim or 'D_img'})]")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,6 +140,7 @@ def load_image(path: Path, height: int, width: int) -> torch.Tensor:
     """png/jpg -> (1, 3, height, width) float32 in [-1, 1] (resized with bicubic filtering)."""
     import numpy as np
     from PIL import Image
+
     from vpae.eval.video import VideoError, read_image
     try:
         a = read_image(path)
@@ -217,10 +187,10 @@ def build_conditioning(backbone, stack: Stack, prompt: Optional[str], embeddings
         if image is None:
             raise GenerateError("this is an image-to-video model: pass --image (png/jpg condition frame)")
         img = load_image(image, height, width)
-    if stack.kind in ("toy", "wan") and not (prompt or "").strip() and not negative_only:
+    if stack.text_encoder is not None and not (prompt or "").strip() and not negative_only:
         raise GenerateError("no prompt (or an empty one): pass --prompt TEXT, or --negative-only to sample "
                             "with the empty prompt on purpose")
-    if stack.kind in ("toy", "wan"):
+    if stack.text_encoder is not None:
         text, mask = stack.text_encoder.encode([prompt or ""])
         neg = stack.text_encoder.negative(1)
         tokens = stack.image_encoder(img) if img is not None else None
@@ -256,8 +226,8 @@ def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddin
     'few-step' (x0 prediction + re-noising over few_step_sigmas(steps, shift); steps=1 is one-step).
     guidance None: 5 for euler, 1 (no negative branch) for few-step. Deterministic for a seed.
 
-    Returns dict(mp4, gif, video ((3, F, H, W) in [-1, 1]), nfe, diffusion_s (sampler only), total_s (conditioning + sampling + decode,
-    model load and file writing excluded), load_s, write_s, frames, height, width, sampler, steps,
+    Returns dict(mp4, gif, video ((3, F, H, W) in [-1, 1]), nfe, diffusion_s (sampler only), total_s (conditioning
+    + sampling + decode, model load and file writing excluded), load_s, write_s, frames, height, width, sampler, steps,
     guidance, model, device). Raises GenerateError on anything the user can fix.
     """
     from vpae.eval.latency import sync_device

@@ -1,15 +1,18 @@
-"""Model loading: the teacher (a local diffusers folder, the shipped toy teacher, or random from a config)
-and the generator's starting point. Nothing downloads: folders are local only."""
+"""Model loading: the teacher (a local diffusers folder, a model family's built-in model such as `builtin:toy`,
+or random from a config) and the generator's starting point. Nothing downloads: folders are local only."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from vpae.backbones.wan import WanBackbone
 from vpae.config import VPAEConfig
 from vpae.errors import VpaeError
+
+if TYPE_CHECKING:
+    from vpae.backbones.wan import WanBackbone
 
 
 class ModelLoadError(VpaeError, RuntimeError):
@@ -33,6 +36,7 @@ def load_wan_backbone(path: str | Path, dtype: torch.dtype = torch.float32, text
     text_len 0: take it from the folder's vpae.json, else 512 (real Wan)."""
     from diffusers import WanTransformer3DModel
 
+    from vpae.backbones.wan import WanBackbone
     path = Path(path)
     if not path.is_dir():
         raise ModelLoadError(f"model checkpoint folder not found: {path}")
@@ -49,50 +53,57 @@ def load_wan_backbone(path: str | Path, dtype: torch.dtype = torch.float32, text
     return WanBackbone(model, text_len)
 
 
-PACKAGE_ROOT = Path(__file__).resolve().parent
-BUILTIN_TEACHER = PACKAGE_ROOT / "toy" / "teacher"
+BUILTIN = "builtin:"
 
 
 def resolve_model_path(path: str) -> Path:
-    """'builtin:toy' is the shipped toy teacher; other paths are used as given."""
-    if path in ("builtin:toy", "toy"):
-        return BUILTIN_TEACHER
+    """'builtin:NAME' (or a bare family name such as 'toy') is the model the family NAME ships (its
+    `builtin_model`, vpae.registry); other paths are used as given (relative to the working directory)."""
+    from vpae import registry
+    name = path[len(BUILTIN):] if path.startswith(BUILTIN) else path
+    if path.startswith(BUILTIN) or name in registry.model_family_names():
+        try:
+            builtin = getattr(registry.model_family(name), "builtin_model", None)
+        except registry.UnknownName:
+            builtin = None
+        if builtin is not None:
+            return Path(builtin)
+        if path.startswith(BUILTIN):
+            names = [n for n in registry.model_family_names()
+                     if getattr(registry.model_family(n), "builtin_model", None) is not None]
+            raise ModelLoadError(f"no built-in model {path!r}; the built-in models are "
+                                 f"{', '.join(BUILTIN + n for n in names)}")
     return Path(path).expanduser()
+
+
+def pipeline_root(transformer: Path) -> Path | None:
+    """The diffusers pipeline folder a transformer/ folder belongs to (`vpae export` writes one), else None."""
+    ok = transformer.name == "transformer" and (transformer / "config.json").is_file() \
+        and (transformer.parent / "model_index.json").is_file()
+    return transformer.parent if ok else None
 
 
 def dtype_of(cfg: VPAEConfig) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
 
 
-def warn_if_other_toy_world(cfg: VPAEConfig, meta: dict) -> list[str]:
-    """A toy teacher used on another toy world than the one it was trained on runs without error and gives
-    meaningless samples (session 10 changed the shipped world's object sizes): warn, naming each field of the
-    world (vpae.toy.world.world_config) that differs from the teacher's vpae.json. -> the differing fields."""
-    import dataclasses
-    import warnings
-
-    from vpae.toy.world import world_config
-    trained = meta.get("data") or {}
-    if cfg.data.kind != "toy" or trained.get("kind") != "toy":
-        return []
-    fields = [f.name for f in dataclasses.fields(cfg.data)]  # in the config's order, for the message
-    then = dataclasses.asdict(world_config(dataclasses.replace(cfg.data, **{k: v for k, v in trained.items() if k in fields})))
-    now = dataclasses.asdict(world_config(cfg.data))
-    diff = [f for f in fields if f in now and now[f] != then[f]]
-    if diff:
-        warnings.warn("the teacher was trained on another toy world: " + ", ".join(
-            f"data.{f} {then[f]} (teacher) vs {now[f]} (config)" for f in diff)
-            + "; set these in the config's data section to match the teacher's vpae.json", stacklevel=2)
-    return diff
+def check_teacher(cfg: VPAEConfig, path: Path) -> list[str]:
+    """The model family's checks of a teacher folder used with this config (e.g. a toy teacher on another toy
+    world than it was trained on warns, naming each setting): -> the keys it warned about."""
+    from vpae import registry
+    meta = read_model_meta(path)
+    check = getattr(registry.family_of(meta, path), "check_teacher", None)
+    return check(cfg, meta) if check is not None else []
 
 
 def build_teacher(cfg: VPAEConfig, device: str | None = None) -> WanBackbone:
-    """The teacher from cfg.model.teacher (a diffusers folder or 'builtin:toy'), or random from wan_config, on
-    `device` (default cfg.train.device)."""
+    """The teacher from cfg.model.teacher (a diffusers folder or 'builtin:toy'), or random from
+    wan_config, on `device` (default cfg.train.device)."""
+    from vpae.backbones.wan import WanBackbone
     if cfg.model.teacher:
         path = resolve_model_path(cfg.model.teacher)
         bb = load_wan_backbone(path, dtype_of(cfg), cfg.model.text_len)
-        warn_if_other_toy_world(cfg, read_model_meta(path))
+        check_teacher(cfg, path)
     else:
         if not cfg.model.wan_config:
             raise ValueError("model.teacher is empty and model.wan_config is empty: nothing to build")

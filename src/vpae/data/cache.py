@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from vpae.conditioning import Conditioning
 from vpae.data.source import BatchFn, ConditionSizes, rank_share
 from vpae.errors import VpaeError
+from vpae.registry import register_data_source
 
 CACHE_VERSION = 1
 
@@ -97,10 +98,17 @@ class CacheWriter:
         self.pending = []
 
 
+@register_data_source("cache")
 class CacheSource:
     """DataSource over a latent cache (data.kind "cache", data.cache_dir). Global batch k of stream seed s is
     items perm_e[(k B mod N) ...] of the epoch permutation perm_e = permutation(N) seeded by (s, e): a pure
     function of (seed, step), every item once per epoch."""
+
+    @staticmethod
+    def check_data(data) -> None:
+        if not data.cache_dir:
+            from vpae.config import ConfigError
+            raise ConfigError("data.kind cache needs data.cache_dir (a folder written by vpae data prepare)")
 
     def __init__(self, cfg, device: str = "cpu"):
         self.root = Path(cfg.data.cache_dir)

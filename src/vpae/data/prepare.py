@@ -101,7 +101,8 @@ def fill_cache(rows: list[dict], out: str | Path, sizes: ConditionSizes, load: C
             with torch.no_grad():
                 latents, cond = encode(pending)
             n = len(pending)
-            writer.add(latents, cond, cond.text_mask.sum(1) if cond.text_mask is not None else torch.full((n,), cond.text.shape[1]))
+            text_len = cond.text_mask.sum(1) if cond.text_mask is not None else torch.full((n,), cond.text.shape[1])
+            writer.add(latents, cond, text_len)
             pending.clear()
 
     for i in tqdm(range(start, len(rows)), desc=desc, disable=not progress, initial=start, total=len(rows)):
@@ -119,7 +120,8 @@ def fill_cache(rows: list[dict], out: str | Path, sizes: ConditionSizes, load: C
     result = {"items": writer.items, "rows": len(rows), "skipped": skipped}
     report_file.write_text(json.dumps(result, indent=1))
     lines = [f"# vpae data {desc}: {writer.items} clips from {len(rows)} rows, {len(skipped)} skipped", ""]
-    lines += ["| row | file | reason |", "|---|---|---|"] + [f"| {s['row'] + 1} | {s['file']} | {s['reason']} |" for s in skipped]
+    lines += ["| row | file | reason |", "|---|---|---|"]
+    lines += [f"| {s['row'] + 1} | {s['file']} | {s['reason']} |" for s in skipped]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return result
 

@@ -1,8 +1,9 @@
-"""The Wan encoder stack for `vpae data prepare`, loaded from a LOCAL diffusers pipeline folder (nothing
-downloads): the Wan VAE (`vae/`), UMT5 + its tokenizer (`text_encoder/`, `tokenizer/`) and, for
-image-to-video, the CLIP vision encoder + processor (`image_encoder/`, `image_processor/`). Each encodes
-exactly as diffusers' Wan pipelines do (`_get_t5_prompt_embeds`, `encode_image`), which the tests check
-against the pipeline itself; text keeps its real tokens (zero past them) and is padded to 512 when loaded."""
+"""The Wan model family ("wan" in vpae.registry) and its encoder stack for `vpae data prepare` and `vpae
+generate`, loaded from a LOCAL diffusers pipeline folder (nothing downloads): the Wan VAE (`vae/`), UMT5 + its
+tokenizer (`text_encoder/`, `tokenizer/`) and, for image-to-video, the CLIP vision encoder + processor
+(`image_encoder/`, `image_processor/`). Each encodes exactly as diffusers' Wan pipelines do
+(`_get_t5_prompt_embeds`, `encode_image`), which the tests check against the pipeline itself; text keeps its
+real tokens (zero past them) and is padded to 512 when loaded."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 
 from vpae.data.prepare import EncoderStack, PrepareError
 from vpae.data.source import ConditionSizes
+from vpae.registry import register_model_family
 
 WAN_TEXT_TOKENS = 512
 
@@ -74,3 +76,26 @@ def wan_stack(base_dir: str | Path) -> EncoderStack:
     sizes = ConditionSizes(latent_channels=codec.latent_channels, mask_channels=codec.mask_channels,
                            text_dim=text.dim, text_len=WAN_TEXT_TOKENS, image_dim=image.dim if image else None)
     return EncoderStack(codec, text, image, sizes)
+
+
+class WanFamily:
+    """Wan2.1 (registered as "wan"): its condition stack comes from a local diffusers pipeline folder, the one a
+    transformer/ folder sits in (`vpae export` writes such folders) or the --base folder of `vpae data prepare`."""
+
+    name = "wan"
+
+    def matches(self, meta: dict, folder: Path | None = None) -> bool:
+        from vpae.models import pipeline_root
+        return folder is not None and pipeline_root(Path(folder)) is not None
+
+    def model_stack(self, backbone, meta: dict, folder: Path | None = None) -> EncoderStack:
+        from vpae.models import pipeline_root
+        return wan_stack(pipeline_root(Path(folder)))
+
+    def config_stack(self, cfg, base: Path | None = None) -> EncoderStack:
+        if base is None:
+            raise PrepareError("pass --base, a local Wan pipeline folder whose VAE, UMT5 and CLIP encode the videos")
+        return wan_stack(base)
+
+
+WAN_FAMILY = register_model_family("wan")(WanFamily())

@@ -32,8 +32,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "lambda 0": ("Table 3 C-SDS", ["equilibrium.sds_lambda=0"]),
     "lambda 2.5": ("Table 3 C-SDS", ["equilibrium.sds_lambda=2.5"]),
     "lambda 100": ("Table 3 C-SDS", ["equilibrium.sds_lambda=100"]),
-    # not in the paper: phase II with C-SDS alone isolates what the adversarial term adds (session 6 found the
-    # toy's heads at chance, docs/RESULTS.md)
+    # not in the paper: phase II with C-SDS alone isolates what the adversarial term adds (the toy's heads can
+    # stay at chance, docs/RESULTS.md)
     "no adversarial term": ("control", ["equilibrium.adv_weight=0"]),
 }
 DEFAULT = "UAE + V-PAE-I (default)"
@@ -72,7 +72,7 @@ def ablation_columns(rep: dict) -> dict:
 def _variant_worker(config_path, base_overrides, overrides, run_dir, shared_priming, proxies):
     from vpae.config import load_config
     from vpae.recipes import build_data, run_distill
-    from vpae.toy.evaluate import Method, oracle_eval, proxy_metrics
+    from vpae.toy.evaluate import SamplerSpec, oracle_eval, proxy_metrics
 
     cfg = load_config(config_path, list(base_overrides) + list(overrides))
     run_dir = Path(run_dir)
@@ -83,7 +83,7 @@ def _variant_worker(config_path, base_overrides, overrides, run_dir, shared_prim
     train_s = time.perf_counter() - t0
     data = build_data(cfg)
     batch = data.heldout(cfg.data.heldout_size)
-    rep, vids = oracle_eval(r["generator"].eval(), data, batch, Method("1", "few_step", 1), cfg.train.seed)
+    rep, vids = oracle_eval(r["generator"].eval(), data, batch, SamplerSpec("1", "few_step", 1), cfg.train.seed)
     row = ablation_columns(rep)
     if proxies:
         row.update(proxy_metrics(vids, batch, cfg.data.proxy_videos))
@@ -223,7 +223,7 @@ def run_ablation(config_path: str | Path, out_dir: str | Path, overrides: list[s
 # ----------------------------------------------------------------------------------------------
 # `vpae ablate --table 1 | 2`: the paper's Table 1 (V-PAE against DMD2, MD, LCM, PCM, DCM, ADD, APT at 1 and 4
 # NFE) and Table 2 (none / LCM / V-PAE-I as the first phase) on the toy world, every method through
-# `vpae distill` (training/methods.py) with equal budgets.
+# `vpae distill` (vpae.training.methods) with equal budgets.
 
 BASELINES = {"DMD2": "dmd2", "MD": "md", "LCM": "lcm", "PCM": "pcm", "DCM": "dcm", "ADD": "add", "APT": "apt"}
 TABLE_ROWS: dict[int, dict[str, list[str]]] = {
@@ -245,13 +245,17 @@ TABLE_NFES = (1, 4)
 
 
 def equal_budget_overrides(cfg) -> list[str]:
-    """The baselines' shared section set from the V-PAE config being compared with, so every row has the same
-    budget: generator updates = phase I + phase II steps, the same batch, phase I's generator lr (the toy's
-    V-PAE phase I lr), phase II's head lr for every discriminator head, phase I's real-score CFG for every teacher
-    query, and phase I's fake-score lr and update ratio for DMD2 and MD (docs/METHODS.md)."""
+    """The comparison methods' shared section set from the V-PAE config being compared with, so every row has
+    the same budget: generator updates = phase I + phase II steps, the same batch, phase I's generator lr (the
+    toy's V-PAE phase I lr), phase II's head lr and discriminator heads (kind, layers, sizes) for every
+    discriminator head, phase I's real-score CFG for every teacher query, and phase I's fake-score lr and update
+    ratio for DMD2 and MD (docs/COMPARISON_METHODS.md)."""
     p, e = cfg.priming, cfg.equilibrium
-    return [f"baseline.steps={p.steps + e.steps}", f"baseline.batch_size={e.batch_size}", f"baseline.lr={p.lr}",
-            f"baseline.disc_lr={e.head_lr}", f"baseline.guidance={p.real_guidance}",
+    layers = "[" + ", ".join(f"{x!r}" for x in e.layers) + "]"
+    return [f"comparison.steps={p.steps + e.steps}", f"comparison.batch_size={e.batch_size}", f"comparison.lr={p.lr}",
+            f"comparison.disc_lr={e.head_lr}", f"comparison.guidance={p.real_guidance}",
+            f"comparison.head={e.head}", f"comparison.layers={layers}", f"comparison.head_dim={e.head_dim}",
+            f"comparison.head_queries={e.head_queries}", f"comparison.head_attn_heads={e.head_attn_heads}",
             f"dmd2.fake_lr={p.fake_lr}", f"dmd2.fake_updates_per_generator={p.fake_updates_per_generator}",
             f"md.fake_lr={p.fake_lr}", f"md.fake_updates_per_generator={p.fake_updates_per_generator}"]
 
@@ -259,13 +263,13 @@ def equal_budget_overrides(cfg) -> list[str]:
 def _evaluate_nfes(model, sampler: str, data, cfg, seed: int, proxies: bool) -> dict:
     """Oracle metrics (and per-video latency) at every NFE in TABLE_NFES, with the sampler the method is built
     for; proxies at 1 NFE only (their feature networks dominate CPU time)."""
-    from vpae.toy.evaluate import Method, oracle_eval, proxy_metrics
+    from vpae.toy.evaluate import SamplerSpec, oracle_eval, proxy_metrics
     batch = data.heldout(cfg.data.heldout_size)
     row = {}
     for nfe in TABLE_NFES:
-        shift = cfg.sampling.shift if sampler == "euler_teacher" else cfg.baseline.shift
+        shift = cfg.sampling.shift if sampler == "euler_teacher" else cfg.comparison.shift
         kind = "euler" if sampler.startswith("euler") else "few_step"
-        rep, vids = oracle_eval(model.eval(), data, batch, Method(f"{nfe}", kind, nfe, 1.0, shift), seed)
+        rep, vids = oracle_eval(model.eval(), data, batch, SamplerSpec(f"{nfe}", kind, nfe, 1.0, shift), seed)
         cols = ablation_columns(rep)
         row.update({f"{nfe}nfe/{k}": v for k, v in cols.items()})
         row[f"{nfe}nfe/latency_s"] = rep["sample_seconds"] / max(1, len(batch))
@@ -326,10 +330,12 @@ def run_table(table: int, config_path: str | Path, out_dir: str | Path, override
     ctx = mp.get_context("spawn")
     # Phase I once per seed and kind, shared by the rows that continue from it (V-PAE-I / LCM).
     kinds = sorted({("lcm" if "priming.kind=lcm" in TABLE_ROWS[table][n] else "vpae") for n in names
-                    if "__teacher__" not in TABLE_ROWS[table][n] and not any(o.startswith("method=") for o in TABLE_ROWS[table][n])
+                    if "__teacher__" not in TABLE_ROWS[table][n]
+                    and not any(o.startswith("method=") for o in TABLE_ROWS[table][n])
                     and "priming.steps=0" not in TABLE_ROWS[table][n]})
     shared = {k: f"shared_phase1_{k}_seed_{{s}}" for k in kinds}
-    phase1 = [(_phase1_worker, (str(config_path), overrides + [f"train.seed={s}", "equilibrium.steps=0", f"priming.kind={k}"],
+    phase1 = [(_phase1_worker, (str(config_path),
+                                overrides + [f"train.seed={s}", "equilibrium.steps=0", f"priming.kind={k}"],
                                 str(out / shared[k].format(s=s))), f"phase I ({k}) seed {s}") for s in seeds for k in kinds]
 
     def shared_for(name, s):
@@ -350,7 +356,7 @@ def run_table(table: int, config_path: str | Path, out_dir: str | Path, override
     total = time.perf_counter() - t0
     notes = [f"Table {table} analogue on the toy world. Equal budgets: every trained row makes phase I + phase II "
              f"= {base.priming.steps + base.equilibrium.steps} generator updates of batch {base.equilibrium.batch_size} "
-             f"(baselines: `baseline.steps`); overrides {overrides}. Seeds {seeds}; mean over seeds, *_std the "
+             f"(comparison methods: `comparison.steps`); overrides {overrides}. Seeds {seeds}; mean over seeds, *_std the "
              f"standard deviation (ddof 1). Wall time {total:.0f}s (this call).",
              "Columns 1nfe/* and 4nfe/*: oracle metrics of the held-out toy split sampled with 1 and 4 NFE, each "
              "method with the sampler it is built for (x0 + re-noise; PCM/DCM: Euler over their phase edges); "

@@ -15,9 +15,16 @@ from pathlib import Path
 import torch
 
 from vpae.config import VPAEConfig, to_dict
-from vpae.toy.evaluate import (Method, generate, ground_truth_report, oracle_columns, oracle_eval, proxy_metrics,
-                           teacher_methods)
-from vpae.training import roles as R
+from vpae.toy.evaluate import (
+    SamplerSpec,
+    generate,
+    ground_truth_report,
+    oracle_columns,
+    oracle_eval,
+    proxy_metrics,
+    teacher_methods,
+)
+from vpae.training import model as M
 from vpae.training.checkpoint import latest_checkpoint, load_checkpoint
 from vpae.training.loop import read_log
 
@@ -32,13 +39,13 @@ def curve_eval_fn(data, n: int, seed: int):
 
     def factory(generator):
         def fn(step):
-            rep, _ = oracle_eval(generator, data, batch, Method("1", "few_step", 1), seed, mode_samples=1)
+            rep, _ = oracle_eval(generator, data, batch, SamplerSpec("1", "few_step", 1), seed, mode_samples=1)
             return {k: rep[k] for k in ("caption_following", "first_frame_psnr", "persistence", "sharpness")}
         return fn
     return factory
 
 
-def sampling_latency(models: dict, methods: dict[str, Method], data, batch, seed: int, repeats: int = 5) -> dict:
+def sampling_latency(models: dict, methods: dict[str, SamplerSpec], data, batch, seed: int, repeats: int = 5) -> dict:
     """Seconds to sample one video (conditioning included) per method, all timed the same way: one warm-up
     call each, then `repeats` rounds that time every method once in turn (interleaved, so machine load and
     cache state hit all methods alike); the median per method. Equal work gets equal time."""
@@ -52,12 +59,13 @@ def sampling_latency(models: dict, methods: dict[str, Method], data, batch, seed
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
-def evaluate_methods(models: dict, methods: dict[str, Method], data, batch, seed: int,
+def evaluate_methods(models: dict, methods: dict[str, SamplerSpec], data, batch, seed: int,
                      vbench: bool = True, progress: bool = True, proxy_videos: int = 8) -> tuple[dict, dict]:
     """Sample every method on the held-out batch: oracle metrics on all videos; offline VBench-I2V proxies
     and FD (to the held-out real videos) on the first `proxy_videos` (their feature nets dominate CPU time);
     latency of one video (sampling_latency). The first method is the latency baseline (the teacher's sampler)."""
     from tqdm.auto import tqdm
+
     from vpae.eval import EvalConfig, fd_features
 
     rows, videos = {}, {}
@@ -89,7 +97,7 @@ def primed_generator(generator, run_dir: Path):
     primed = copy.deepcopy(generator)
     pck = latest_checkpoint(Path(run_dir) / "priming")
     if pck is not None:
-        load_checkpoint(pck, {"generator": R.generator_checkpoint_view(primed)}, {})
+        load_checkpoint(pck, {"generator": M.generator_checkpoint_view(primed)}, {})
     return primed
 
 
@@ -108,8 +116,8 @@ def two_mode_examples(batch, world_cfg) -> list[int]:
 
 def run_demo(cfg: VPAEConfig, out_dir: str | Path, progress: bool = True, vbench: bool = True) -> dict:
     from vpae.eval import write_report
-    from vpae.recipes import build_data, run_distill
     from vpae.models import build_teacher
+    from vpae.recipes import build_data, run_distill
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,9 +134,9 @@ def run_demo(cfg: VPAEConfig, out_dir: str | Path, progress: bool = True, vbench
     primed = primed_generator(generator, out / "run")
     tm = teacher_methods(cfg.sampling.teacher_steps, cfg.sampling.guidance, cfg.sampling.shift, cfg.sampling.teacher_sampler)
     methods = {m.name: m for m in tm}
-    methods["V-PAE-I 1 NFE"] = Method("V-PAE-I 1 NFE", "few_step", 1)
-    methods["V-PAE 4 NFE"] = Method("V-PAE 4 NFE", "few_step", 4, 1.0, cfg.sampling.shift)
-    methods["V-PAE 1 NFE"] = Method("V-PAE 1 NFE", "few_step", 1)
+    methods["V-PAE-I 1 NFE"] = SamplerSpec("V-PAE-I 1 NFE", "few_step", 1)
+    methods["V-PAE 4 NFE"] = SamplerSpec("V-PAE 4 NFE", "few_step", 4, 1.0, cfg.sampling.shift)
+    methods["V-PAE 1 NFE"] = SamplerSpec("V-PAE 1 NFE", "few_step", 1)
     models = {n: teacher for n in methods if n.startswith("teacher")}
     models.update({"V-PAE-I 1 NFE": primed, "V-PAE 4 NFE": generator, "V-PAE 1 NFE": generator})
     batch = data.heldout(cfg.data.heldout_size)
@@ -152,15 +160,22 @@ def run_demo(cfg: VPAEConfig, out_dir: str | Path, progress: bool = True, vbench
             grids[f"{name}, 4 noises of video {i + 1} ({batch.params[i].size})"] = [
                 generate(models[name], data, one, methods[name], tc.seed + j)[0][0] for j in range(4)]
     total = time.perf_counter() - t0
-    machine = f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, torch {torch.__version__}"
+    machine = (f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, "
+               f"torch {torch.__version__}")
+    timings = result["timings"]
     notes = [
-        f"Toy world held-out split: {len(batch)} videos, {cfg.data.frames} frames at {cfg.data.height}x{cfg.data.width}; same noise per video for every method (seed {tc.seed}).",
+        f"Toy world held-out split: {len(batch)} videos, {cfg.data.frames} frames at {cfg.data.height}x{cfg.data.width}; "
+        f"same noise per video for every method (seed {tc.seed}).",
         "oracle/* come from the toy world's ground truth (vpae.toy.oracle); proxy/* are offline-tier VBench-I2V "
-        "dimensions (EffNet-Lite0 / OpenCV flow / NIQE substitutes, not the official models); aesthetic is unavailable offline.",
+        "dimensions (EffNet-Lite0 / OpenCV flow / NIQE substitutes, not the official models); aesthetic is "
+        "unavailable offline.",
         "FD-* is a Frechet distance on EffNet-Lite0 frame features to the held-out real videos (not FVD).",
-        "latency_s: median wall time of the diffusion part for one video on this CPU; speedup is against the multi-step teacher (first row).",
-        f"Training {t_train:.0f}s (phase I {result['timings'].get('priming', 0):.0f}s, phase II {result['timings'].get('equilibrium', 0):.0f}s), evaluation {t_eval:.0f}s, total {total:.0f}s on {machine}.",
-        f"Config: priming {cfg.priming.steps} steps x batch {cfg.priming.batch_size}, equilibrium {cfg.equilibrium.steps} steps x batch {cfg.equilibrium.batch_size} "
+        "latency_s: median wall time of the diffusion part for one video on this CPU; speedup is against the "
+        "multi-step teacher (first row).",
+        f"Training {t_train:.0f}s (phase I {timings.get('priming', 0):.0f}s, phase II "
+        f"{timings.get('equilibrium', 0):.0f}s), evaluation {t_eval:.0f}s, total {total:.0f}s on {machine}.",
+        f"Config: priming {cfg.priming.steps} steps x batch {cfg.priming.batch_size}, equilibrium "
+        f"{cfg.equilibrium.steps} steps x batch {cfg.equilibrium.batch_size} "
         f"(backbone {cfg.equilibrium.backbone}, head {cfg.equilibrium.head}, lambda {cfg.equilibrium.sds_lambda}).",
     ]
     acc = [a for _, a in curves.get("equilibrium d/accuracy", [])]
@@ -170,7 +185,8 @@ def run_demo(cfg: VPAEConfig, out_dir: str | Path, progress: bool = True, vbench
                      f"{sum(late) / len(late):.2f}.")
     contract = demo_contract(rows, t100)
     notes.append(format_contract(contract).replace("\n  ", "; "))
-    results = {"contract": contract, "rows": rows, "timings": {"train_s": t_train, "eval_s": t_eval, "total_s": total, **result["timings"]},
+    results = {"contract": contract, "rows": rows,
+               "timings": {"train_s": t_train, "eval_s": t_eval, "total_s": total, **timings},
                "config": to_dict(cfg), "machine": machine}
     write_report(out, rows, grids, curves, title="V-PAE demo on the toy world (Table 1 analogue)", notes=notes,
                  results=results)
@@ -224,6 +240,8 @@ def summarize(rows: dict, t100: str, total: float, out: Path) -> str:
     return (f"V-PAE demo finished in {total:.0f}s. On the held-out toy split, the {g(t100, 'NFE'):.0f}-NFE teacher follows "
             f"{g(t100, cf):.0%} of captions (first-frame PSNR {g(t100, ps):.1f} dB); the same teacher at 1 NFE "
             f"{g('teacher 1 NFE', cf):.0%} ({g('teacher 1 NFE', ps):.1f} dB); V-PAE-I at 1 NFE {g('V-PAE-I 1 NFE', cf):.0%} "
-            f"({g('V-PAE-I 1 NFE', ps):.1f} dB); V-PAE at 1 NFE {g('V-PAE 1 NFE', cf):.0%} ({g('V-PAE 1 NFE', ps):.1f} dB) and "
-            f"at 4 NFE {g('V-PAE 4 NFE', cf):.0%}. One-step diffusion is {g('V-PAE 1 NFE', 'speedup_vs_100NFE'):.0f}x faster "
+            f"({g('V-PAE-I 1 NFE', ps):.1f} dB); V-PAE at 1 NFE {g('V-PAE 1 NFE', cf):.0%} "
+            f"({g('V-PAE 1 NFE', ps):.1f} dB) and "
+            f"at 4 NFE {g('V-PAE 4 NFE', cf):.0%}. One-step diffusion is "
+            f"{g('V-PAE 1 NFE', 'speedup_vs_100NFE'):.0f}x faster "
             f"than the teacher's CFG sampler ({g(t100, 'NFE'):.0f} NFE). Report: {out / 'report.html'} (and report.md).")

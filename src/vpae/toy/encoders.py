@@ -151,6 +151,11 @@ class PatchImageEncoder(torch.nn.Module):
     def dim(self) -> int:
         return self.channels * self.patch_size ** 2
 
+    @property
+    def size_multiple(self) -> int:
+        """Image height and width must be multiples of this (the patch size)."""
+        return self.patch_size
+
     def num_tokens(self, height: int, width: int) -> int:
         self._check(height, width)
         return (height // self.patch_size) * (width // self.patch_size)

@@ -7,16 +7,16 @@ from dataclasses import dataclass
 
 import torch
 
+from vpae import flow
 from vpae.backbones.base import Backbone
+from vpae.sampling import few_step_sample, few_step_sigmas, initial_noise, teacher_sample
 from vpae.toy.oracle import mode_report, oracle_report
 from vpae.toy.world import AXIS_PHRASES, ToyBatch, axis_of
-from vpae import flow
-from vpae.sampling import few_step_sample, few_step_sigmas, initial_noise, teacher_sample
 
 
 @dataclass(frozen=True)
-class Method:
-    """A way to sample: `euler` (teacher baseline, `steps` Euler steps over shifted sigmas with CFG) or
+class SamplerSpec:
+    """A way to sample a model: `euler` (teacher baseline, `steps` Euler steps over shifted sigmas with CFG) or
     `few_step` (x0 prediction + re-noising over few_step_sigmas(steps, shift); 1 step = one-step)."""
     name: str
     sampler: str
@@ -25,9 +25,9 @@ class Method:
     shift: float = 1.0
 
 
-def sampler_from_spec(spec: str, cfg) -> tuple[Backbone, Method]:
+def sampler_from_spec(spec: str, cfg) -> tuple[Backbone, SamplerSpec]:
     """'PATH:SAMPLER:STEPS' (PATH a diffusers folder or builtin:toy; SAMPLER few_step or euler) -> the model in eval
-    mode and its Method (no CFG; the config's sigma shift when STEPS > 1), as the diagnostic scripts take them."""
+    mode and its SamplerSpec (no CFG; the config's sigma shift when STEPS > 1), as the diagnostic scripts take them."""
     from vpae.models import load_wan_backbone, resolve_model_path
     parts = spec.rsplit(":", 2)
     if len(parts) != 3 or parts[1] not in ("few_step", "euler") or not parts[2].isdigit() or int(parts[2]) < 1:
@@ -35,32 +35,35 @@ def sampler_from_spec(spec: str, cfg) -> tuple[Backbone, Method]:
                          f"(e.g. outputs/demo/run/generator:few_step:1)")
     path, sampler, steps = parts[0], parts[1], int(parts[2])
     model = load_wan_backbone(resolve_model_path(path), torch.float32, cfg.model.text_len or cfg.data.text_tokens)
-    return model.eval(), Method(spec, sampler, steps, 1.0, cfg.sampling.shift if steps > 1 else 1.0)
+    return model.eval(), SamplerSpec(spec, sampler, steps, 1.0, cfg.sampling.shift if steps > 1 else 1.0)
 
 
-def teacher_methods(steps: int = 50, guidance: float = 5.0, shift: float = 3.0, sampler: str = "euler") -> list[Method]:
+def teacher_methods(steps: int = 50, guidance: float = 5.0, shift: float = 3.0, sampler: str = "euler") -> list[SamplerSpec]:
     """The teacher's multi-step baseline (config sampling.teacher_sampler: euler, or stochastic = x0 prediction
     + fresh noise over the same shifted sigmas), then 4 and 1 Euler steps without CFG."""
     nfe = 2 * steps if guidance != 1 else steps
-    how = f"{steps} {'stochastic ' if sampler == 'stochastic' else ''}steps" + (f" + CFG {guidance:g}" if guidance != 1 else "")
-    first = Method(f"teacher {nfe} NFE ({how})", "few_step" if sampler == "stochastic" else "euler", steps, guidance, shift)
-    return [first, Method("teacher 4 NFE", "euler", 4, 1.0, shift), Method("teacher 1 NFE", "euler", 1, 1.0, shift)]
+    how = f"{steps} {'stochastic ' if sampler == 'stochastic' else ''}steps" + \
+        (f" + CFG {guidance:g}" if guidance != 1 else "")
+    first = SamplerSpec(f"teacher {nfe} NFE ({how})", "few_step" if sampler == "stochastic" else "euler", steps,
+                        guidance, shift)
+    return [first, SamplerSpec("teacher 4 NFE", "euler", 4, 1.0, shift),
+            SamplerSpec("teacher 1 NFE", "euler", 1, 1.0, shift)]
 
 
-def teacher_sweep(steps: int = 50, shift: float = 3.0, guidances=(1.0, 2.0, 3.0, 5.0)) -> list[Method]:
+def teacher_sweep(steps: int = 50, shift: float = 3.0, guidances=(1.0, 2.0, 3.0, 5.0)) -> list[SamplerSpec]:
     """The teacher's samplers compared when choosing its sampler: `steps` Euler steps at each CFG scale, the
     stochastic sampler over the same sigmas, then 4 and 1 Euler steps without CFG."""
-    out = [Method(f"teacher {steps} steps w={w:g} ({2 * steps if w != 1 else steps} NFE)", "euler", steps, w, shift)
+    out = [SamplerSpec(f"teacher {steps} steps w={w:g} ({2 * steps if w != 1 else steps} NFE)", "euler", steps, w, shift)
            for w in guidances]
-    out.append(Method(f"teacher {steps} stochastic steps ({steps} NFE)", "few_step", steps, 1.0, shift))
-    return out + [Method("teacher 4 NFE", "euler", 4, 1.0, shift), Method("teacher 1 NFE", "euler", 1, 1.0, shift)]
+    out.append(SamplerSpec(f"teacher {steps} stochastic steps ({steps} NFE)", "few_step", steps, 1.0, shift))
+    return out + [SamplerSpec("teacher 4 NFE", "euler", 4, 1.0, shift), SamplerSpec("teacher 1 NFE", "euler", 1, 1.0, shift)]
 
 
 @torch.no_grad()
-def generate(backbone: Backbone, data, batch: ToyBatch, method: Method, seed: int = 0,
+def generate(backbone: Backbone, data, batch: ToyBatch, spec: SamplerSpec, seed: int = 0,
              chunk: int = 32) -> tuple[torch.Tensor, int, float]:
     """Videos (B, 3, F, H, W) in [-1, 1] for a held-out batch, the NFE per video and seconds.
-    Noise for video i depends only on (seed, i), so every method sees the same noise."""
+    Noise for video i depends only on (seed, i), so every sampler sees the same noise."""
     was_training = backbone.training
     backbone.eval()
     outs, nfe, t0 = [], 0, time.perf_counter()
@@ -69,28 +72,28 @@ def generate(backbone: Backbone, data, batch: ToyBatch, method: Method, seed: in
                        batch.captions[start:start + chunk])
         x_data, cond = data.encode(sub)
         noise = torch.stack([initial_noise(x_data.shape[1:], seed * 100003 + start + i) for i in range(len(sub))]).to(x_data)
-        if method.sampler == "euler":
-            r = teacher_sample(backbone, noise, cond, method.steps, method.guidance, method.shift)
+        if spec.sampler == "euler":
+            r = teacher_sample(backbone, noise, cond, spec.steps, spec.guidance, spec.shift)
         else:
-            r = few_step_sample(backbone, noise, cond, few_step_sigmas(method.steps, method.shift), method.guidance, seed)
+            r = few_step_sample(backbone, noise, cond, few_step_sigmas(spec.steps, spec.shift), spec.guidance, seed)
         outs.append(data.codec.decode(r.x0).clamp(-1, 1).float().cpu())
         nfe = r.nfe
     backbone.train(was_training)
     return torch.cat(outs), nfe, time.perf_counter() - t0
 
 
-def oracle_eval(backbone: Backbone, data, batch: ToyBatch, method: Method, seed: int = 0,
+def oracle_eval(backbone: Backbone, data, batch: ToyBatch, spec: SamplerSpec, seed: int = 0,
                 mode_samples: int | None = None) -> tuple[dict, torch.Tensor]:
-    """Sample the batch with `method` and score it with the oracle: (report + nfe + sample_seconds, videos).
+    """Sample the batch with `spec` and score it with the oracle: (report + nfe + sample_seconds, videos).
     In a multimodal world (captions silent on the speed) the batch is sampled `mode_samples` times (default
     MODE_SAMPLES; noise seeds seed, seed+1, ...) and the report adds mode_coverage / mode_diversity /
-    mode_assigned (data.oracle.mode_report); the other metrics and the returned videos are the first set's."""
+    mode_assigned (vpae.toy.oracle.mode_report); the other metrics and the returned videos are the first set's."""
     cfg = data.world.cfg
     k = (MODE_SAMPLES if mode_samples is None else mode_samples) if cfg.multimodal else 1
-    videos, nfe, secs = generate(backbone, data, batch, method, seed)
+    videos, nfe, secs = generate(backbone, data, batch, spec, seed)
     rep = oracle_report(videos, batch.params, batch.first_frame, cfg)
     if k > 1:
-        sets = [videos] + [generate(backbone, data, batch, method, seed + j)[0] for j in range(1, k)]
+        sets = [videos] + [generate(backbone, data, batch, spec, seed + j)[0] for j in range(1, k)]
         rep.update(mode_report(sets, batch.params, cfg))
     rep.update(nfe=nfe, sample_seconds=secs)
     return rep, videos
@@ -104,6 +107,7 @@ def ground_truth_report(data, batch: ToyBatch, mode_samples: int = MODE_SAMPLES,
     """The oracle metrics of the world itself: the held-out videos, and for the mode metrics videos drawn
     with a random caption-consistent trajectory for each condition (the reference row of every table)."""
     import numpy as np
+
     from vpae.toy.world import caption_modes, render
     cfg = data.world.cfg
     rep = oracle_report(batch.video, batch.params, batch.first_frame, cfg)

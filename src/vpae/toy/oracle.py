@@ -144,8 +144,9 @@ def _follow_one(tr: dict, found: np.ndarray, params: ToyVideoParams, cfg: ToyWor
     follows = bool(found.all() and score >= FOLLOW_THRESHOLD and (params.bounce or along > 0))
     # Bouncing objects may end anywhere along the captioned axis; their direction check is the score's.
     direction_ok = bool(found[-1] and (follows if params.bounce else float(disp @ e[-1]) >= 0.4 * float(e[-1] @ e[-1])))
-    return {"follows": follows, "direction_ok": direction_ok, "score": score, "displacement": (float(disp[0]), float(disp[1])),
-            "expected": exp_disp, "speed_px": float(np.linalg.norm(disp) / (f - 1)), "found": int(found.sum())}
+    return {"follows": follows, "direction_ok": direction_ok, "score": score,
+            "displacement": (float(disp[0]), float(disp[1])), "expected": exp_disp,
+            "speed_px": float(np.linalg.norm(disp) / (f - 1)), "found": int(found.sum())}
 
 
 MODE_TOLERANCE = 0.25
@@ -187,8 +188,8 @@ def mode_report(sample_sets: Sequence, params: Sequence[ToyVideoParams], cfg: To
       choices balance out over conditions; samples that belong to no mode score 0. With K samples the data
       itself scores expected_mode_coverage(m, K) (0.8125 for m=2, K=4: four fair coin flips rarely split 2/2),
       reported as mode_coverage_data for these conditions.
-    - mode_coverage_pooled = the same distance for the histogram pooled over all conditions of a group (the
-      definition up to session 6): blind to per-condition collapse, kept for comparison with older tables.
+    - mode_coverage_pooled = the same distance for the histogram pooled over all conditions of a group: blind to
+      per-condition collapse, kept for comparison with tables that report it.
     - mode_coverage_se = standard error of mode_coverage over the conditions (sd / sqrt(n)): how far another
       draw of conditions and noises may move it (about 0.035 for 25 conditions x 4 samples).
     - mode_diversity = fraction of those conditions whose K samples hit at least two different modes (the
@@ -223,15 +224,17 @@ def mode_report(sample_sets: Sequence, params: Sequence[ToyVideoParams], cfg: To
         diverse += len({h for h in hits if h is not None}) >= 2
     if not pooled:
         follows = float(np.mean(single))
-        return {"mode_coverage": follows, "mode_coverage_se": 0.0, "mode_coverage_pooled": follows, "mode_coverage_data": 1.0,
-                "mode_diversity": 0.0, "mode_assigned": follows, "mode_samples": k, "mode_conditions": 0}
+        return {"mode_coverage": follows, "mode_coverage_se": 0.0, "mode_coverage_pooled": follows,
+                "mode_coverage_data": 1.0, "mode_diversity": 0.0, "mode_assigned": follows, "mode_samples": k,
+                "mode_conditions": 0}
     total = sum(c.sum() for c in pooled.values())
     coverage_pooled = sum(c.sum() / total * _coverage(c) for c in pooled.values())
     assigned = sum(c[:-1].sum() for c in pooled.values()) / total
     se = float(np.std(per_condition, ddof=1) / math.sqrt(len(per_condition))) if len(per_condition) > 1 else 0.0
-    return {"mode_coverage": float(np.mean(per_condition)), "mode_coverage_se": se, "mode_coverage_pooled": float(coverage_pooled),
-            "mode_coverage_data": float(np.mean(expected)), "mode_diversity": float(diverse / multi),
-            "mode_assigned": float(assigned), "mode_samples": k, "mode_conditions": multi}
+    return {"mode_coverage": float(np.mean(per_condition)), "mode_coverage_se": se,
+            "mode_coverage_pooled": float(coverage_pooled), "mode_coverage_data": float(np.mean(expected)),
+            "mode_diversity": float(diverse / multi), "mode_assigned": float(assigned), "mode_samples": k,
+            "mode_conditions": multi}
 
 
 def _coverage(counts: np.ndarray) -> float:
@@ -273,8 +276,9 @@ def object_persistence(video, params: ToyVideoParams) -> float:
     """Stability of the tracked object across frames, in [0, 1]: the mean over t >= 1 of
     area_sim_t * colour_sim_t, with area_sim_t = min(A_t, A_0) / max(A_t, A_0) (soft mask areas) and
     colour_sim_t = clip(1 - max(|C_t - C_0| - 0.05, 0) / (0.3 - 0.05), 0, 1) (mean RGB of the mask; drifts
-    up to COLOUR_NOISE are pixel noise, which sharpness judges). 0 if the object is absent from frame 0. Insensitive to motion (a time-shuffled video keeps it); sensitive to the object
-    vanishing, shrinking/growing, fading or changing colour."""
+    up to COLOUR_NOISE are pixel noise, which sharpness judges). 0 if the object is absent from frame 0.
+    Insensitive to motion (a time-shuffled video keeps it); sensitive to the object vanishing, shrinking/growing,
+    fading or changing colour."""
     tr = track_object(video, params.rgb)
     a, c = tr["areas"], tr["colours"]
     if a.shape[0] < 2:
@@ -317,8 +321,9 @@ def oracle_metrics(video, params: ToyVideoParams, cond_image=None, cfg: ToyWorld
 def oracle_report(videos, params: Sequence[ToyVideoParams], cond_images=None,
                   cfg: ToyWorldConfig | None = None) -> dict:
     """Means over a batch: first_frame_psnr (dB; only with condition images), caption_following (fraction
-    of videos), direction_accuracy (fraction moving the captioned way, speed ignored), caption_score, displacement_error_px (|measured - expected net displacement|; NaN
-    displacements count as the expected magnitude), persistence, sharpness; plus n."""
+    of videos), direction_accuracy (fraction moving the captioned way, speed ignored), caption_score,
+    displacement_error_px (|measured - expected net displacement|; NaN displacements count as the expected
+    magnitude), persistence, sharpness; plus n."""
     params = list(params)
     if len(videos) != len(params):
         raise ValueError(f"{len(videos)} videos but {len(params)} params")

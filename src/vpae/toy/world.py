@@ -86,7 +86,7 @@ class ToyWorldConfig:
                     video distribution is multimodal where the caption is silent (docs/TOY_WORLD.md).
     caption_sign:   probability that a caption states the direction ("moves left"); otherwise it names only
                     the axis ("moves left or right") and both directions along it are equally likely (1.0:
-                    every caption states it, the older worlds). A second, wide-apart kind of mode: the two
+                    every caption states it). A second, wide-apart kind of mode: the two
                     directions are 2 x speed apart from the first frame on.
     shapes, colours, sizes, backgrounds, directions, speeds: the vocabularies to sample from (subsets of
                     the module constants; narrow them to make an easier world).
@@ -170,12 +170,71 @@ class ToyWorldConfig:
         return float(max(1, round(v))) if self.pixel_grid else v
 
 
-def world_config(d) -> ToyWorldConfig:
-    """The toy world a DataConfig (config.py's `data` section) describes."""
-    return ToyWorldConfig(frames=d.frames, height=d.height, width=d.width, bounce=d.bounce,
-                          caption_speed=d.caption_speed, caption_sign=d.caption_sign, speeds=tuple(d.speeds),
-                          sizes=tuple(d.sizes), small_radius=d.small_radius, large_radius=d.large_radius,
-                          pixel_grid=d.pixel_grid, slow_travel=d.slow_travel, fast_travel=d.fast_travel)
+@dataclass
+class ToyDataConfig:
+    """The config section data.toy: the toy world's settings (the data section itself gives frames, height,
+    width and text_tokens). Each value is checked when the section is built; that the world fits the frame is
+    checked with the data section (ToyData.check_data)."""
+
+    caption_bank: str = ""
+    """Optional safetensors of precomputed caption embeddings (vpae caption-bank); used when the file exists,
+    else captions are encoded live with the packaged MiniLM. Both give identical (fp16-rounded) values."""
+    image_patch: int = 8
+    """Patch size of the parameter-free image encoder (PatchImageEncoder)."""
+    bounce: bool = False
+    """False draws start positions so the path fits, which gives the direction away from the first frame for
+    61 % of videos; True (the shipped teacher's world) starts anywhere and reflects at the borders, so the
+    direction must be read from the caption (docs/TOY_WORLD.md, "Known leak")."""
+    pixel_grid: bool = False
+    """Positions and speeds on whole pixels, so the object is the same raster in every frame."""
+    caption_speed: bool = True
+    """True: captions state the speed. False: they state neither speed nor bounce, so every speed is equally
+    likely for one caption and first frame: a multimodal world in which the teacher's one-step sample is the
+    blurred average of the modes (docs/TOY_WORLD.md)."""
+    caption_sign: float = 1.0
+    """Probability that a caption states the direction ("moves left"); otherwise it names only the axis ("moves
+    left or right"), so both directions are equally likely (a second, wide-apart kind of mode)."""
+    speeds: tuple[str, ...] = ("slow", "fast")
+    """The speeds videos are drawn with (one speed: the speed is not a mode)."""
+    sizes: tuple[str, ...] = ("small", "large")
+    """The object sizes videos are drawn with (a subset of small / large)."""
+    small_radius: float = 3.0 / 32
+    large_radius: float = 5.0 / 32
+    """Object radius of each size as a fraction of min(height, width) (1.5 / 2.5 px at 16 px)."""
+    slow_travel: float = 0.25
+    fast_travel: float = 0.5
+    """Distance travelled over the clip at each speed, as a fraction of min(height, width)."""
+
+    def __post_init__(self) -> None:
+        from vpae.config import ConfigError
+        if self.image_patch < 1:
+            raise ConfigError(f"data.toy.image_patch must be >= 1, got {self.image_patch}")
+        if not 0.0 <= self.caption_sign <= 1.0:
+            raise ConfigError(f"data.toy.caption_sign is a probability in [0, 1], got {self.caption_sign}")
+        if not self.speeds or any(s not in SPEEDS for s in self.speeds):
+            raise ConfigError(f"data.toy.speeds must be a non-empty list of slow / fast, got {list(self.speeds)}")
+        if not self.sizes or any(s not in SIZES for s in self.sizes):
+            raise ConfigError(f"data.toy.sizes must be a non-empty list of small / large, got {list(self.sizes)}")
+        if not 0 < self.small_radius <= self.large_radius:
+            raise ConfigError(f"need 0 < data.toy.small_radius <= data.toy.large_radius, got {self.small_radius}, "
+                              f"{self.large_radius}")
+        if not 0 < self.slow_travel < self.fast_travel:
+            raise ConfigError(f"need 0 < data.toy.slow_travel < data.toy.fast_travel, got {self.slow_travel}, "
+                              f"{self.fast_travel}")
+
+
+WORLD_FIELDS = ("bounce", "pixel_grid", "caption_speed", "caption_sign", "speeds", "sizes", "small_radius",
+                "large_radius", "slow_travel", "fast_travel")
+"""The data.toy settings that shape the world (the others, caption_bank and image_patch, shape the encoders)."""
+
+
+def world_config(data) -> ToyWorldConfig:
+    """The toy world a config's data section describes: frames, height and width from `data`, the rest from
+    its section data.toy (raises ValueError when the world cannot be drawn, e.g. a path that does not fit)."""
+    t = data.toy
+    kw = {k: getattr(t, k) for k in WORLD_FIELDS}
+    return ToyWorldConfig(frames=data.frames, height=data.height, width=data.width,
+                          **{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in kw.items()})
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""The toy world as a data source: rendered videos through the identity codec, captions through MiniLM (or
-a precomputed caption bank), first frames through the parameter-free patch encoder. Batches of
-(latents, Conditioning) that are pure functions of (seed, step)."""
+"""The toy world as a data source (`data.kind: toy`, settings in the section data.toy): rendered videos through
+the identity codec, captions through MiniLM (or a precomputed caption bank), first frames through the
+parameter-free patch encoder. Batches of (latents, Conditioning) that are pure functions of (seed, step)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
-from vpae.backbones.wan import tiny_wan_config
 from vpae.codecs import IdentityCodec, make_conditioning
 from vpae.conditioning import Conditioning
-from vpae.config import VPAEConfig
+from vpae.config import ConfigError, DataConfig, VPAEConfig
 from vpae.data.source import BatchFn, ConditionSizes, rank_share
+from vpae.registry import register_data_source
 from vpae.toy.encoders import PatchImageEncoder, TextEncoder
-from vpae.toy.world import ToyBatch, ToyWorld, ToyWorldConfig, all_captions, world_config
+from vpae.toy.world import ToyBatch, ToyDataConfig, ToyWorld, ToyWorldConfig, all_captions, world_config
 
 
 class CaptionBank:
@@ -24,8 +24,8 @@ class CaptionBank:
     TextEncoder's interface. Lets machines without the MiniLM package (a GPU box) train on the toy world."""
 
     def __init__(self, path: str | Path):
-        from safetensors.torch import load_file
         from safetensors import safe_open
+        from safetensors.torch import load_file
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"caption bank not found: {path}")
@@ -54,7 +54,7 @@ def build_caption_bank(path: str | Path, max_tokens: int = 24, world_cfg: ToyWor
     """Encode every toy caption (or the given ones) plus "" into a safetensors bank."""
     from safetensors.torch import save_file
     captions = [""] + sorted(set(captions) if captions is not None else all_captions(world_cfg or ToyWorldConfig()))
-    enc = _Fp16TextEncoder(TextEncoder(max_tokens=max_tokens))
+    enc = Fp16TextEncoder(TextEncoder(max_tokens=max_tokens))
     embs, masks = [], []
     for i in range(0, len(captions), 128):
         e, m = enc.encode(captions[i:i + 128])
@@ -66,7 +66,7 @@ def build_caption_bank(path: str | Path, max_tokens: int = 24, world_cfg: ToyWor
     return path
 
 
-class _Fp16TextEncoder:
+class Fp16TextEncoder:
     """TextEncoder outputs rounded to float16 precision, so live encoding equals the CaptionBank exactly."""
 
     def __init__(self, enc: TextEncoder):
@@ -79,30 +79,45 @@ class _Fp16TextEncoder:
     def negative(self, batch_size: int | None = None):
         return self.enc.negative(batch_size).half().float()
 
-def _text_encoder(d, world: ToyWorldConfig):
-    """The caption bank d.caption_bank when it holds every caption of this world; a missing or stale bank
-    (another world's captions) is (re)built first, which needs the MiniLM package. No bank: MiniLM live."""
-    if not d.caption_bank:
-        return _Fp16TextEncoder(TextEncoder(max_tokens=d.text_tokens))
-    bank_path = Path(d.caption_bank)
+
+def _text_encoder(caption_bank: str, text_tokens: int, world: ToyWorldConfig):
+    """The caption bank when it holds every caption of this world; a missing or stale bank (another world's
+    captions) is (re)built first, which needs the MiniLM package. No bank: MiniLM live."""
+    if not caption_bank:
+        return Fp16TextEncoder(TextEncoder(max_tokens=text_tokens))
+    bank_path = Path(caption_bank)
     if bank_path.is_file():
         bank = CaptionBank(bank_path)
-        if bank.max_tokens == d.text_tokens and set(all_captions(world)) <= set(bank.index):
+        if bank.max_tokens == text_tokens and set(all_captions(world)) <= set(bank.index):
             return bank
     tmp = bank_path.with_name(bank_path.name + f".tmp-{os.getpid()}")
-    build_caption_bank(tmp, d.text_tokens, world)
+    build_caption_bank(tmp, text_tokens, world)
     os.replace(tmp, bank_path)
     return CaptionBank(bank_path)
 
 
+@register_data_source("toy")
 class ToyData:
     """The toy world with its encoders and codec: batches of (latents, Conditioning)."""
 
+    config_class = ToyDataConfig
+    """The section data.toy."""
+    model_family = "toy"
+    """Its condition stack (vpae.toy.family): what `vpae data prepare` encodes toy videos with."""
+
+    @staticmethod
+    def check_data(data: DataConfig) -> None:
+        """The world's own checks of the data section (frame size, paths that fit), as config errors."""
+        try:
+            world_config(data)
+        except ValueError as err:
+            raise ConfigError(f"data: {err}") from None
+
     def __init__(self, cfg: VPAEConfig, device: str = "cpu"):
-        d = cfg.data
+        d, t = cfg.data, cfg.data.toy
         self.world = ToyWorld(world_config(d))
-        self.text_encoder = _text_encoder(d, self.world.cfg)
-        self.image_encoder = PatchImageEncoder(patch_size=d.image_patch)
+        self.text_encoder = _text_encoder(t.caption_bank, d.text_tokens, self.world.cfg)
+        self.image_encoder = PatchImageEncoder(patch_size=t.image_patch)
         self.codec = IdentityCodec()
         self.frames = d.frames
         self.device = torch.device(device)
@@ -132,8 +147,20 @@ class ToyData:
     def heldout(self, n: int) -> ToyBatch:
         return self.world.heldout(n, seed=self.seed)
 
+    def pretrain_probe(self, ema, n: int):
+        """step -> the teacher's direction-word probe on n held-out videos, {"direction_ratio@<sigma>": loss
+        ratio} (does the EMA teacher read the caption's direction yet? vpae.toy.evaluate.direction_sensitivity)."""
+        from vpae.toy.evaluate import direction_sensitivity
+        batch = self.heldout(max(1, n))
+
+        def probe(_step: int) -> dict[str, float]:
+            r = direction_sensitivity(ema, self, batch, sigmas=(0.97, 0.9, 0.5))
+            return {f"direction_ratio@{s:g}": v for s, v in r.items()}
+        return probe
+
     def wan_config(self, **overrides) -> dict:
         """A Wan config whose input/output/text/image sizes match this data source."""
+        from vpae.backbones.wan import tiny_wan_config
         kw = dict(latent_channels=self.codec.latent_channels, mask_channels=self.codec.mask_channels,
                   text_dim=self.text_encoder.dim, image_dim=self.image_encoder.dim)
         kw.update(overrides)
@@ -165,9 +192,9 @@ class _PrefetchedBatches:
 
     def __call__(self, step: int):
         if step != self.next_step:
-            loader = torch.utils.data.DataLoader(_StreamDataset(self.data.world, self.batch_size, self.seed, step, self.items),
-                                                 batch_size=None, num_workers=self.num_workers, prefetch_factor=4,
-                                                 worker_init_fn=_one_thread)
+            stream = _StreamDataset(self.data.world, self.batch_size, self.seed, step, self.items)
+            loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+                                                 prefetch_factor=4, worker_init_fn=_one_thread)
             self.it = iter(loader)
         video, captions = next(self.it)
         self.next_step = step + 1

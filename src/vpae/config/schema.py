@@ -1,0 +1,495 @@
+"""The configuration's schema: one dataclass per section, each validating its own values in `__post_init__`
+(a mistake is a ConfigError naming the key), and the whole config (`VPAEConfig`) checking what spans sections.
+
+Every number from the paper is a field with the paper's default; configs/toy/*.yaml scale them for a CPU and say
+so. A data source's own settings are the section data.<kind> (e.g. data.toy): its dataclass is the source's
+`config_class`, found through the registry (vpae.registry), so this module names no concrete data source's code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vpae import registry
+from vpae.errors import VpaeError
+
+
+class ConfigError(VpaeError, ValueError):
+    pass
+
+
+# -- checks shared by the sections ---------------------------------------------------------------
+
+def check_choice(name: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} = {value!r}; choose one of {allowed}")
+
+
+def check_band(name: str, band: tuple) -> None:
+    if len(band) != 2 or not 0.0 <= band[0] <= band[1] <= 1.0:
+        raise ConfigError(f"{name} must be (lo, hi) with 0 <= lo <= hi <= 1, got {band}")
+
+
+def check_at_least(name: str, value, lowest) -> None:
+    if value < lowest:
+        raise ConfigError(f"{name} must be >= {lowest}, got {value}")
+
+
+def check_layers(name: str, layers: tuple) -> None:
+    if not layers or any(not 0.0 < x <= 1.0 for x in layers):
+        raise ConfigError(f"{name} are depth fractions in (0, 1], got {list(layers)}")
+
+
+HEADS = ("conv", "ca", "semantic")
+"""Discriminator heads (vpae.discriminator): Table 3 rows Conv, CA, CA-dagger."""
+
+
+# -- sections --------------------------------------------------------------------------------------
+
+@dataclass
+class ModelConfig:
+    teacher: str = ""
+    """Teacher checkpoint: a diffusers `WanTransformer3DModel` folder (config.json + safetensors); a relative path
+    is resolved against the working directory. 'builtin:toy' is the shipped toy teacher (a model family's
+    built-in model, vpae.registry). Empty: build `wan_config` at random."""
+    wan_config: dict = field(default_factory=dict)
+    """WanTransformer3DModel constructor kwargs, used when `teacher` is empty (tests, pretraining)."""
+    text_len: int = 0
+    """Text tokens the transformer was trained with: 512 for real Wan (text zero-padded to 512, as its
+    pipelines do). 0: read it from the checkpoint's vpae.json, else 512. The toy teacher uses 24."""
+    dtype: str = "float32"
+    """Parameter dtype of all roles: float32 | bfloat16."""
+    gradient_checkpointing: bool = False
+    """Recompute block activations in backward (large models)."""
+
+    def __post_init__(self) -> None:
+        check_choice("model.dtype", self.dtype, ("float32", "bfloat16"))
+
+
+def source_config_class(kind: str):
+    """The dataclass of the section data.<kind>: the registered data source's `config_class` (None if it has none)."""
+    return getattr(registry.data_source(kind), "config_class", None)
+
+
+def source_section(kind: str):
+    """A DataConfig field holding the section data.<kind>, built by the data source's own `config_class` (its
+    defaults when the YAML has no such section; strict keys when it has)."""
+    return field(default_factory=lambda: source_config_class(kind)(),
+                 metadata={"section_class": lambda: source_config_class(kind)})
+
+
+@dataclass
+class DataConfig:
+    kind: str = "toy"
+    """The data source (vpae.registry.data_source): toy: the procedural world (vpae.toy, settings in data.toy);
+    cache: a latent cache folder (vpae.data.cache, data.cache_dir)."""
+    cache_dir: str = ""
+    """data.kind cache: the latent cache folder (index.json + shards)."""
+    frames: int = 9
+    height: int = 32
+    width: int = 32
+    text_tokens: int = 24
+    """Text tokens kept per caption (zero-padded)."""
+    heldout_size: int = 64
+    """Videos in the fixed held-out split used for evaluation (oracle metrics)."""
+    proxy_videos: int = 8
+    """How many of them also get the offline VBench-I2V proxy dimensions and the Frechet distance (their
+    feature networks dominate CPU evaluation time)."""
+    toy: Any = source_section("toy")
+    """The toy world's settings (vpae.toy.world.ToyDataConfig; read when kind is toy)."""
+
+    def __post_init__(self) -> None:
+        try:
+            source = registry.data_source(self.kind)
+        except registry.UnknownName:
+            raise ConfigError(f"data.kind = {self.kind!r}; choose one of {registry.data_source_names()}") from None
+        for name, cls in section_classes(type(self)).items():
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"data.{name} must be a {cls.__name__} (the section's dataclass), got "
+                                  f"{type(getattr(self, name)).__name__}; a mapping is built by vpae.config.build")
+        if (self.frames - 1) % 4:
+            raise ConfigError(f"data.frames must be 4n+1, got {self.frames}")
+        check_at_least("data.heldout_size", self.heldout_size, 1)
+        check = getattr(source, "check_data", None)
+        if check is not None:  # the source's own checks of the whole section (e.g. the toy world fits the frame)
+            check(self)
+
+
+def section_classes(cls) -> dict[str, type]:
+    """{field name: dataclass} of the data-source sections of a dataclass (DataConfig.toy, ...)."""
+    from dataclasses import fields
+    return {f.name: f.metadata["section_class"]() for f in fields(cls) if "section_class" in f.metadata}
+
+
+@dataclass
+class SamplingConfig:
+    shift: float = 3.0
+    """Timestep shift k of the teacher's Euler schedule (Wan 480p I2V uses 3.0)."""
+    teacher_steps: int = 50
+    guidance: float = 5.0
+    """CFG scale, standard convention v_neg + w (v_pos - v_neg)."""
+    teacher_sampler: str = "euler"
+    """The teacher's multi-step baseline: euler (deterministic Euler + CFG, Wan's sampler) | stochastic (x0
+    prediction + fresh noise over the same teacher_steps shifted sigmas; the toy teacher's choice by
+    measurement, docs/TEACHER.md)."""
+
+    def __post_init__(self) -> None:
+        check_choice("sampling.teacher_sampler", self.teacher_sampler, ("euler", "stochastic"))
+
+
+@dataclass
+class PretrainConfig:
+    """Flow-matching training of a teacher (the toy world's Wan-architecture model)."""
+    steps: int = 20000
+    batch_size: int = 32
+    lr: float = 3e-4
+    betas: tuple = (0.9, 0.99)
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    text_dropout: float = 0.1
+    """Probability of replacing the caption by the negative (empty) prompt, so CFG works."""
+    sigma_sampling: str = "logit_normal"
+    """logit_normal (SD3) | uniform. Sigmas are then shifted by `sigma_shift`."""
+    sigma_shift: float = 1.0
+    grad_clip: float = 1.0
+    max_seconds: float = 0.0
+    """Stop (with a checkpoint) after this much wall time; 0 = run all steps."""
+    lr_decay_steps: int = 0
+    """Linear learning-rate cool-down to 0 over the last N of `steps` (0: constant after warm-up). Steps
+    before `steps - N` are unaffected, so a run can be extended with a cool-down by resuming."""
+
+    def __post_init__(self) -> None:
+        check_choice("pretrain.sigma_sampling", self.sigma_sampling, ("logit_normal", "uniform"))
+        check_at_least("pretrain.steps", self.steps, 0)
+        check_at_least("pretrain.lr_decay_steps", self.lr_decay_steps, 0)
+        check_at_least("pretrain.batch_size", self.batch_size, 1)
+
+
+@dataclass
+class PrimingConfig:
+    """Phase I, stability priming (paper 3.1, eq. 1-2). Defaults are the paper's."""
+    steps: int = 500
+    batch_size: int = 32
+    lr: float = 1e-6
+    betas: tuple = (0.9, 0.999)
+    generator_mode: str = "full"
+    """full: fine-tune all generator weights | lora: a LoRA adapter on a copy of the teacher."""
+    generator_band: tuple = (0.9, 1.0)
+    """The generator predicts x0 from x_s built from data, s ~ U(band): the low-SNR band (paper: [0.9T, T])."""
+    renoise_band: tuple = (0.02, 0.98)
+    """t' ~ U(band) for the DMD gradient and the fake-score loss (public DMD recipes)."""
+    real_guidance: float = 5.0
+    """CFG of the real score, standard convention (uncond + w (cond - uncond)); 1 = no guidance."""
+    fake_updates_per_generator: int = 5
+    """Fake-score updates per generator update (paper silent; DMD2 uses 5)."""
+    fake_lr: float = 1e-6
+    fake_betas: tuple = (0.9, 0.999)
+    lora_rank: int = 64
+    lora_alpha: int = 64
+    lora_targets: tuple = ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj")
+    grad_clip: float = 10.0
+    kind: str = "vpae"
+    """Phase I objective: vpae (V-PAE-I, DMD from the low-SNR band) | lcm (latent consistency distillation,
+    Table 2's alternative first phase; its knobs in the `consistency` section)."""
+
+    def __post_init__(self) -> None:
+        check_band("priming.generator_band", self.generator_band)
+        check_band("priming.renoise_band", self.renoise_band)
+        check_choice("priming.generator_mode", self.generator_mode, ("full", "lora"))
+        check_choice("priming.kind", self.kind, ("vpae", "lcm"))
+        check_at_least("priming.steps", self.steps, 0)
+        check_at_least("priming.batch_size", self.batch_size, 1)
+
+
+@dataclass
+class EquilibriumConfig:
+    """Phase II, unified adversarial equilibrium (paper 3.2-3.4, eq. 3-7). Defaults are the paper's."""
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 2e-6
+    betas: tuple = (0.5, 0.999)
+    head_lr: float = 2e-6
+    head_betas: tuple = (0.5, 0.999)
+    ema_decay: float = 0.995
+    backbone: str = "unified"
+    """Discriminator backbone: unified (EMA of the generator) | frozen (teacher) | trained (own full copy)."""
+    head: str = "semantic"
+    """conv | ca | semantic (Table 3 rows Conv, CA, CA-dagger)."""
+    layers: tuple = (0.25, 0.5, 0.75, 1.0)
+    """Backbone depths read by the heads (fractions of the depth or block indices)."""
+    head_dim: int = 256
+    head_queries: int = 4
+    head_attn_heads: int = 4
+    disc_band: tuple = (0.9, 1.0)
+    """Real and generated videos are re-noised with t ~ U(band) before the discriminator (low SNR)."""
+    disc_blur: float = 0.0
+    """Gaussian blur (std in latent pixels, per frame over H and W) of real and generated videos before they are
+    re-noised for the discriminator; 0 = off (the paper). Not in the paper: a layout-only discriminator for the toy
+    world, whose heads otherwise key on fine texture rather than on partial averages (docs/RESULTS.md)."""
+    disc_condition_frame: bool = False
+    """Show the discriminator the condition's first latent frame in place of the generated one (I2V only), so the
+    adversarial gradient reaches the moving frames only and the first frame is left to C-SDS. Not in the paper."""
+    loss: str = "hinge"
+    """hinge | non_saturating."""
+    sigma_s: float = 0.01
+    sigma_t: float = 0.1
+    r1_weight: float = 1.0
+    r1_on: str = "fake"
+    """Which samples ST-R1 perturbs: fake (eq. 4 as written) | real | both."""
+    adv_weight: float = 1.0
+    """Weight of the generator's adversarial term in eq. 6 (the paper: 1). 0 = C-SDS only, an ablation that
+    isolates what the adversarial term contributes (the discriminator is then not read by the generator)."""
+    sds_lambda: float = 10.0
+    sds_band: tuple = (0.02, 0.98)
+    """t' ~ U(band) for the conditional SDS re-noising."""
+    sds_guidance: float = 1.0
+    """CFG of the teacher's x0 prediction in C-SDS (1 = none; the paper does not say)."""
+    disc_updates_per_generator: int = 1
+    diversity_weight: float = 0.0
+    """Weight of the mode-seeking term (losses/mode_seeking.py, MSGAN eq. 3) added to eq. 6; 0 = off (the paper).
+    Not in the paper: each generator update draws a second noise for half of the batch's conditions and pushes the
+    two samples of one condition apart, against one-step generators that pick the mode from the condition."""
+    diversity_blur: float = 1.5
+    """Gaussian blur (std in latent pixels, per frame) of both samples before the mode-seeking distance: the
+    term then rewards different layouts (where the object goes), not different fine texture (which it otherwise
+    buys by adding noise; docs/RESULTS.md); 0 = the raw distance of MSGAN."""
+    grad_clip: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_band("equilibrium.disc_band", self.disc_band)
+        if self.diversity_weight < 0 or self.diversity_blur < 0:
+            raise ConfigError(f"equilibrium.diversity_weight and diversity_blur must be >= 0 (0 = off), got "
+                              f"{self.diversity_weight}, {self.diversity_blur}")
+        if self.disc_blur < 0:
+            raise ConfigError(f"equilibrium.disc_blur must be >= 0 (0 = off), got {self.disc_blur}")
+        check_band("equilibrium.sds_band", self.sds_band)
+        check_choice("equilibrium.backbone", self.backbone, ("unified", "frozen", "trained"))
+        check_choice("equilibrium.head", self.head, HEADS)
+        check_choice("equilibrium.loss", self.loss, ("hinge", "non_saturating"))
+        check_choice("equilibrium.r1_on", self.r1_on, ("fake", "real", "both"))
+        check_at_least("equilibrium.steps", self.steps, 0)
+        check_at_least("equilibrium.batch_size", self.batch_size, 1)
+        check_layers("equilibrium.layers", self.layers)
+        if self.adv_weight < 0 or self.sds_lambda < 0 or self.adv_weight == self.sds_lambda == 0:
+            raise ConfigError(f"need equilibrium.adv_weight >= 0 and equilibrium.sds_lambda >= 0, not both 0; "
+                              f"got {self.adv_weight}, {self.sds_lambda}")
+
+
+METHODS = ("vpae", "dmd2", "lcm", "pcm", "dcm", "add", "apt", "md")
+"""`method`: V-PAE or one of the paper's comparison methods (Table 1), all trained by the same `vpae distill`
+(vpae.training.methods; docs/COMPARISON_METHODS.md)."""
+
+
+@dataclass
+class ComparisonConfig:
+    """What every comparison method (method != vpae) shares, so that budgets are equal: generator updates x
+    batch, the generator's optimizer, the discriminator heads, and the few-step sigmas the multi-step methods
+    train and sample with. The paper does not give the comparison methods' hyper-parameters; the defaults are
+    V-PAE's phase II ones."""
+    steps: int = 1500
+    """Generator updates (the paper's V-PAE budget: phase I 500 + phase II 1000)."""
+    batch_size: int = 32
+    lr: float = 2e-6
+    betas: tuple = (0.9, 0.999)
+    disc_lr: float = 2e-6
+    """Learning rate of every discriminator head (and APT's trained discriminator backbone)."""
+    disc_betas: tuple = (0.5, 0.999)
+    head: str = "semantic"
+    """The discriminator heads of the methods that have one (DMD2, ADD, APT, DCM): conv | ca | semantic."""
+    layers: tuple = (0.25, 0.5, 0.75, 1.0)
+    """Backbone depths read by those heads (fractions of the depth or block indices)."""
+    head_dim: int = 256
+    head_queries: int = 4
+    head_attn_heads: int = 4
+    grad_clip: float = 10.0
+    nfe: int = 4
+    """Steps of the multi-step schedule: DMD2 / ADD / MD train at the few-step sampler's sigmas
+    (sampling.few_step_sigmas(nfe, shift), what `4 NFE` samples with), PCM / DCM phases end at those sigmas
+    (flow.sigma_schedule(nfe, shift); diffusers' schedule: 1, 0.667, 0.334, 0.001 | 0 at shift 1)."""
+    shift: float = 1.0
+    """Timestep shift of that schedule (the few-step samplers use the same sigmas)."""
+    guidance: float = 5.0
+    """CFG of the teacher wherever a method queries it (real score, ODE solver, distillation target):
+    standard convention; Wan's 5.0. The toy world uses 2.0 like the demo's phase I."""
+
+    def __post_init__(self) -> None:
+        check_at_least("comparison.steps", self.steps, 0)
+        check_at_least("comparison.batch_size", self.batch_size, 1)
+        check_at_least("comparison.nfe", self.nfe, 1)
+        check_choice("comparison.head", self.head, HEADS)
+        check_layers("comparison.layers", self.layers)
+
+
+@dataclass
+class DMD2Config:
+    """DMD2 (Yin et al. 2024a): DMD + two time-scale updates + a GAN head on the fake score."""
+    fake_updates_per_generator: int = 5
+    """Two time-scale update rule: fake-score (and GAN head) updates per generator update (DMD2: 5)."""
+    fake_lr: float = 2e-6
+    gan_weight_generator: float = 3e-3
+    """DMD2's generator GAN weight (its SDXL / ImageNet recipes: 3e-3)."""
+    gan_weight_fake: float = 1e-2
+    """DMD2's classifier (fake-score side) GAN weight (its recipes: 1e-2)."""
+    renoise_band: tuple = (0.02, 0.98)
+    backward_simulation: bool = True
+    """Multi-step training inputs come from running the generator itself from noise (DMD2 sec. 4.5); False:
+    noised real data at the student sigma."""
+
+    def __post_init__(self) -> None:
+        check_at_least("dmd2.fake_updates_per_generator", self.fake_updates_per_generator, 1)
+        check_band("dmd2.renoise_band", self.renoise_band)
+
+
+@dataclass
+class ConsistencyConfig:
+    """LCM (Luo et al. 2023), PCM (Wang et al. 2024), DCM (Lv et al. 2025): consistency distillation of the
+    teacher's CFG-augmented probability-flow ODE with an EMA target."""
+    num_timesteps: int = 48
+    """The discrete ODE grid (LCM: 1000 DDPM steps skipped by k = 20, i.e. 50 solver steps; a multiple of nfe
+    here so the phase edges lie on the grid)."""
+    skip: int = 1
+    """Skipping-step k: the teacher solver jumps k grid points (LCM sec. 4.3)."""
+    ema_decay: float = 0.95
+    """Target network EMA (LCM: 0.95)."""
+    distance: str = "huber"
+    """huber (LCM's released code, c = 0.001) | l2 (LCM eq. 9)."""
+    huber_c: float = 1e-3
+    temporal_weight: float = 1.0
+    """DCM: temporal coherence loss weight on the semantic expert (paper silent on the value; 1.0)."""
+    adv_weight: float = 0.1
+    """DCM: GAN weight on the detail expert (paper silent at our scale; 0.1). PCM/LCM: unused."""
+    feature_matching_weight: float = 1.0
+    """DCM: feature-matching weight on the detail expert (paper silent; 1.0)."""
+    semantic_phases: int = 2
+    """DCM: the first (high-noise) phases belong to the semantic expert, the rest to the detail expert; the
+    experts switch at that phase edge (paper: semantic layout/motion early, details late; 2 of 4 chosen)."""
+
+    def __post_init__(self) -> None:
+        check_choice("consistency.distance", self.distance, ("huber", "l2"))
+        check_at_least("consistency.skip", self.skip, 1)
+
+
+@dataclass
+class ADDConfig:
+    """ADD (Sauer et al. 2024b): adversarial loss with a frozen feature discriminator + score distillation."""
+    distill_weight: float = 2.5
+    """lambda of ADD eq. 5 (ADD: 2.5)."""
+    r1_weight: float = 1e-5
+    """R1 on real data (ADD: 1e-5), here the approximated finite-difference form (no double backward)."""
+    r1_sigma: float = 0.01
+    disc_sigma: float = 0.0
+    """Noise level the frozen teacher features are read at (ADD's DINOv2 reads clean images: 0)."""
+
+
+@dataclass
+class APTConfig:
+    """APT (Lin et al. 2025a): adversarial post-training from pure noise."""
+    r1_weight: float = 100.0
+    """Approximated R1 weight (APT: lambda = 100)."""
+    r1_sigma: float = 0.1
+    """Approximated R1 perturbation std (APT: 0.01 images, 0.1 video)."""
+    disc_band: tuple = (0.0, 1.0)
+    """Discriminator input noise t ~ U(band) (APT samples t for the discriminator; paper's shift not given)."""
+
+    def __post_init__(self) -> None:
+        check_band("apt.disc_band", self.disc_band)
+
+
+@dataclass
+class MDConfig:
+    """MD, MagicDistillation (Shao et al. 2025): weak-to-strong distribution matching."""
+    weak_weight: float = 0.25
+    """W2S: the real score is the teacher plus the fake LoRA at this weak weight (0 = plain DMD real score)."""
+    fake_updates_per_generator: int = 5
+    fake_lr: float = 2e-6
+    gt_weight: float = 1.0
+    """Ground-truth term: (1 - s) |x0_gen - x_data|^2 for generator inputs noised from data at sigma s."""
+    renoise_band: tuple = (0.02, 0.98)
+
+    def __post_init__(self) -> None:
+        check_at_least("md.fake_updates_per_generator", self.fake_updates_per_generator, 1)
+        check_band("md.renoise_band", self.renoise_band)
+        if not 0.0 <= self.weak_weight <= 1.0:
+            raise ConfigError(f"md.weak_weight is in [0, 1], got {self.weak_weight}")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    eval_every: int = 0
+    """Evaluate the 1-NFE generator on a small held-out batch every N steps (0: never)."""
+    eval_videos: int = 16
+    num_workers: int = 0
+    """Background processes rendering toy batches (0: render in the training process)."""
+    max_loss: float = 1.0e4
+    """Divergence check: a logged loss above this stops the run before it is checkpointed (0: off)."""
+    dead_grad_steps: int = 5
+    """Divergence check: a gradient norm exactly 0 this many steps in a row stops the run (0: off)."""
+
+    def __post_init__(self) -> None:
+        check_at_least("train.eval_every", self.eval_every, 0)
+        for name in ("checkpoint_every", "log_every", "keep_checkpoints"):
+            check_at_least(f"train.{name}", getattr(self, name), 1)
+
+
+@dataclass
+class ParallelConfig:
+    """Multi-process training under torchrun (training/parallel.py): every role is sharded with FSDP2
+    (`fully_shard` per transformer block, then the embedders, then the root). Activation checkpointing is
+    model.gradient_checkpointing. One process (plain `vpae ...`) ignores this section."""
+
+    param_dtype: str = "float32"
+    """FSDP2 MixedPrecisionPolicy: the dtype blocks compute in (bfloat16 on GPUs; master weights and optimizer
+    states stay in model.dtype)."""
+    reduce_dtype: str = "float32"
+    """FSDP2 MixedPrecisionPolicy: the dtype gradients are reduce-scattered in (float32, as torchtitan)."""
+    reshard_after_forward: bool = True
+    """Free each block's gathered weights after its forward (ZeRO-3); False keeps them until backward (ZeRO-2)."""
+    backend: str = "auto"
+    """torch.distributed backend: auto = nccl on CUDA, gloo on CPU."""
+
+    def __post_init__(self) -> None:
+        check_choice("parallel.param_dtype", self.param_dtype, ("float32", "bfloat16"))
+        check_choice("parallel.reduce_dtype", self.reduce_dtype, ("float32", "bfloat16"))
+        check_choice("parallel.backend", self.backend, ("auto", "gloo", "nccl"))
+
+
+@dataclass
+class VPAEConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    priming: PrimingConfig = field(default_factory=PrimingConfig)
+    equilibrium: EquilibriumConfig = field(default_factory=EquilibriumConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    method: str = "vpae"
+    """vpae | dmd2 | lcm | pcm | dcm | add | apt | md (docs/COMPARISON_METHODS.md)."""
+    comparison: ComparisonConfig = field(default_factory=ComparisonConfig)
+    dmd2: DMD2Config = field(default_factory=DMD2Config)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    add: ADDConfig = field(default_factory=ADDConfig)
+    apt: APTConfig = field(default_factory=APTConfig)
+    md: MDConfig = field(default_factory=MDConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def validate(cfg: VPAEConfig) -> None:
+    """What spans sections (each section checks its own values when it is built)."""
+    check_choice("method", cfg.method, METHODS)
+    c, nfe = cfg.consistency, cfg.comparison.nfe
+    if c.num_timesteps % nfe:
+        raise ConfigError(f"consistency.num_timesteps ({c.num_timesteps}) must be a multiple of comparison.nfe "
+                          f"({nfe}) so every phase edge lies on the ODE grid")
+    if not 0 < c.semantic_phases < nfe:
+        raise ConfigError(f"consistency.semantic_phases must be in 1..comparison.nfe - 1 = {nfe - 1}, "
+                          f"got {c.semantic_phases}")

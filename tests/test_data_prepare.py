@@ -97,3 +97,7 @@ def test_data_prepare_command(manifest, tmp_path):
     r = CliRunner().invoke(app, ["data", "prepare", str(tmp_path / "none.csv"), "--out", str(tmp_path / "d"),
                                  "--config", "configs/toy/demo.yaml"])
     assert r.exit_code == 2 and "error: manifest not found" in r.output
+    # a data source without a condition stack of its own (the latent cache) needs a pipeline folder's encoders
+    r = CliRunner().invoke(app, ["data", "prepare", str(path), "--out", str(tmp_path / "e"), "--config",
+                                 "configs/toy/demo.yaml", "--set", "data.kind=cache", "--set", "data.cache_dir=x"])
+    assert r.exit_code == 2 and "error: pass --base, a local Wan pipeline folder" in r.output

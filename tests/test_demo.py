@@ -176,3 +176,15 @@ def test_ablation_pool_gives_each_worker_its_share_of_the_threads(tmp_path, monk
     jobs = [(_write_threads, (str(tmp_path / f"{i}.txt"),), f"job {i}") for i in range(3)]
     _run_pool(mp.get_context("spawn"), jobs, 2, "threads", progress=False)
     assert [int((tmp_path / f"{i}.txt").read_text()) for i in range(3)] == [3, 3, 3]
+
+
+def test_table_rows_give_the_comparison_methods_v_paes_budget_and_heads():
+    """`vpae ablate --table`: every comparison method trains with V-PAE's budget and discriminator heads (from the
+    equilibrium section, even when a --set changes them there), explicit comparison.* values still win."""
+    from vpae.toy.ablate import equal_budget_overrides
+    base = load_config("configs/toy/demo.yaml", ["equilibrium.head_dim=32", "equilibrium.layers=[0.25, 1.0]"])
+    ov = equal_budget_overrides(base)
+    c = load_config("configs/toy/demo.yaml", ov + ["method=dmd2"]).comparison
+    assert (c.steps, c.batch_size, c.lr, c.disc_lr) == (500 + 1600, 8, 2e-5, 1e-3)
+    assert (c.head, c.layers, c.head_dim, c.head_queries, c.head_attn_heads) == ("semantic", (0.25, 1.0), 32, 2, 4)
+    assert load_config("configs/toy/demo.yaml", ov + ["comparison.head_dim=16"]).comparison.head_dim == 16

@@ -97,7 +97,9 @@ class DataConfig:
     """How many of them also get the offline VBench-I2V proxy dimensions and the Frechet distance (their
     feature networks dominate CPU evaluation time)."""
     toy: Any = source_section("toy")
-    """The toy world's settings (vpae.toy.world.ToyDataConfig; read when kind is toy)."""
+    """The toy world's settings (vpae.toy.world.ToyDataConfig; read when kind is toy). Another data source with
+    settings of its own gets one such line, `<kind>: Any = source_section("<kind>")`; its class stays in its
+    package."""
 
     def __post_init__(self) -> None:
         try:

@@ -12,10 +12,11 @@ import torch
 from conftest import make_cond, make_latent, make_wan
 
 from vpae.errors import DivergenceError
-from vpae.training import roles as R
+from vpae.training import model as R
 from vpae.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from vpae.training.loop import DivergenceCheck, read_log, train
-from vpae.training.steps import PretrainStep
+from vpae.training.loop import DivergenceCheck, Optimizers, PhaseStepper, read_log, train
+from vpae.training.methods.base import OptimizerSpec, Phase, Update
+from vpae.training.methods.pretrain import FlowMatchingPhase
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
@@ -145,30 +146,38 @@ def test_adapter_state_checkpoint(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # The training loop
 
-def _pretrain_objects():
-    from vpae.config import PretrainConfig
+def _pretrain_objects(**kw):
+    from vpae.config import PretrainConfig, VPAEConfig
     model = make_wan(num_layers=1).requires_grad_(True)
     ema = R.make_ema(model)
-    return PretrainStep(model, ema, PretrainConfig(lr=1e-3, warmup_steps=2, ema_decay=0.9))
+    return FlowMatchingPhase(model, ema, VPAEConfig(pretrain=PretrainConfig(**{"lr": 1e-3, "warmup_steps": 2,
+                                                                               "ema_decay": 0.9, **kw})))
 
 
 def _batch(step):
     return make_latent(seed=100 + step), make_cond(seed=step)
 
 
-def _params(step_obj):
-    return {f"{m}.{k}": v.clone() for m, mod in step_obj.modules.items() for k, v in mod.state_dict().items()}
+def _params(phase):
+    return {f"{m}.{k}": v.clone() for m, mod in phase.modules().items() for k, v in mod.state_dict().items()}
+
+
+def _checkpointed_optimizers(phase, run_dir):
+    """The phase's optimizers as its newest checkpoint in run_dir holds them (the loop frees its own at the end)."""
+    opts = Optimizers(phase.optimizers())
+    load_checkpoint(latest_checkpoint(run_dir), phase.modules(), opts.optimizers)
+    return opts.optimizers
 
 
 def test_resume_is_bit_exact(tmp_path):
     straight = _pretrain_objects()
-    train("pretrain", straight, _batch, steps=4, run_dir=tmp_path / "a", checkpoint_every=100, progress=False)
+    train(straight, _batch, steps=4, run_dir=tmp_path / "a", checkpoint_every=100, progress=False)
     first = _pretrain_objects()
-    r1 = train("pretrain", first, _batch, steps=2, run_dir=tmp_path / "b", checkpoint_every=100, progress=False)
+    r1 = train(first, _batch, steps=2, run_dir=tmp_path / "b", checkpoint_every=100, progress=False)
     assert r1["step"] == 2
     torch.manual_seed(999)  # a new process would have another global RNG state
     second = _pretrain_objects()
-    r2 = train("pretrain", second, _batch, steps=4, run_dir=tmp_path / "b", checkpoint_every=100, progress=False)
+    r2 = train(second, _batch, steps=4, run_dir=tmp_path / "b", checkpoint_every=100, progress=False)
     assert r2["resumed_from"] == 2
     # the training time adds up over calls (the export records it), each call's own time stays its own
     assert r1["train_seconds"] == r1["seconds"]
@@ -177,43 +186,51 @@ def test_resume_is_bit_exact(tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
     assert not all(torch.equal(a[k], v) for k, v in _params(_pretrain_objects()).items())
-    sa, sb = straight.opt.state_dict()["state"], second.opt.state_dict()["state"]
-    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+    sa = _checkpointed_optimizers(_pretrain_objects(), tmp_path / "a")["model"].state_dict()["state"]
+    sb = _checkpointed_optimizers(_pretrain_objects(), tmp_path / "b")["model"].state_dict()["state"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
     # the log of the resumed run continues at steps 3..4
     assert [r["step"] for r in read_log(tmp_path / "b" / "log.jsonl")][-1] == 4
     # resuming a finished run does nothing
     third = _pretrain_objects()
-    r3 = train("pretrain", third, _batch, steps=4, run_dir=tmp_path / "b", progress=False)
+    r3 = train(third, _batch, steps=4, run_dir=tmp_path / "b", progress=False)
     assert r3["resumed_from"] == 4 and all(torch.equal(a[k], v) for k, v in _params(third).items())
     # a call that trains nothing (e.g. only to export) still reports the training that made the checkpoint
     assert r2["train_seconds"] - r2["seconds"] < r3["train_seconds"] - r3["seconds"] <= r2["train_seconds"]
 
 
-class _NaNAt:
+class _NaNAt(Phase):
+    """A phase that poisons its model after step `bad_step`'s update and reports a NaN loss."""
+
     def __init__(self, inner, bad_step):
         self.inner, self.bad_step = inner, bad_step
-        self.modules, self.optimizers = inner.modules, inner.optimizers
+        self.name, self.steps, self.batch_size = inner.name, inner.steps, inner.batch_size
+
+    def optimizers(self):
+        return self.inner.optimizers()
+
+    def modules(self):
+        return self.inner.modules()
 
     def step(self, step, x, c):
-        stats = self.inner.step(step, x, c)
+        yield from self.inner.step(step, x, c)
         if step == self.bad_step:
             with torch.no_grad():
                 next(self.inner.model.parameters()).fill_(float("nan"))
-            stats["loss/flow"] = float("nan")
-        return stats
+            yield {"loss/flow": float("nan")}
 
 
 def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
     ref = _pretrain_objects()
-    train("pretrain", ref, _batch, steps=2, run_dir=tmp_path / "ref", progress=False)
+    train(ref, _batch, steps=2, run_dir=tmp_path / "ref", progress=False)
     obj = _NaNAt(_pretrain_objects(), bad_step=2)
     # (1-based: the third step, whose index is 2)
     with pytest.raises(DivergenceError, match="step 3: non-finite.*loss/flow.*last checkpoint before it is .*step_0000002"):
-        train("pretrain", obj, _batch, steps=4, run_dir=tmp_path / "run", checkpoint_every=2, progress=False)
+        train(obj, _batch, steps=4, run_dir=tmp_path / "run", checkpoint_every=2, progress=False)
     ckpt = latest_checkpoint(tmp_path / "run")
     assert ckpt.name == "step_0000002"
     fresh = _pretrain_objects()
-    load_checkpoint(ckpt, fresh.modules, fresh.optimizers)
+    load_checkpoint(ckpt, fresh.modules(), Optimizers(fresh.optimizers()).optimizers)
     a, b = _params(ref), _params(fresh)
     assert all(torch.isfinite(v).all() for v in b.values())
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -229,7 +246,7 @@ def test_divergence_check_catches_explosion_and_collapse_and_says_when_nothing_w
     assert DivergenceCheck(max_loss=0, dead_steps=0)({"loss/x": 1e30, "grad_norm/g": 0.0}) is None  # both off
     obj = _NaNAt(_pretrain_objects(), bad_step=0)
     with pytest.raises(DivergenceError, match="step 1: non-finite.*no checkpoint of this phase was written yet"):
-        train("pretrain", obj, _batch, steps=4, run_dir=tmp_path / "run", checkpoint_every=1, progress=False)
+        train(obj, _batch, steps=4, run_dir=tmp_path / "run", checkpoint_every=1, progress=False)
     assert latest_checkpoint(tmp_path / "run") is None
 
 
@@ -244,46 +261,49 @@ def test_dmd_gradient_reports_non_finite_scores_instead_of_hiding_them():
 
 
 def test_pretrain_lr_cooldown_only_touches_the_last_steps():
-    from vpae.config import PretrainConfig
-    model = make_wan(num_layers=1).requires_grad_(True)
-    step = PretrainStep(model, R.make_ema(model), PretrainConfig(steps=10, lr=1e-3, warmup_steps=2, lr_decay_steps=4))
+    stepper = PhaseStepper(_pretrain_objects(steps=10, lr=1e-3, warmup_steps=2, lr_decay_steps=4))
     lrs = []
     for k in range(10):
-        step.step(k, *_batch(k))
-        lrs.append(step.opt.param_groups[0]["lr"])
+        stepper.step(k, *_batch(k))
+        lrs.append(stepper.optimizers.optimizers["model"].param_groups[0]["lr"])
     # warm-up 0.5, 1; constant until step 6 = steps - decay; then 4/4, 3/4, 2/4, 1/4 of the base lr
     assert lrs == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
 
 
-class _LinearStep:
-    """The smallest Step: one Linear layer, Adam at a given lr."""
+class _LinearStep(Phase):
+    """The smallest phase: one Linear layer, Adam at a given lr."""
+
+    name, steps, batch_size = "x", 3, 2
 
     def __init__(self, lr: float):
         torch.manual_seed(0)
-        self.net = _net()
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
-        self.modules, self.optimizers = {"net": self.net}, {"opt": self.opt}
+        self.net, self.lr = _net(), lr
+
+    def optimizers(self):
+        return {"opt": OptimizerSpec(list(self.net.parameters()), self.lr, (0.9, 0.999), grad_clip=0.0)}
+
+    def modules(self):
+        return {"net": self.net}
 
     def step(self, step, x, cond):
-        self.opt.zero_grad()
         loss = self.net(x).square().mean()
-        loss.backward()
-        self.opt.step()
-        return {"loss/x": loss.item()}
+        yield Update("opt", loss, {"loss/x": loss.item()})
 
 
 def test_resume_applies_the_configured_learning_rate_not_the_checkpointed_one(tmp_path):
     batch = lambda k: (torch.randn(2, 4, generator=torch.Generator().manual_seed(k)), None)  # noqa: E731
-    train("x", _LinearStep(lr=0.1), batch, steps=2, run_dir=tmp_path, progress=False)
+    train(_LinearStep(lr=0.1), batch, steps=2, run_dir=tmp_path, progress=False)
     resumed = _LinearStep(lr=0.01)
-    r = train("x", resumed, batch, steps=3, run_dir=tmp_path, progress=False)
-    assert r["resumed_from"] == 2 and resumed.opt.param_groups[0]["lr"] == 0.01
+    r = train(resumed, batch, steps=3, run_dir=tmp_path, progress=False)
+    # the step-3 checkpoint was written by an optimizer running at the configured lr, not the checkpointed 0.1
+    assert r["resumed_from"] == 2
+    assert _checkpointed_optimizers(_LinearStep(lr=0.5), tmp_path)["opt"].param_groups[0]["lr"] == 0.01
 
 
 @pytest.mark.parametrize("bad", ["truncated_data", "garbage_metadata", "garbage_rng", "bad_meta"])
 def test_damaged_checkpoint_files_are_named_and_the_previous_one_offered(tmp_path, bad):
     batch = lambda k: (torch.randn(2, 4, generator=torch.Generator().manual_seed(k)), None)  # noqa: E731
-    train("x", _LinearStep(lr=0.1), batch, steps=2, run_dir=tmp_path, checkpoint_every=1, progress=False)
+    train(_LinearStep(lr=0.1), batch, steps=2, run_dir=tmp_path, checkpoint_every=1, progress=False)
     ckpt = tmp_path / "checkpoints" / "step_0000002"
     f = {"truncated_data": "__0_0.distcp", "garbage_metadata": ".metadata", "garbage_rng": "rng_rank0.pt",
          "bad_meta": "meta.json"}[bad]
@@ -293,7 +313,7 @@ def test_damaged_checkpoint_files_are_named_and_the_previous_one_offered(tmp_pat
     step = _LinearStep(lr=0.1)
     before = {k: v.clone() for k, v in step.net.state_dict().items()}
     with pytest.raises(CheckpointError, match=rf"step_0000002/{re.escape(f)}.*previous complete checkpoint .*step_0000001"):
-        train("x", step, batch, steps=3, run_dir=tmp_path, progress=False)
+        train(step, batch, steps=3, run_dir=tmp_path, progress=False)
     assert all(torch.equal(before[k], v) for k, v in step.net.state_dict().items())
 
 
@@ -302,5 +322,5 @@ def test_stale_tmp_folders_of_killed_saves_are_removed_on_the_next_start(tmp_pat
     root = tmp_path / "checkpoints"
     (root / "step_0000009.tmp-999999999").mkdir(parents=True)  # no such process
     (root / f"step_0000008.tmp-{os.getpid()}").mkdir()        # ours, from an interrupted save: stale too
-    train("x", _LinearStep(lr=0.1), batch, steps=1, run_dir=tmp_path, progress=False)
+    train(_LinearStep(lr=0.1), batch, steps=1, run_dir=tmp_path, progress=False)
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000001"]

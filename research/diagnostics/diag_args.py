@@ -7,7 +7,7 @@ import torch
 from vpae.config import load_config
 from vpae.errors import VpaeError
 from vpae.toy.evaluate import sampler_from_spec
-from vpae.toy.source import ToyData
+from vpae.toy.data import ToyData
 
 
 def add_world_options(ap) -> None:

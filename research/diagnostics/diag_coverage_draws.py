@@ -2,7 +2,7 @@
 noises per held-out video), to tell a sampler's coverage from one draw's luck. Session 8: the 50-step teacher
 0.728 +- 0.029 (sd over draws), the demo's 1-NFE generator 0.600 +- 0.042 (docs/RESULTS.md, "Session 8").
 
-    python research/diagnostics/diag_coverage_draws.py SPEC [SPEC ...] [--set data.sizes=[large] ...]
+    python research/diagnostics/diag_coverage_draws.py SPEC [SPEC ...] [--set data.toy.sizes=[large] ...]
     SPEC = PATH:SAMPLER:STEPS, e.g. outputs/demo/run/generator:few_step:1 or src/vpae/toy/teacher:few_step:50
 """
 import argparse

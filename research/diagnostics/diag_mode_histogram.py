@@ -4,7 +4,7 @@ axis), draw K noises and count the samples in each mode and in none; then split 
 Session 8: the demo's 1-NFE generator has 29 % in no mode against the teacher's 4 %, with the same per-condition
 imbalance (docs/RESULTS.md, "Session 8").
 
-    python research/diagnostics/diag_mode_histogram.py SPEC [SPEC ...] [--k 16] [--set data.sizes=[large] ...]
+    python research/diagnostics/diag_mode_histogram.py SPEC [SPEC ...] [--k 16] [--set data.toy.sizes=[large] ...]
     SPEC = PATH:SAMPLER:STEPS, e.g. outputs/demo/run/generator:few_step:1 or src/vpae/toy/teacher:few_step:50
 """
 import argparse

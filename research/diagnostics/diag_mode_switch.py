@@ -5,7 +5,7 @@ noise pairs whose samples land in different modes and walk the great circle betw
 the share of points assigned to no mode is the width of the switch between the modes."""
 import argparse, torch, numpy as np
 from vpae.config import load_config
-from vpae.toy.source import ToyData
+from vpae.toy.data import ToyData
 from vpae.models import load_wan_backbone
 from vpae.sampling import predict_x0
 from vpae.toy.world import caption_modes

@@ -26,8 +26,8 @@ from vpae.config import load_config
 from vpae.errors import VpaeError
 from vpae.models import load_wan_backbone, resolve_model_path
 from vpae.sampling import few_step_sigmas, predict_x0, teacher_sample
-from vpae.toy.evaluate import Method, oracle_eval
-from vpae.toy.source import ToyData
+from vpae.toy.evaluate import SamplerSpec, oracle_eval
+from vpae.toy.data import ToyData
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 ap.add_argument("generator", help="diffusers folder of the generator to start from (e.g. a consolidated V-PAE-I)")
@@ -96,7 +96,7 @@ keys = ("caption_following", "persistence", "first_frame_psnr", "sharpness", "mo
 opt = torch.optim.Adam([p for p in gen.parameters() if p.requires_grad], lr=a.lr)
 for step in range(a.steps + 1):
     if step % a.eval_every == 0 or step == a.steps:
-        rep, _ = oracle_eval(gen.eval(), data, data.heldout(64), Method("1 NFE", "few_step", 1))
+        rep, _ = oracle_eval(gen.eval(), data, data.heldout(64), SamplerSpec("1 NFE", "few_step", 1))
         gen.train()
         print(step, f"{time.time() - t0:.0f} s", json.dumps({k: round(rep[k], 3) for k in keys}), flush=True)
     if step == a.steps:

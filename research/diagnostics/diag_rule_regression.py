@@ -19,7 +19,7 @@ from vpae.config import load_config
 from vpae.models import load_wan_backbone
 from vpae.sampling import initial_noise, predict_x0
 from vpae.toy.oracle import mode_report, oracle_report
-from vpae.toy.source import ToyData
+from vpae.toy.data import ToyData
 from vpae.toy.world import caption_modes, render
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

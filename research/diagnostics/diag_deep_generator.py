@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-import vpae.training.roles as R
+import vpae.training.model as R
 from vpae.cli import app
 
 if len(sys.argv) < 3 or sys.argv[2] != "--" or not sys.argv[1].isdigit():

@@ -1,5 +1,6 @@
-"""The paper's comparison methods (training/methods.py): each step trains exactly its roles, its losses are finite
-and decrease on a tiny run, and the exact identities of their pieces hold."""
+"""The paper's comparison methods (vpae.training.methods, one file each): each phase trains exactly its networks
+through the optimizers it names, its losses are finite and decrease on a tiny run, and the exact identities of
+their pieces hold."""
 
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ import pytest
 import torch
 
 from conftest import make_cond, make_latent, make_wan
-from vpae.config import (BaselineConfig, ConsistencyConfig, DMD2Config, EquilibriumConfig, MDConfig, PrimingConfig,
+from vpae import randomness
+from vpae.config import (ComparisonConfig, ConsistencyConfig, DMD2Config, EquilibriumConfig, MDConfig, PrimingConfig,
                          VPAEConfig)
 from vpae.discriminator import build_head
 from vpae.losses import PhasedConsistencyLoss
+from vpae.recipes import build_method
 from vpae.sampling import predict_x0
-from vpae import randomness
-from vpae.training import roles as R
-from vpae.training.methods import ExpertPair, build_method_step, first_phase_step, student_inputs, weak_real_score
+from vpae.training import model as M
+from vpae.training.loop import PhaseStepper
+from vpae.training.methods.base import student_inputs
+from vpae.training.methods.dcm import ExpertPair
+from vpae.training.methods.lcm import ConsistencyPhase
+from vpae.training.methods.md import weak_real_score
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj")
 METHODS = ["dmd2", "md", "lcm", "pcm", "dcm", "add", "apt"]
@@ -25,7 +31,7 @@ METHODS = ["dmd2", "md", "lcm", "pcm", "dcm", "add", "apt"]
 def _cfg(method: str, **kw) -> VPAEConfig:
     cfg = VPAEConfig(method=method, equilibrium=EquilibriumConfig(layers=(0.5, 1.0)),
                      priming=PrimingConfig(lr=1e-3, lora_rank=4, lora_alpha=4, kind=kw.pop("kind", "vpae")))
-    cfg.baseline = BaselineConfig(lr=1e-3, disc_lr=1e-3, nfe=2, guidance=2.0, grad_clip=0.0)
+    cfg.comparison = ComparisonConfig(lr=1e-3, disc_lr=1e-3, nfe=2, guidance=2.0, grad_clip=0.0, layers=(0.5, 1.0))
     cfg.dmd2 = DMD2Config(fake_updates_per_generator=1, fake_lr=1e-3)
     cfg.md = MDConfig(fake_updates_per_generator=1, fake_lr=1e-3)
     cfg.consistency = ConsistencyConfig(num_timesteps=8, skip=2, semantic_phases=1)
@@ -35,26 +41,43 @@ def _cfg(method: str, **kw) -> VPAEConfig:
     return cfg
 
 
-def _roles(cfg: VPAEConfig, dtype=torch.float32) -> R.Roles:
+def _networks(cfg: VPAEConfig, dtype=torch.float32) -> M.Networks:
+    """What recipes.build_networks makes, on a tiny Wan: the generator (a copy of the teacher), the teacher with
+    its fake LoRA, the heads when the method reads them, and the method's own networks (Method.add_roles)."""
+    method = build_method(cfg)
     teacher = make_wan()
-    gen = R.copy_generator(teacher, "full")
-    R.make_teacher_and_fake(teacher, 4, 4, TARGETS)
-    torch.manual_seed(1)
-    heads = build_head("ca", feature_dim=gen.feature_dim, num_layers=2, text_dim=32, image_dim=24, hidden_dim=16,
-                       num_queries=2, num_heads=2)
-    return R.make_roles(gen.to(dtype), teacher.to(dtype), heads.to(dtype), cfg.priming, cfg.equilibrium)
+    gen = M.copy_generator(teacher, "full")
+    M.make_teacher_and_fake(teacher, 4, 4, TARGETS)
+    heads = None
+    if method.needs_heads:
+        torch.manual_seed(1)
+        heads = build_head("ca", feature_dim=gen.feature_dim, num_layers=2, text_dim=32, image_dim=24, hidden_dim=16,
+                           num_queries=2, num_heads=2).to(dtype)
+    nets = M.Networks(gen.to(dtype), teacher.to(dtype), heads)
+    method.add_roles(nets, before_sharding=False)
+    return nets
+
+
+def _stepper(cfg: VPAEConfig, nets: M.Networks) -> PhaseStepper:
+    """The method's (only) phase with its optimizers; phase.start() has made its copies (EMA, targets)."""
+    (phase,) = build_method(cfg).phases(nets)
+    assert phase.name == cfg.method
+    return PhaseStepper(phase)
 
 
 def _state(module) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()} if module is not None else {}
 
 
-def _groups(roles: R.Roles) -> dict[str, dict]:
-    t = _state(roles.teacher)
-    return {"generator": _state(roles.generator), "teacher": {k: v for k, v in t.items() if "lora_" not in k},
-            "fake_lora": {k: v for k, v in t.items() if "lora_" in k}, "heads": _state(roles.heads),
-            "ema": _state(roles.ema), "detail_expert": _state(roles.detail_expert),
-            "detail_ema": _state(roles.detail_ema), "disc_backbone": _state(roles.disc_backbone)}
+OTHERS = {"dcm": {"detail_expert", "detail_ema"}, "apt": {"disc_backbone"}}
+
+
+def _groups(nets: M.Networks) -> dict[str, dict]:
+    t = _state(nets.teacher)
+    return {"generator": _state(nets.generator), "teacher": {k: v for k, v in t.items() if "lora_" not in k},
+            "fake_lora": {k: v for k, v in t.items() if "lora_" in k}, "heads": _state(nets.heads),
+            "ema": _state(nets.ema), "detail_expert": _state(nets.others.get("detail_expert")),
+            "detail_ema": _state(nets.others.get("detail_ema")), "disc_backbone": _state(nets.others.get("disc_backbone"))}
 
 
 def _changed(before: dict, after: dict) -> set[str]:
@@ -66,30 +89,51 @@ TRAINS = {"dmd2": {"generator", "fake_lora", "heads"}, "md": {"generator", "fake
           "lcm": {"generator", "ema"}, "pcm": {"generator", "ema"}, "add": {"generator", "heads"},
           "apt": {"generator", "heads", "disc_backbone"}}
 
+# the optimizers each method's phase asks the loop for (DMD2's "fake" holds the fake LoRA and the heads, APT's
+# "discriminator" the heads and the trained backbone)
+OPTIMIZERS = {"dmd2": {"generator", "fake"}, "md": {"generator", "fake"}, "lcm": {"generator"}, "pcm": {"generator"},
+              "dcm": {"generator", "detail_expert", "heads"}, "add": {"generator", "heads"},
+              "apt": {"generator", "discriminator"}}
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
 
 @pytest.mark.parametrize("method", METHODS)
 def test_one_step_changes_only_what_the_method_trains(method):
     cfg = _cfg(method)
-    roles = _roles(cfg)
-    step = build_method_step(roles, cfg)
+    nets = _networks(cfg)
+    assert set(nets.others) == OTHERS.get(method, set())
+    assert (nets.heads is not None) == ("heads" in TRAINS.get(method, {"heads"}))
+    stepper = _stepper(cfg, nets)
+    phase = stepper.phase
     x, c = make_latent(), make_cond()
-    before = _groups(roles)
+    before = _groups(nets)
     torch.manual_seed(0)
-    stats = step.step(0, x, c)
+    stats = stepper.step(0, x, c)
     assert stats and all(torch.isfinite(torch.tensor(v)) for v in stats.values()), stats
-    after = _groups(roles)
+    after = _groups(nets)
     if method != "dcm":
         assert _changed(before, after) == TRAINS[method]
     else:  # step 0 trains the semantic expert (the generator) and its target, step 1 the detail expert + heads
         assert _changed(before, after) == {"generator", "ema"}
-        stats = step.step(1, x, c)
-        assert {"loss/g_adv", "loss/feature_matching", "loss/d"} <= set(stats)
-        assert _changed(after, _groups(roles)) == {"detail_expert", "detail_ema", "heads"}
+        assert {"grad_norm/generator"} <= set(stats) and "grad_norm/detail_expert" not in stats
+        stats = stepper.step(1, x, c)
+        assert {"loss/g_adv", "loss/feature_matching", "loss/d", "grad_norm/detail_expert", "grad_norm/heads"} <= set(stats)
+        assert _changed(after, _groups(nets)) == {"detail_expert", "detail_ema", "heads"}
     # every method with a discriminator logs how often it tells real from generated (0.5 = chance)
     if "heads" in TRAINS.get(method, {"heads"}):
         assert 0.0 <= stats["d/accuracy"] <= 1.0, stats
-    # what a checkpoint holds: every trained role (teacher base weights never)
-    assert "generator" in step.modules and set(step.optimizers)
+    # the optimizers the phase names, built by the loop
+    assert set(phase.optimizers()) == OPTIMIZERS[method] == set(stepper.optimizers.optimizers)
+    # what a checkpoint holds: the generator and every trained network (teacher base weights never): every
+    # parameter an optimizer steps is a tensor of the phase's modules
+    modules = phase.modules()
+    assert "generator" in modules
+    held = {_storage(v) for m in modules.values() for v in m.state_dict().values()}
+    for name, spec in phase.optimizers().items():
+        assert spec.params and all(_storage(p) in held for p in spec.params), name
 
 
 # method -> the loss a tiny run on one batch with fixed noise must decrease: the consistency loss; for the
@@ -101,30 +145,39 @@ DECREASES = {"dmd2": "loss/fake", "md": "loss/fake", "lcm": "loss/consistency", 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_loss_is_finite_and_decreases_on_a_tiny_run(method):
-    cfg = _cfg(method, baseline__lr=1e-4)  # the generator slower than its critics (fake score: 1e-3; TTUR)
-    roles = _roles(cfg)
-    step = build_method_step(roles, cfg)
+    cfg = _cfg(method, comparison__lr=1e-4)  # the generator slower than its critics (fake score: 1e-3; TTUR)
+    stepper = _stepper(cfg, _networks(cfg))
     x, c = make_latent(), make_cond()
     key, values = DECREASES[method], []
     for i in range(12):
         torch.manual_seed(0)  # the same noise every step: a fixed objective
-        stats = step.step(2 * i if method == "dcm" else i, x, c)  # DCM: the semantic expert each time
+        stats = stepper.step(2 * i if method == "dcm" else i, x, c)  # DCM: the semantic expert each time
         assert all(torch.isfinite(torch.tensor(v)) for v in stats.values()), (i, stats)
         values.append(stats[key])
     assert sum(values[-3:]) / 3 < sum(values[:3]) / 3, (key, values)
 
 
 def test_lcm_as_phase_one_then_equilibrium():
-    cfg = _cfg("vpae", kind="lcm")
-    roles = _roles(cfg)
-    step = first_phase_step(roles, cfg)
-    assert step.gen_opt is roles.optimizers["priming/generator"]
+    # comparison.lr and grad_clip differ from priming's, so the checks below tell which optimizer settings it took
+    cfg = _cfg("vpae", kind="lcm", comparison__lr=5e-4)
+    nets = _networks(cfg)
+    first, second = build_method(cfg).phases(nets)
+    assert isinstance(first, ConsistencyPhase) and first.name == "priming" and second.name == "equilibrium"
+    # phase I's optimizer and budget
+    assert (first.steps, first.batch_size) == (cfg.priming.steps, cfg.priming.batch_size)
+    stepper = PhaseStepper(first)
+    (spec,) = first.optimizers().values()
+    assert set(first.optimizers()) == {"generator"}
+    assert (spec.lr, tuple(spec.betas), spec.grad_clip) == (cfg.priming.lr, tuple(cfg.priming.betas), cfg.priming.grad_clip)
+    assert [id(p) for p in spec.params] == [id(p) for p in nets.generator.parameters()]
     x, c = make_latent(), make_cond()
     torch.manual_seed(0)
-    step.step(0, x, c)
-    # phase II's EMA (the discriminator backbone) restarts from the LCM-primed generator, not the LCM target
-    roles.start_equilibrium()
-    for e, g in zip(roles.ema.parameters(), roles.generator.parameters()):
+    stepper.step(0, x, c)
+    # the LCM target trails the generator after a step ...
+    assert any(not torch.equal(e, g) for e, g in zip(nets.ema.parameters(), nets.generator.parameters()))
+    # ... and phase II's EMA (the discriminator backbone) restarts from the LCM-primed generator, not the LCM target
+    second.start()
+    for e, g in zip(nets.ema.parameters(), nets.generator.parameters(), strict=True):
         assert torch.equal(e, g)
 
 
@@ -170,16 +223,16 @@ def test_phase_edges_lie_on_the_ode_grid():
 
 def test_weak_real_score_interpolates_between_real_and_fake_exactly():
     teacher = make_wan()
-    R.make_teacher_and_fake(teacher, 4, 4, TARGETS)
+    M.make_teacher_and_fake(teacher, 4, 4, TARGETS)
     with torch.no_grad():
         for n, p in teacher.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.1)
     x, c, s = make_latent(), make_cond(), torch.tensor([0.3, 0.8])
     with torch.no_grad():
-        with R.real_score(teacher):
+        with M.real_score(teacher):
             real = teacher.velocity(x, s, c)
-        with R.fake_score(teacher):
+        with M.fake_score(teacher):
             fake = teacher.velocity(x, s, c)
         with weak_real_score(teacher, 0.0):
             w0 = teacher.velocity(x, s, c)
@@ -187,7 +240,7 @@ def test_weak_real_score_interpolates_between_real_and_fake_exactly():
             w1 = teacher.velocity(x, s, c)
         with weak_real_score(teacher, 0.25):
             w = teacher.velocity(x, s, c)
-        with R.fake_score(teacher):
+        with M.fake_score(teacher):
             fake_after = teacher.velocity(x, s, c)
     assert torch.equal(w0, real) and torch.equal(w1, fake) and torch.equal(fake_after, fake)
     assert (w - real).abs().max() > 0 and (w - fake).abs().max() > 0
@@ -227,13 +280,14 @@ def test_expert_pair_routes_by_sigma():
 
 def test_run_distill_runs_a_method_and_resumes(tmp_path):
     from test_training import _toy_cfg
-    from vpae.recipes import run_distill
-    from vpae.sampling import few_step_sample, euler_sample, few_step_sigmas
     from vpae import flow
+    from vpae.recipes import run_distill
+    from vpae.sampling import euler_sample, few_step_sample, few_step_sigmas
     base = _toy_cfg()
     for method in ("dcm", "dmd2"):
-        cfg = dataclasses.replace(base, method=method, baseline=dataclasses.replace(
-            base.baseline, steps=2, batch_size=2, nfe=2, lr=1e-3, disc_lr=1e-3, guidance=2.0),
+        cfg = dataclasses.replace(base, method=method, comparison=dataclasses.replace(
+            base.comparison, steps=2, batch_size=2, nfe=2, lr=1e-3, disc_lr=1e-3, guidance=2.0, head_dim=16,
+            head_queries=2, head_attn_heads=2),
             consistency=dataclasses.replace(base.consistency, num_timesteps=4, semantic_phases=1),
             dmd2=dataclasses.replace(base.dmd2, fake_updates_per_generator=1))
         out = run_distill(cfg, tmp_path / method, progress=False)
@@ -241,6 +295,9 @@ def test_run_distill_runs_a_method_and_resumes(tmp_path):
         again = run_distill(cfg, tmp_path / method, progress=False)
         assert again[method]["resumed_from"] == 2
         data, gen = out["data"], out["generator"]
+        # DCM samples its expert pair with Euler steps over the phase edges, DMD2 its generator with fresh noise
+        assert isinstance(gen, ExpertPair) == (method == "dcm")
+        assert out["sampler"] == {"dcm": "euler", "dmd2": "few_step"}[method]
         x, cond = data.encode(data.heldout(2))
         z = torch.randn_like(x)
         for nfe in (1, 4):  # both samplers run on every method's generator

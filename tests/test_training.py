@@ -1,4 +1,5 @@
-"""Phase I (priming) and phase II (equilibrium) steps on tiny Wan models, and an end-to-end tiny run."""
+"""Phase I (priming) and phase II (equilibrium) of V-PAE on tiny Wan models (vpae.training.methods.vpae), the
+training loop's ownership of the optimizer steps (vpae.training.loop), and an end-to-end tiny run."""
 
 from __future__ import annotations
 
@@ -8,14 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from conftest import LATENT_SHAPE, make_cond, make_latent, make_wan
-from vpae.config import EquilibriumConfig, PrimingConfig
+from vpae import flow
+from vpae.config import EquilibriumConfig, PrimingConfig, VPAEConfig
 from vpae.discriminator import build_head
 from vpae.losses import conditional_sds_loss, generator_adversarial_loss
 from vpae.sampling import predict_x0
-from vpae.training import roles as R
-from vpae.training.steps import EquilibriumStep, PrimingStep
+from vpae.training import model as M
+from vpae.training.loop import Optimizers, PhaseStepper, take_step
+from vpae.training.methods.base import OptimizerSpec, Phase, Update
+from vpae.training.methods.vpae import EquilibriumPhase, PrimingPhase
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj")
 
@@ -28,10 +33,14 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _roles(seed: int = 0, mode: str = "full"):
+def _ids(params) -> list[int]:
+    return [id(p) for p in params]
+
+
+def _teacher_and_generator(seed: int = 0, mode: str = "full"):
     teacher = make_wan(seed=seed)
-    gen = R.copy_generator(teacher, mode, 4, 4, TARGETS)
-    R.make_teacher_and_fake(teacher, 4, 4, TARGETS)
+    gen = M.copy_generator(teacher, mode, 4, 4, TARGETS)
+    M.make_teacher_and_fake(teacher, 4, 4, TARGETS)
     return teacher, gen
 
 
@@ -40,8 +49,9 @@ def _heads(gen, head="ca"):
                       num_queries=2, num_heads=2)
 
 
-def _priming(gen, teacher, cfg):
-    return PrimingStep(R.make_roles(gen, teacher, _heads(gen), cfg, EquilibriumConfig()), cfg)
+def _priming(gen, teacher, cfg: PrimingConfig) -> PhaseStepper:
+    """Phase I over (generator, teacher + fake LoRA, heads) with its optimizers, stepped by hand."""
+    return PhaseStepper(PrimingPhase(M.Networks(gen, teacher, _heads(gen)), VPAEConfig(priming=cfg)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -53,11 +63,11 @@ def test_zero_init_lora_real_equals_fake_exactly():
     s = torch.tensor([0.3, 0.8])
     with torch.no_grad():
         v_plain = teacher.velocity(x, s, c)
-        gen = R.copy_generator(teacher)
-        R.make_teacher_and_fake(teacher, 4, 4, TARGETS)
-        with R.real_score(teacher):
+        gen = M.copy_generator(teacher)
+        M.make_teacher_and_fake(teacher, 4, 4, TARGETS)
+        with M.real_score(teacher):
             v_real = teacher.velocity(x, s, c)
-        with R.fake_score(teacher):
+        with M.fake_score(teacher):
             v_fake = teacher.velocity(x, s, c)
         v_gen = gen.velocity(x, s, c)
     # the identity that matters is exact: a zero-initialised adapter adds exactly 0, so fake == real bitwise
@@ -76,9 +86,9 @@ def test_zero_init_lora_real_equals_fake_exactly():
         for n, p in teacher.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.1)
-        with R.fake_score(teacher):
+        with M.fake_score(teacher):
             v_fake2 = teacher.velocity(x, s, c)
-        with R.real_score(teacher):
+        with M.real_score(teacher):
             v_real2 = teacher.velocity(x, s, c)
     assert (v_fake2 - v_plain).abs().max() > 1e-4
     assert torch.equal(v_real2, v_real)  # a trained adapter switched off leaves the real score bitwise as it was
@@ -86,44 +96,44 @@ def test_zero_init_lora_real_equals_fake_exactly():
 
 def test_fake_score_restores_the_adapter_state_it_found():
     teacher = make_wan()
-    R.make_teacher_and_fake(teacher, 4, 4, TARGETS)
+    M.make_teacher_and_fake(teacher, 4, 4, TARGETS)
     with torch.no_grad():
         for n, p in teacher.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.1)
     x, c, s = make_latent(), make_cond(), torch.tensor([0.3, 0.8])
     with torch.no_grad():
-        with R.real_score(teacher):
+        with M.real_score(teacher):
             v_real = teacher.velocity(x, s, c)
         teacher.model.disable_adapters()  # adapters off before: still off after the fake score
-        with R.fake_score(teacher):
+        with M.fake_score(teacher):
             v_fake = teacher.velocity(x, s, c)
         assert torch.equal(teacher.velocity(x, s, c), v_real)
         teacher.model.enable_adapters()  # on before: on after
-        with R.fake_score(teacher):
+        with M.fake_score(teacher):
             pass
         assert torch.equal(teacher.velocity(x, s, c), v_fake)
 
 
 def test_copy_generator_refuses_after_adapter():
-    teacher, _ = _roles()
+    teacher, _ = _teacher_and_generator()
     with pytest.raises(ValueError, match="before attaching"):
-        R.copy_generator(teacher)
-
+        M.copy_generator(teacher)
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_priming_step_trains_only_fake_lora_and_generator(mode):
-    teacher, gen = _roles(mode=mode)
+    teacher, gen = _teacher_and_generator(mode=mode)
     base0 = {k: v for k, v in _state(teacher).items() if "lora_" not in k}
     lora0 = {k: v for k, v in _state(teacher).items() if "lora_" in k}
     gen0 = _state(gen)
     cfg = PrimingConfig(lr=1e-3, fake_lr=1e-3, fake_updates_per_generator=2, real_guidance=3.0,
                         lora_rank=4, lora_alpha=4)
-    step = _priming(gen, teacher, cfg)
+    stepper = _priming(gen, teacher, cfg)
+    assert set(stepper.phase.optimizers()) == {"generator", "fake"}
     x, c = make_latent(), make_cond()
     torch.manual_seed(0)
     for i in range(3):
-        stats = step.step(i, x, c)
+        stats = stepper.step(i, x, c)
         assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
         # the fake loss reached only the teacher's LoRA parameters
         for n, p in teacher.named_parameters():
@@ -144,44 +154,88 @@ def test_priming_step_trains_only_fake_lora_and_generator(mode):
 
 def test_priming_generator_gradient_is_dmd_of_real_minus_fake():
     """After a zero-init start, real == fake, so the very first generator update has zero DMD gradient."""
-    teacher, gen = _roles()
+    teacher, gen = _teacher_and_generator()
     cfg = PrimingConfig(lr=1e-3, fake_lr=0.0, fake_updates_per_generator=1, real_guidance=1.0)
-    step = _priming(gen, teacher, cfg)
+    stepper = _priming(gen, teacher, cfg)
     gen0 = _state(gen)
     torch.manual_seed(0)
-    stats = step.step(0, make_latent(), make_cond())
+    stats = stepper.step(0, make_latent(), make_cond())
     # fake_lr 0 keeps the adapter at zero, so x0_real == x0_fake exactly: zero gradient, generator unchanged
     assert stats["dmd/real_fake_gap"] == 0.0 and stats["grad_norm/generator"] == 0.0
     assert _same(gen0, _state(gen))
 
 
+def test_priming_loss_methods_read_what_the_step_logs():
+    """The phase's loss methods are what its step backpropagates: fake_loss (eq. 2) has a graph to the fake LoRA
+    only, generator_loss (eq. 1) to the generator only, and their logs carry their values."""
+    teacher, gen = _teacher_and_generator()
+    phase = _priming(gen, teacher, PrimingConfig(lr=1e-3, fake_lr=1e-3, real_guidance=3.0)).phase
+    x, c = make_latent(), make_cond()
+    torch.manual_seed(0)
+    fake, logs = phase.fake_loss(x, c)
+    assert logs["loss/fake"] == fake.item()
+    grads = torch.autograd.grad(fake, phase.nets.fake_params + M.trainable_parameters(gen), allow_unused=True)
+    n = len(phase.nets.fake_params)
+    assert any(g is not None and g.abs().max() > 0 for g in grads[:n]) and all(g is None for g in grads[n:])
+    torch.manual_seed(0)
+    loss, logs = phase.generator_loss(x, c)
+    assert logs["loss/dmd"] == loss.item() and logs["dmd/real_fake_gap"] > 0  # CFG 3: the real score differs
+    grads = torch.autograd.grad(loss, phase.nets.fake_params + M.trainable_parameters(gen), allow_unused=True)
+    assert all(g is None for g in grads[:n]) and any(g is not None and g.abs().max() > 0 for g in grads[n:])
+
+
 # ----------------------------------------------------------------------------------------------
 # Phase II
 
-def _eq(dtype=torch.float32, head="ca", seed=0, **kw):
-    teacher, gen = _roles(seed)
+def _eq(dtype=torch.float32, head="ca", seed=0, **kw) -> PhaseStepper:
+    """Phase II with its optimizers (PhaseStepper: phase.start() made the EMA), the EMA moved away from the
+    generator so a test sees which one the discriminator reads."""
+    teacher, gen = _teacher_and_generator(seed)
     heads = _heads(gen, head)
     kw = {"layers": (0.5, 1.0), "lr": 1e-3, "head_lr": 1e-3, "sds_lambda": 0.0, **kw}
-    cfg = EquilibriumConfig(**kw)
-    roles = R.make_roles(gen.to(dtype), teacher.to(dtype), heads.to(dtype), PrimingConfig(), cfg,
-                         trained_backbone=cfg.backbone == "trained")
-    step = EquilibriumStep(roles, cfg)
-    ema = roles.ema
+    cfg = VPAEConfig(equilibrium=EquilibriumConfig(**kw))
+    nets = M.Networks(gen.to(dtype), teacher.to(dtype), heads.to(dtype))
+    stepper = PhaseStepper(EquilibriumPhase(nets, cfg))
     # make the EMA differ from the generator so the test sees which one the discriminator reads
     with torch.no_grad():
-        for p in ema.parameters():
+        for p in nets.ema.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    return step
+    return stepper
+
+
+def _adv(phase: EquilibriumPhase, x0: torch.Tensor, cond) -> torch.Tensor:
+    """Eq. 6's adversarial term of phase II's generator loss, read through generator_loss (sds_lambda = 0 and no
+    mode seeking: the loss is adv_weight (1) x the adversarial term; the logs say so)."""
+    assert phase.e.sds_lambda == 0 and phase.e.diversity_weight == 0 and phase.e.adv_weight == 1.0
+    loss, logs = phase.generator_loss(x0, torch.zeros_like(x0), cond)
+    assert "loss/c_sds" not in logs and logs["loss/g_adv"] == logs["loss/g_total"] == loss.item()
+    return loss
+
+
+def test_equilibrium_phase_trains_generator_and_heads():
+    stepper = _eq()
+    phase = stepper.phase
+    assert set(phase.optimizers()) == {"generator", "heads"}
+    assert set(stepper.optimizers.optimizers) == {"generator", "heads"}
+    assert set(phase.modules()) == {"generator", "ema", "heads"}
+    # the heads' optimizer holds the heads only (the unified backbone is the EMA, never trained by a loss)
+    assert _ids(phase.optimizers()["heads"].params) == _ids(phase.nets.heads.parameters())
+    assert _ids(phase.optimizers()["generator"].params) == _ids(phase.nets.generator.parameters())
+    trained = _eq(backbone="trained").phase
+    assert set(trained.modules()) == {"generator", "ema", "heads", "disc_backbone"}
+    extra = trained.nets.others["trained_backbone"]
+    assert _ids(trained.optimizers()["heads"].params) == _ids([*trained.nets.heads.parameters(), *extra.parameters()])
 
 
 def test_adversarial_gradient_reaches_generator_through_frozen_ema():
-    step = _eq(torch.float64)
+    stepper = _eq(torch.float64)
+    phase, nets = stepper.phase, stepper.phase.nets
     c = make_cond().to(torch.float64)
     x0 = make_latent().double().requires_grad_()
 
     def loss_at(x):
         torch.manual_seed(123)  # the re-noising noise and level
-        return step.generator_losses(x, c)["adv"]
+        return _adv(phase, x, c)
 
     loss = loss_at(x0)
     (g,) = torch.autograd.grad(loss, x0)
@@ -194,53 +248,58 @@ def test_adversarial_gradient_reaches_generator_through_frozen_ema():
     with torch.no_grad():
         fd = (loss_at(x0 + h * u) - loss_at(x0 - h * u)) / (2 * h)
     assert torch.allclose((g * u).sum(), fd, rtol=1e-3, atol=0), ((g * u).sum(), fd)
-    # the full backward leaves the EMA backbone without gradients
+    # the full backward leaves the EMA backbone (and the heads) without gradients
     loss_at(x0).backward()
-    assert all(p.grad is None for p in step.ema.parameters())
-    assert all(not p.requires_grad for p in step.ema.parameters())
+    assert all(p.grad is None for p in nets.ema.parameters())
+    assert all(not p.requires_grad for p in nets.ema.parameters())
+    assert all(p.grad is None for p in nets.heads.parameters())
     # and the loss depends on the EMA weights (the unified backbone), not on the generator's
     with torch.no_grad():
         l0 = loss_at(x0)
-        for p in step.generator.parameters():
+        for p in nets.generator.parameters():
             p.add_(0.05)
         assert torch.equal(loss_at(x0), l0)
-        for p in step.ema.parameters():
+        for p in nets.ema.parameters():
             p.add_(0.05)
         assert not torch.equal(loss_at(x0), l0)
 
 
 def test_discriminator_update_changes_only_heads():
-    step = _eq()
+    stepper = _eq()
+    phase, nets = stepper.phase, stepper.phase.nets
     x, c = make_latent(), make_cond()
-    gen0, ema0, teacher0, heads0 = _state(step.generator), _state(step.ema), _state(step.teacher), _state(step.disc.heads)
+    gen0, ema0, teacher0, heads0 = _state(nets.generator), _state(nets.ema), _state(nets.teacher), _state(nets.heads)
     torch.manual_seed(0)
-    x0 = predict_x0(step.generator, torch.randn(LATENT_SHAPE), torch.ones(2), c)[0]
-    d = step.discriminator_losses(x, x0, c)
-    assert {"disc", "r1"} <= set(d)
-    loss = d["disc"] + d["r1"]
-    step.head_opt.zero_grad()
+    x0 = predict_x0(nets.generator, torch.randn(LATENT_SHAPE), torch.ones(2), c)[0]
+    loss, logs = phase.discriminator_loss(x, x0, c)
+    assert {"loss/d", "loss/st_r1", "loss/d_total"} <= set(logs)
+    assert logs["loss/d_total"] == loss.item()
+    assert loss.item() == pytest.approx(logs["loss/d"] + phase.e.r1_weight * logs["loss/st_r1"], rel=1e-6)
+    opt = stepper.optimizers.optimizers["heads"]
+    opt.zero_grad()
     loss.backward()
-    assert all(p.grad is None for p in step.generator.parameters())
-    assert all(p.grad is None for p in step.ema.parameters())
-    step.head_opt.step()
-    assert _same(gen0, _state(step.generator)) and _same(ema0, _state(step.ema))
-    assert _same(teacher0, _state(step.teacher))
-    assert not _same(heads0, _state(step.disc.heads))
+    assert all(p.grad is None for p in nets.generator.parameters())
+    assert all(p.grad is None for p in nets.ema.parameters())
+    opt.step()
+    assert _same(gen0, _state(nets.generator)) and _same(ema0, _state(nets.ema))
+    assert _same(teacher0, _state(nets.teacher))
+    assert not _same(heads0, _state(nets.heads))
 
 
 def test_equilibrium_step_updates_generator_ema_heads():
-    step = _eq(sds_lambda=10.0, ema_decay=0.9)
+    stepper = _eq(sds_lambda=10.0, ema_decay=0.9)
+    nets = stepper.phase.nets
     x, c = make_latent(), make_cond()
-    gen0, ema0, teacher0, heads0 = _state(step.generator), _state(step.ema), _state(step.teacher), _state(step.disc.heads)
+    gen0, ema0, teacher0, heads0 = _state(nets.generator), _state(nets.ema), _state(nets.teacher), _state(nets.heads)
     torch.manual_seed(0)
-    stats = step.step(0, x, c)
-    assert {"loss/g_adv", "loss/c_sds", "loss/d", "loss/st_r1"} <= set(stats)
-    gen1 = _state(step.generator)
+    stats = stepper.step(0, x, c)
+    assert {"loss/g_adv", "loss/c_sds", "loss/d", "loss/st_r1", "grad_norm/generator", "grad_norm/heads"} <= set(stats)
+    gen1 = _state(nets.generator)
     assert not _same(gen0, gen1)
-    assert not _same(heads0, _state(step.disc.heads))
-    assert _same(teacher0, _state(step.teacher))
+    assert not _same(heads0, _state(nets.heads))
+    assert _same(teacher0, _state(nets.teacher))
     # EMA: ema = d * ema + (1 - d) * gen after the generator update
-    ema1 = _state(step.ema)
+    ema1 = _state(nets.ema)
     for k in ema0:
         if ema0[k].is_floating_point():
             # float32 weights of magnitude <= ~1: torch's lerp_ rounds differently from d a + (1 - d) b (ulps)
@@ -254,17 +313,17 @@ def test_update_ema_exact():
     a0 = copy.deepcopy(a)
     for decay in (0.995, 0.5):
         e0 = {k: v.clone() for k, v in a.state_dict().items()}
-        R.update_ema(a, b, decay)
+        M.update_ema(a, b, decay)
         for name, p in b.named_parameters():
             assert torch.equal(dict(a.named_parameters())[name], decay * e0[name] + (1 - decay) * p.detach()), name
         assert torch.equal(a.count, b.count)
     assert not torch.equal(a.weight, a0.weight)
     # decay 1 keeps the EMA, decay 0 copies the model
-    R.update_ema(a, b, 1.0)
+    M.update_ema(a, b, 1.0)
     e = a.weight.clone()
-    R.update_ema(a, b, 1.0)
+    M.update_ema(a, b, 1.0)
     assert torch.equal(a.weight, e)
-    R.update_ema(a, b, 0.0)
+    M.update_ema(a, b, 0.0)
     assert torch.equal(a.weight, b.weight)
 
 
@@ -278,58 +337,253 @@ class _Spy:
         return self.orig(*a, **k)
 
 
-def _gen_grads(step, x, c):
+def _gen_grads(stepper: PhaseStepper, x, c):
     torch.manual_seed(0)
-    step.step(0, x, c)
-    return [p.grad.clone() for p in step.generator.parameters()]
+    stepper.step(0, x, c)
+    return [p.grad.clone() for p in stepper.phase.nets.generator.parameters()]
 
 
 def test_csds_lambda_zero_is_pure_adversarial_and_skips_teacher(monkeypatch):
     # float64: the step and the hand computation sum the same terms in a different order, so in float32 they
     # differ by rounding (seen: 2e-5 relative on another CPU); in float64 the identity holds to ~1e-12.
     x, c = make_latent().double(), make_cond().to(torch.float64)
-    step = _eq(torch.float64, sds_lambda=0.0, grad_clip=0.0)
-    ref = copy.deepcopy(step)
-    spy = _Spy(step.teacher)
-    monkeypatch.setattr(step.teacher, "velocity", spy)
-    grads = _gen_grads(step, x, c)
+    stepper = _eq(torch.float64, sds_lambda=0.0, grad_clip=0.0)
+    ref = copy.deepcopy(stepper)
+    spy = _Spy(stepper.phase.nets.teacher)
+    monkeypatch.setattr(stepper.phase.nets.teacher, "velocity", spy)
+    grads = _gen_grads(stepper, x, c)
     assert spy.calls == 0
     # the gradient of the adversarial loss alone, computed by hand with the same noise
+    phase, nets = ref.phase, ref.phase.nets
     torch.manual_seed(0)
     z = torch.randn_like(x)
-    x0 = predict_x0(ref.generator, z, torch.ones(2, dtype=torch.float64), c)[0]
-    x_t, t = ref.renoise(x0, ref.cfg.disc_band)
-    adv = generator_adversarial_loss(ref.disc(ref.ema, x_t, t, c, True), "hinge").mean()
-    hand = torch.autograd.grad(adv, list(ref.generator.parameters()))
+    x0 = predict_x0(nets.generator, z, torch.ones(2, dtype=torch.float64), c)[0]
+    lo, hi = phase.e.disc_band
+    t = lo + (hi - lo) * torch.rand(2)
+    x_t = flow.add_noise(x0, torch.randn_like(x0), t)
+    adv = generator_adversarial_loss(phase.disc(nets.ema, x_t, t, c, True), "hinge").mean()
+    hand = torch.autograd.grad(adv, list(nets.generator.parameters()))
     assert any(h.abs().max() > 0 for h in hand)
     for a, b in zip(grads, hand, strict=True):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-14)
 
     # with lambda > 0 the teacher is called and the gradient changes
     step2 = copy.deepcopy(ref)
-    step2.cfg = copy.replace(ref.cfg, sds_lambda=10.0) if hasattr(copy, "replace") else \
-        EquilibriumConfig(**{**ref.cfg.__dict__, "sds_lambda": 10.0})
-    spy2 = _Spy(step2.teacher)
-    monkeypatch.setattr(step2.teacher, "velocity", spy2)
+    step2.phase.e = dataclasses.replace(ref.phase.e, sds_lambda=10.0)
+    spy2 = _Spy(step2.phase.nets.teacher)
+    monkeypatch.setattr(step2.phase.nets.teacher, "velocity", spy2)
     grads2 = _gen_grads(step2, x, c)
     assert spy2.calls >= 1
     assert any(not torch.allclose(a, b) for a, b in zip(grads, grads2))
 
 
 def test_frozen_backbone_reads_teacher_without_fake_adapter():
-    step = _eq(backbone="frozen")
+    phase = _eq(backbone="frozen").phase
+    teacher = phase.nets.teacher
     with torch.no_grad():
-        for n, p in step.teacher.named_parameters():
+        for n, p in teacher.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.5)
     x, c = make_latent(), make_cond()
     s = torch.full((2,), 0.95)
     with torch.no_grad():
-        got = step.discriminate(x, s, c, False)
-        plain = copy.deepcopy(step.teacher)
+        got = phase.discriminate(x, s, c, False)
+        plain = copy.deepcopy(teacher)
         plain.model.disable_adapters()
-        want = step.disc(plain, x, s, c, False)
+        want = phase.disc(plain, x, s, c, False)
+        with M.fake_score(teacher):
+            with_adapter = phase.disc(teacher, x, s, c, False)
     assert torch.equal(got, want)
+    assert not torch.equal(with_adapter, want)  # the adapter matters, so the equality above means it was off
+
+
+def test_adv_weight_zero_is_pure_csds_and_never_reads_the_discriminator(monkeypatch):
+    x, c = make_latent(), make_cond()
+    stepper = _eq(sds_lambda=10.0, adv_weight=0.0, grad_clip=0.0)
+    ref = copy.deepcopy(stepper)
+    phase = stepper.phase
+    reads = []
+    orig = phase.discriminate
+    monkeypatch.setattr(phase, "discriminate",
+                        lambda *a, **k: reads.append(k.get("backbone_grad", a[3] if len(a) > 3 else None)) or orig(*a, **k))
+    grads = _gen_grads(stepper, x, c)
+    assert reads and True not in reads  # only the D update read D (no graph to the input), never the generator
+    # the gradient of 10 * C-SDS alone, by hand with the same noise
+    nets = ref.phase.nets
+    torch.manual_seed(0)
+    z = torch.randn_like(x)
+    x0 = predict_x0(nets.generator, z, torch.ones(2, dtype=torch.float64), c)[0]
+    lo, hi = ref.phase.e.sds_band
+    t2 = lo + (hi - lo) * torch.rand(2)
+    x_t2 = flow.add_noise(x0.detach(), torch.randn_like(x0), t2)
+    with torch.no_grad(), M.real_score(nets.teacher):
+        x0_t = predict_x0(nets.teacher, x_t2, t2, c)[0]
+    hand = torch.autograd.grad(10.0 * conditional_sds_loss(x0, x0_t).mean(), list(nets.generator.parameters()))
+    assert any(h.abs().max() > 0 for h in hand)
+    for a, b in zip(grads, hand, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="not both 0"):
+        _eq(sds_lambda=0.0, adv_weight=0.0)
+
+
+def test_discriminator_accuracy_reads_chance_and_separation():
+    """d/accuracy: the share of real videos scored > 0 and generated ones < 0 (0.5 = chance), logged so a run
+    whose discriminator never leaves chance is visible (the toy demo's at disc_band [0.1, 0.9]: docs/RESULTS.md)."""
+    phase = _eq(disc_band=(0.0, 0.0)).phase  # t = 0: the discriminator sees the videos themselves
+    x, c = make_latent(), make_cond()
+    fake = x + 1.0  # tells the stub discriminator which input is generated
+    for real_logit, fake_logit, expected in ((1.0, -1.0, 1.0), (1.0, 1.0, 0.5), (-1.0, 1.0, 0.0)):
+        def stub(x_t, t, cond, grad, r=real_logit, f=fake_logit):
+            is_fake = (x_t.mean(dim=(1, 2, 3, 4)) > 0.5).to(x_t.dtype)
+            return (f * is_fake + r * (1 - is_fake)).requires_grad_()
+        phase.discriminate = stub
+        _, logs = phase.discriminator_loss(x * 0.1, fake, c)
+        assert logs["d/accuracy"] == expected
+        assert logs["d/logits_real"] == real_logit and logs["d/logits_fake"] == fake_logit
+
+
+def test_mode_seeking_loss_closed_form_and_push_apart():
+    from vpae.losses import mode_seeking_loss
+    g = torch.Generator().manual_seed(0)
+    za = torch.randn(3, 3, 2, 4, 4, generator=g, dtype=torch.float64)
+    zb = torch.randn(3, 3, 2, 4, 4, generator=g, dtype=torch.float64)
+    xa = torch.randn(3, 3, 2, 4, 4, generator=g, dtype=torch.float64).requires_grad_()
+    xb = torch.randn(3, 3, 2, 4, 4, generator=g, dtype=torch.float64)
+    loss = mode_seeking_loss(xa, xb, za, zb, eps=0.0)
+    expected = (za - zb).abs().flatten(1).mean(1) / (xa - xb).abs().flatten(1).mean(1)
+    assert torch.equal(loss, expected)
+    loss.sum().backward()
+    # descending the loss moves each element of xa away from xb (the gradient is opposite to xa - xb)
+    assert (xa.grad * (xa - xb).detach() < 0).all()
+    # identical samples of one condition cost the most; samples far apart cost little
+    same = mode_seeking_loss(xb, xb + 1e-3, za, zb)
+    far = mode_seeking_loss(xb, xb + 1.0, za, zb)
+    assert (same > 100 * far).all()
+
+
+def test_equilibrium_diversity_term_is_logged_and_moves_the_generator():
+    stepper = _eq(sds_lambda=0.0, diversity_weight=2.0)
+    gen = stepper.phase.nets.generator
+    gen0 = _state(gen)
+    torch.manual_seed(0)
+    stats = stepper.step(0, make_latent(), make_cond())
+    assert stats["loss/mode_seeking"] > 0
+    assert stats["grad_norm/generator"] > 0 and not _same(gen0, _state(gen))
+    # eq. 6 plus the weighted term (float32 sum of two terms)
+    assert stats["loss/g_total"] == pytest.approx(stats["loss/g_adv"] + 2.0 * stats["loss/mode_seeking"], rel=1e-6)
+
+
+def test_disc_condition_frame_keeps_the_adversarial_gradient_off_the_first_frame():
+    phase = _eq(torch.float64, disc_condition_frame=True).phase
+    c = make_cond().to(torch.float64)
+    x0 = make_latent().double().requires_grad_()
+    # the discriminator sees the condition's first latent frame, then the generated frames unchanged
+    view = phase.disc_view(x0, c)
+    assert torch.equal(view[:, :, :1], c.cond_latent[:, :, :1]) and torch.equal(view[:, :, 1:], x0[:, :, 1:])
+    torch.manual_seed(0)
+    (g,) = torch.autograd.grad(_adv(phase, x0, c), x0)
+    assert torch.count_nonzero(g[:, :, 0]) == 0 and g[:, :, 1:].abs().max() > 0
+    # off (the paper): the first frame gets its share of the gradient too
+    phase.e = dataclasses.replace(phase.e, disc_condition_frame=False)
+    torch.manual_seed(0)
+    (g,) = torch.autograd.grad(_adv(phase, x0, c), x0)
+    assert g[:, :, 0].abs().max() > 0
+    # text-to-video has no condition frame: the option leaves the video as it is
+    phase.e = dataclasses.replace(phase.e, disc_condition_frame=True)
+    assert torch.equal(phase.disc_view(x0, make_cond(i2v=False).to(torch.float64)), x0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop owns the optimizer steps (vpae.training.loop)
+
+class _TwoUpdates(Phase):
+    """A phase whose step yields an Update to optimizer "a", then (reading a's output after its update) one to
+    optimizer "b", then a dict of logs; it records what it sees after each yield."""
+
+    name, steps, batch_size = "two", 1, 2
+
+    def __init__(self, events: list):
+        super().__init__(None, None)
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(3, 1), nn.Linear(3, 1)
+        self.events, self.seen = events, {}
+
+    def optimizers(self):
+        return {"a": OptimizerSpec(list(self.a.parameters()), 0.1, (0.9, 0.999), 0.0),
+                "b": OptimizerSpec(list(self.b.parameters()), 0.1, (0.9, 0.999), 0.0)}
+
+    def modules(self):
+        return {"a": self.a, "b": self.b}
+
+    def step(self, step, x, cond):
+        a0, b0 = self.a.weight.detach().clone(), self.b.weight.detach().clone()
+        loss_a = self.a(x).pow(2).mean()
+        loss_a.register_hook(lambda g: self.events.append("backward a"))
+        yield Update("a", loss_a, {"loss/a": loss_a.item()})
+        self.seen["a_moved"] = not torch.equal(self.a.weight, a0)
+        self.seen["b_moved_early"] = not torch.equal(self.b.weight, b0)
+        self.seen["a_after"] = self.a.weight.detach().clone()
+        target = self.a(x).detach()  # a's output with its updated weights
+        loss_b = (self.b(x) - target).pow(2).mean()
+        loss_b.register_hook(lambda g: self.events.append("backward b"))
+        yield Update("b", loss_b, {"loss/b": loss_b.item()}, name="second")
+        self.seen["b_moved"] = not torch.equal(self.b.weight, b0)
+        self.seen["target"] = target
+        yield {"extra/value": 7.0}
+
+
+def _record(optimizers: Optimizers, events: list) -> None:
+    """Log every zero_grad and step of each optimizer (instance attributes shadow the class methods)."""
+    for name, opt in optimizers.optimizers.items():
+        for method in ("zero_grad", "step"):
+            orig = getattr(opt, method)
+            setattr(opt, method, lambda *a, _o=orig, _n=f"{method} {name}", **k: events.append(_n) or _o(*a, **k))
+
+
+def test_the_loop_applies_each_update_once_in_order():
+    events: list = []
+    phase = _TwoUpdates(events)
+    optimizers = Optimizers(phase.optimizers())
+    assert set(optimizers.optimizers) == {"a", "b"}
+    _record(optimizers, events)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    stats = take_step(phase, optimizers, 0, x, None)
+    assert events == ["zero_grad a", "backward a", "step a", "zero_grad b", "backward b", "step b"]
+    # code after a yield ran after that optimizer's step, and before the next one's
+    assert phase.seen["a_moved"] and not phase.seen["b_moved_early"] and phase.seen["b_moved"]
+    assert torch.equal(phase.seen["a_after"], phase.a.weight)  # b's update did not touch a
+    torch.testing.assert_close(phase.seen["target"], phase.a(x).detach(), rtol=0, atol=0)
+    # one Adam step each
+    for opt in optimizers.optimizers.values():
+        assert all(int(s["step"]) == 1 for s in opt.state.values()) and len(opt.state) == 2
+    # the statistics: each update's logs and its gradient norm (under its name), and the yielded dict
+    assert set(stats) == {"loss/a", "grad_norm/a", "loss/b", "grad_norm/second", "extra/value"}
+    assert stats["extra/value"] == 7.0
+    assert stats["grad_norm/second"] == pytest.approx(
+        torch.cat([p.grad.flatten() for p in phase.b.parameters()]).norm().item(), rel=1e-6)
+    # a PhaseStepper is the same step with its own optimizers
+    events2: list = []
+    stepper = PhaseStepper(_TwoUpdates(events2))
+    _record(stepper.optimizers, events2)
+    stats2 = stepper.step(0, x, None)
+    assert events2 == events and stats2 == stats
+    assert torch.equal(stepper.phase.a.weight, phase.a.weight) and torch.equal(stepper.phase.b.weight, phase.b.weight)
+
+
+def test_the_loop_clips_each_optimizer_to_its_own_bound():
+    events: list = []
+    phase = _TwoUpdates(events)
+    specs = phase.optimizers()
+    specs["a"].grad_clip = 1e-3
+    optimizers = Optimizers(specs)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(1)) * 100
+    stats = take_step(phase, optimizers, 0, x, None)
+    # the logged norm is the one before clipping; the gradient the step used is clipped to the bound
+    assert stats["grad_norm/a"] > 1e-3
+    clipped = torch.cat([p.grad.flatten() for p in phase.a.parameters()]).norm().item()
+    assert clipped == pytest.approx(1e-3, rel=1e-4)
+    unclipped = torch.cat([p.grad.flatten() for p in phase.b.parameters()]).norm().item()
+    assert unclipped == pytest.approx(stats["grad_norm/second"], rel=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,7 +607,7 @@ def _toy_cfg():
           "equilibrium.head_attn_heads=2", "equilibrium.lr=1e-3", "equilibrium.head_lr=1e-3",
           "train.checkpoint_every=1", "train.log_every=1"]
     if bank.is_file():
-        ov.append(f"data.caption_bank={bank}")
+        ov.append(f"data.toy.caption_bank={bank}")
     return load_config(repo / "configs" / "toy" / "teacher.yaml", overrides=ov)
 
 
@@ -368,6 +622,7 @@ def test_run_distill_both_phases_and_resume_across_boundary(tmp_path):
     assert out1["priming"]["step"] == 2 and "equilibrium" not in out1
     assert latest_checkpoint(run / "priming").name == "step_0000002"
     primed = _state(out1["generator"])
+    assert out1["generator"] is out1["networks"].generator and out1["sampler"] == "few_step"
     assert (run / "generator" / "config.json").is_file()
 
     torch.manual_seed(1)  # a fresh process: different teacher init must not matter, weights come from disk
@@ -392,92 +647,3 @@ def test_run_distill_both_phases_and_resume_across_boundary(tmp_path):
     out3 = run_distill(cfg, run, phase="all", progress=False)
     assert out3["priming"]["resumed_from"] == 2 and out3["equilibrium"]["resumed_from"] == 2
     assert _same(final, _state(out3["generator"]))
-
-
-def test_adv_weight_zero_is_pure_csds_and_never_reads_the_discriminator(monkeypatch):
-    x, c = make_latent(), make_cond()
-    step = _eq(sds_lambda=10.0, adv_weight=0.0, grad_clip=0.0)
-    ref = copy.deepcopy(step)
-    reads = []
-    orig = step.discriminate
-    monkeypatch.setattr(step, "discriminate",
-                        lambda *a, **k: reads.append(k.get("backbone_grad", a[3] if len(a) > 3 else None)) or orig(*a, **k))
-    grads = _gen_grads(step, x, c)
-    assert reads and True not in reads  # only the D update read D (no graph to the input), never the generator
-    # the gradient of 10 * C-SDS alone, by hand with the same noise
-    torch.manual_seed(0)
-    z = torch.randn_like(x)
-    x0 = predict_x0(ref.generator, z, torch.ones(2, dtype=torch.float64), c)[0]
-    x_t2, t2 = ref.renoise(x0.detach(), ref.cfg.sds_band)
-    with torch.no_grad(), R.real_score(ref.teacher):
-        x0_t = predict_x0(ref.teacher, x_t2, t2, c)[0]
-    hand = torch.autograd.grad(10.0 * conditional_sds_loss(x0, x0_t).mean(), list(ref.generator.parameters()))
-    assert any(h.abs().max() > 0 for h in hand)
-    for a, b in zip(grads, hand, strict=True):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-9)
-    with pytest.raises(ValueError, match="not both 0"):
-        _eq(sds_lambda=0.0, adv_weight=0.0)
-
-
-def test_discriminator_accuracy_reads_chance_and_separation():
-    """d/accuracy: the share of real videos scored > 0 and generated ones < 0 (0.5 = chance), logged so a run
-    whose discriminator never leaves chance is visible (the toy demo's at disc_band [0.1, 0.9]: docs/RESULTS.md)."""
-    step = _eq(disc_band=(0.0, 0.0))  # t = 0: the discriminator sees the videos themselves
-    x, c = make_latent(), make_cond()
-    fake = x + 1.0  # tells the stub discriminator which input is generated
-    for real_logit, fake_logit, expected in ((1.0, -1.0, 1.0), (1.0, 1.0, 0.5), (-1.0, 1.0, 0.0)):
-        def stub(x_t, t, cond, grad, r=real_logit, f=fake_logit):
-            is_fake = (x_t.mean(dim=(1, 2, 3, 4)) > 0.5).to(x_t.dtype)
-            return (f * is_fake + r * (1 - is_fake)).requires_grad_()
-        step.discriminate = stub
-        d = step.discriminator_losses(x * 0.1, fake, c)
-        assert float(d["accuracy"]) == expected
-
-
-def test_mode_seeking_loss_closed_form_and_push_apart():
-    from vpae.losses import mode_seeking_loss
-    g = torch.Generator().manual_seed(0)
-    za, zb = torch.randn(3, 3, 2, 4, 4, generator=g, dtype=torch.float64), torch.randn(3, 3, 2, 4, 4, generator=g, dtype=torch.float64)
-    xa = torch.randn(3, 3, 2, 4, 4, generator=g, dtype=torch.float64).requires_grad_()
-    xb = torch.randn(3, 3, 2, 4, 4, generator=g, dtype=torch.float64)
-    loss = mode_seeking_loss(xa, xb, za, zb, eps=0.0)
-    expected = (za - zb).abs().flatten(1).mean(1) / (xa - xb).abs().flatten(1).mean(1)
-    assert torch.equal(loss, expected)
-    loss.sum().backward()
-    # descending the loss moves each element of xa away from xb (the gradient is opposite to xa - xb)
-    assert (xa.grad * (xa - xb).detach() < 0).all()
-    # identical samples of one condition cost the most; samples far apart cost little
-    same = mode_seeking_loss(xb, xb + 1e-3, za, zb)
-    far = mode_seeking_loss(xb, xb + 1.0, za, zb)
-    assert (same > 100 * far).all()
-
-
-def test_equilibrium_diversity_term_is_logged_and_moves_the_generator():
-    step = _eq(sds_lambda=0.0, diversity_weight=2.0)
-    gen0 = _state(step.generator)
-    torch.manual_seed(0)
-    stats = step.step(0, make_latent(), make_cond())
-    assert stats["loss/mode_seeking"] > 0
-    assert stats["grad_norm/generator"] > 0 and not _same(gen0, _state(step.generator))
-    # eq. 6 plus the weighted term (float32 sum of two terms)
-    assert stats["loss/g_total"] == pytest.approx(stats["loss/g_adv"] + 2.0 * stats["loss/mode_seeking"], rel=1e-6)
-
-
-def test_disc_condition_frame_keeps_the_adversarial_gradient_off_the_first_frame():
-    step = _eq(torch.float64, disc_condition_frame=True)
-    c = make_cond().to(torch.float64)
-    x0 = make_latent().double().requires_grad_()
-    # the discriminator sees the condition's first latent frame, then the generated frames unchanged
-    view = step.disc_view(x0, c)
-    assert torch.equal(view[:, :, :1], c.cond_latent[:, :, :1]) and torch.equal(view[:, :, 1:], x0[:, :, 1:])
-    torch.manual_seed(0)
-    (g,) = torch.autograd.grad(step.generator_losses(x0, c)["adv"], x0)
-    assert torch.count_nonzero(g[:, :, 0]) == 0 and g[:, :, 1:].abs().max() > 0
-    # off (the paper): the first frame gets its share of the gradient too
-    step.cfg = dataclasses.replace(step.cfg, disc_condition_frame=False)
-    torch.manual_seed(0)
-    (g,) = torch.autograd.grad(step.generator_losses(x0, c)["adv"], x0)
-    assert g[:, :, 0].abs().max() > 0
-    # text-to-video has no condition frame: the option leaves the video as it is
-    step.cfg = dataclasses.replace(step.cfg, disc_condition_frame=True)
-    assert torch.equal(step.disc_view(x0, make_cond(i2v=False).to(torch.float64)), x0)

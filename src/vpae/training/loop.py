@@ -2,7 +2,7 @@
 logging, divergence guard, checkpoint, resume.
 
 EDM2-style determinism: the global RNG is reseeded from (seed, phase, step) before every step, every sample's
-noise comes from its own stream seeded from (seed, phase, step, global sample index) (training.randomness), and
+noise comes from its own stream seeded from (seed, phase, step, global sample index) (vpae.randomness), and
 the data batch is a pure function of (seed, step), so a resumed run continues exactly as an uninterrupted one,
 and N processes (torchrun) compute the single-process step on the same global batch.
 

@@ -2,7 +2,7 @@
 
 Under `torchrun --nproc_per_node N` every process holds 1/N of every role (FSDP2 `fully_shard`: each transformer
 block, then the embedders, then the root; the discriminator heads as one unit), draws its share of each global
-batch (data.source.rank_share) and its samples' own noise (training.randomness), and FSDP2 averages the
+batch (data.source.rank_share) and its samples' own noise (vpae.randomness), and FSDP2 averages the
 gradients. The phase steps are the same code on one process and on N: nothing in losses/ or training/methods/ knows
 about sharding. One process (plain `vpae ...`) never initialises torch.distributed and shards nothing.
 

@@ -83,9 +83,11 @@ def demo_section(d):
            f"{d['timings'].get('equilibrium', 0):.0f} s; evaluation {d['timings']['eval_s']:.0f} s). "
            f"Held-out split: {cfg['data']['heldout_size']} videos of {cfg['data']['frames']} x {cfg['data']['height']} x "
            f"{cfg['data']['width']}; mode metrics from 4 samples per video.", "",
-           table(d["rows"], DEMO_COLS), "", "Contract (V-PAE 1 NFE must reach >= 0.90 of the multi-step teacher, the first row):", ""]
+           table(d["rows"], DEMO_COLS), "",
+           "Contract (V-PAE 1 NFE must reach >= 0.90 of the multi-step teacher, the first row):", ""]
     for m, c in d.get("contract", {}).items():
-        se = (f" +- {c['student_se']:.3f}", f" +- {c['teacher_se']:.3f}", f" +- {c['ratio_se']:.2f}") if "ratio_se" in c else ("", "", "")
+        se = ((f" +- {c['student_se']:.3f}", f" +- {c['teacher_se']:.3f}", f" +- {c['ratio_se']:.2f}")
+              if "ratio_se" in c else ("", "", ""))
         out.append(f"- {m}: {c['student']:.3f}{se[0]} / {c['teacher_multistep']:.3f}{se[1]} = **{c['ratio']:.2f}**{se[2]} "
                    f"({'pass' if c['pass'] else 'FAIL'}); the 1-NFE teacher has {c['teacher_1nfe']:.3f}")
     if any("ratio_se" in c for c in d.get("contract", {}).values()):
@@ -95,7 +97,8 @@ def demo_section(d):
 
 def repro_section(r):
     out = ["## Reproduction (Tables 1-3 analogues, 1-NFE generator, mean ± std over seeds)", "",
-           f"Seeds {r['seeds']}; wall time of the call that finished it {r['total_s']:.0f} s (a resumed run counts only its last call); overrides {overrides(r)}.", "",
+           f"Seeds {r['seeds']}; wall time of the call that finished it {r['total_s']:.0f} s (a resumed run counts only "
+           f"its last call); overrides {overrides(r)}.", "",
            table(r["rows"], REPRO_COLS, std=True), "", "### Paper claims", "",
            "| claim | metric | gap (better - worse) | spread (std + std) | verdict |", "|---|---|---|---|---|"]
     for v in r["verdicts"]:
@@ -115,14 +118,16 @@ def methods_table_section(r):
     n = r["table"]
     what = ("V-PAE against DMD2, MD, LCM, PCM, DCM, ADD, APT" if n == 1 else "none / LCM / V-PAE-I as the first phase")
     out = [f"## Table {n} analogue ({what}; mean ± std over seeds)", "",
-           f"Command: `vpae ablate --table {n}` (docs/COMPARISON_METHODS.md). Seeds {r['seeds']}; wall time {r['total_s']:.0f} s; "
+           f"Command: `vpae ablate --table {n}` (docs/COMPARISON_METHODS.md). Seeds {r['seeds']}; "
+           f"wall time {r['total_s']:.0f} s; "
            f"overrides {overrides(r)}.", "",
            table(r["rows"], TABLE_COLS, std=True).replace("1nfe/", "1 NFE ").replace("4nfe/", "4 NFE "), "",
            "### Paper claims", "",
            "| claim | metric | gap (better - worse) | spread (std + std) | verdict |", "|---|---|---|---|---|"]
     coverage = coverage_name(r["rows"])
     for v in r["verdicts"]:
-        out.append(f"| {v['claim']} | {column_label(v['metric'], coverage)} | {v['gap']:+.3f} | {v['spread']:.3f} | {v['verdict']} |")
+        out.append(f"| {v['claim']} | {column_label(v['metric'], coverage)} | {v['gap']:+.3f} | {v['spread']:.3f} "
+                   f"| {v['verdict']} |")
     return "\n".join(out)
 
 

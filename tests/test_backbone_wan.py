@@ -120,8 +120,9 @@ def test_image_text_split_is_right():
     # through the text path; zeroing the image-branch projections must remove the image tokens' effect.
     with torch.no_grad():
         for blk in bb.model.blocks:
-            blk.attn2.add_k_proj.weight.zero_(); blk.attn2.add_k_proj.bias.zero_()
-            blk.attn2.add_v_proj.weight.zero_(); blk.attn2.add_v_proj.bias.zero_()
+            for proj in (blk.attn2.add_k_proj, blk.attn2.add_v_proj):
+                proj.weight.zero_()
+                proj.bias.zero_()
         base = bb.velocity(x, SIGMA, cond)
         _exact(bb.velocity(x, SIGMA, cond_img), base)
         # whereas the raw model fed unpadded text still "sees" the image tokens as text
@@ -194,7 +195,8 @@ def test_features_equal_forward_hooks(i2v):
         # fraction / negative index / order-independence
         _exact(bb.features(x, SIGMA, cond, [1.0])[0], hooked[2])
         f2 = bb.features(x, SIGMA, cond, [-1, 0])
-        _exact(f2[0], hooked[0]); _exact(f2[1], hooked[2])
+        _exact(f2[0], hooked[0])
+        _exact(f2[1], hooked[2])
 
 
 def test_features_with_gradient_checkpointing():
@@ -211,7 +213,8 @@ def test_features_with_gradient_checkpointing():
         feats = bb.features(xg, SIGMA, cond, layers)
         loss = sum((f * torch.linspace(-1, 1, f.shape[-1])).square().sum() for f in feats)
         loss.backward()
-        return [f.detach() for f in feats], xg.grad.clone(), {n: p.grad.clone() for n, p in bb.named_parameters() if p.grad is not None}
+        grads = {n: p.grad.clone() for n, p in bb.named_parameters() if p.grad is not None}
+        return [f.detach() for f in feats], xg.grad.clone(), grads
 
     feats_plain, gx_plain, gp_plain = run()
     bb.zero_grad(set_to_none=True)

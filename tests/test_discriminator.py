@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_cond, make_latent, make_wan
+
 from vpae.discriminator import HEADS, FeatureDiscriminator, build_head
 
 B, D, GRID, TEXT_DIM, IMAGE_DIM = 2, 24, (2, 2, 2), 32, 24

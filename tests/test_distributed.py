@@ -33,7 +33,8 @@ def _torchrun(out: Path, overrides: list[str], nproc: int = 2, kind: str = "dist
               kill_at_publish: str = "") -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node N -m vpae.cli KIND ...` (the documented command), or with kill_at_publish the
     same run through tests/dist_worker.py, which SIGKILLs itself just before publishing that checkpoint."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                if nproc > 1 else [sys.executable])
     sets = [a for s in overrides for a in ("--set", s)]
     if kill_at_publish:
         cmd = launcher + [str(ROOT / "tests/dist_worker.py"), kind, str(out), "--config", str(config), *sets,

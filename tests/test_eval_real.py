@@ -81,6 +81,7 @@ def test_imaging_quality_blur_and_aesthetic_unavailable():
 
 def test_niqe_on_scikit_image():
     from skimage import data
+
     from vpae.eval.niqe import niqe_frame
     img = data.astronaut()
     rng = np.random.default_rng(0)

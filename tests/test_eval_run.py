@@ -1,18 +1,17 @@
 """run_eval / write_report / bench_latency end to end on tiny inputs, and bad-input errors."""
 
 import json
+from pathlib import Path
+from typing import get_type_hints
 
 import numpy as np
 import pytest
 import torch
 
-from pathlib import Path
-from typing import get_type_hints
-
 from vpae import sampling
+from vpae.cli import eval_command, latency_command
 from vpae.errors import VpaeError
 from vpae.eval import bench_latency, latency_markdown, run_eval, write_report
-from vpae.cli import eval_command, latency_command
 from vpae.eval.latency import load_wan_transformer, time_interleaved, tiny_setup
 from vpae.eval.metrics import EvalConfig
 from vpae.eval.run import discover
@@ -202,6 +201,7 @@ def test_torchscript_options_say_they_run_code():
 
 def test_videos_of_different_sizes_or_lengths_in_one_comparison_are_refused(tmp_path):
     from typer.testing import CliRunner
+
     from vpae.cli import app
     for method, (f, h, w) in {"a": (5, 48, 64), "b": (5, 32, 32), "c": (9, 48, 64)}.items():
         write_video(tmp_path / "v" / method / "000.gif", _video(0, frames=f, h=h, w=w), fps=8)

@@ -9,8 +9,16 @@ import torch
 import torch.nn.functional as F
 
 from vpae import randomness
-from vpae.losses import (conditional_sds_loss, discriminator_loss, dmd_gradient, dmd_loss, fake_score_loss,
-                         generator_adversarial_loss, spatiotemporal_perturbation, st_r1_penalty)
+from vpae.losses import (
+    conditional_sds_loss,
+    discriminator_loss,
+    dmd_gradient,
+    dmd_loss,
+    fake_score_loss,
+    generator_adversarial_loss,
+    spatiotemporal_perturbation,
+    st_r1_penalty,
+)
 from vpae.randomness import batch_stream
 
 

@@ -8,11 +8,18 @@ import dataclasses
 
 import pytest
 import torch
-
 from conftest import make_cond, make_latent, make_wan
+
 from vpae import randomness
-from vpae.config import (ComparisonConfig, ConsistencyConfig, DMD2Config, EquilibriumConfig, MDConfig, PrimingConfig,
-                         VPAEConfig)
+from vpae.config import (
+    ComparisonConfig,
+    ConsistencyConfig,
+    DMD2Config,
+    EquilibriumConfig,
+    MDConfig,
+    PrimingConfig,
+    VPAEConfig,
+)
 from vpae.discriminator import build_head
 from vpae.losses import PhasedConsistencyLoss
 from vpae.recipes import build_method
@@ -280,6 +287,7 @@ def test_expert_pair_routes_by_sigma():
 
 def test_run_distill_runs_a_method_and_resumes(tmp_path):
     from test_training import _toy_cfg
+
     from vpae import flow
     from vpae.recipes import run_distill
     from vpae.sampling import euler_sample, few_step_sample, few_step_sigmas

@@ -22,8 +22,17 @@ from vpae import flow
 from vpae.backbones.base import Backbone
 from vpae.backbones.wan import WAN_TEXT_LEN, pad_text
 from vpae.conditioning import Conditioning, first_frame_condition
-from vpae.sampling import (SampleResult, euler_sample, few_step_sample, few_step_sigmas, guided_velocity,
-                           initial_noise, one_step_sample, predict_x0, teacher_sample)
+from vpae.sampling import (
+    SampleResult,
+    euler_sample,
+    few_step_sample,
+    few_step_sigmas,
+    guided_velocity,
+    initial_noise,
+    one_step_sample,
+    predict_x0,
+    teacher_sample,
+)
 
 H = W = 32          # pixels -> latent 4 x 4 (VAE x8); tokens 2 x 2 per frame with patch (1, 2, 2)
 NUM_FRAMES = 5      # -> 2 latent frames (VAE temporal x4)

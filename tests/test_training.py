@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import LATENT_SHAPE, make_cond, make_latent, make_wan
 from torch import nn
 
-from conftest import LATENT_SHAPE, make_cond, make_latent, make_wan
 from vpae import flow
 from vpae.config import EquilibriumConfig, PrimingConfig, VPAEConfig
 from vpae.discriminator import build_head

@@ -10,7 +10,6 @@ attention plus decoupled image attention (added K/V), then the output projection
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
@@ -25,7 +24,8 @@ class WanTextLenAttnProcessor(WanAttnProcessor):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         n_img = encoder_hidden_states.shape[1] - self.text_len
         if n_img < 0:
-            raise ValueError(f"cross-attention got {encoder_hidden_states.shape[1]} tokens, fewer than text_len={self.text_len}")
+            raise ValueError(f"cross-attention got {encoder_hidden_states.shape[1]} tokens, "
+                             f"fewer than text_len={self.text_len}")
         image, text = encoder_hidden_states[:, :n_img], encoder_hidden_states[:, n_img:]
 
         def heads(x):  # (B, L, H*D) -> (B, H, L, D)

@@ -1,9 +1,10 @@
 """The discriminator D = [backbone; heads] of eq. 3: light heads reading any backbone's features.
 
 The backbone is any Backbone (the generator's EMA copy in V-PAE; the teacher or a trained copy in the
-ablations; the fake score in DMD2; the frozen teacher in ADD and DCM; a trained copy in APT). Its parameters are never touched here; its features stay differentiable with respect to the
-input so the generator receives the adversarial gradient through it (the unofficial-APT-port bug of
-running the backbone under no_grad is what `input_grad=True` prevents).
+ablations; the fake score in DMD2; the frozen teacher in ADD and DCM; a trained copy in APT). Its parameters
+are never touched here; its features stay differentiable with respect to the input so the generator
+receives the adversarial gradient through it (`backbone_grad=True`; running the backbone under no_grad would
+cut that gradient, the bug of an unofficial APT port).
 """
 
 from __future__ import annotations

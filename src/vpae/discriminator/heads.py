@@ -106,7 +106,8 @@ class SemanticHead(ModelMixin, ConfigMixin):
             parts.append(self.image_proj(image.to(self.queries.dtype)) + self.modality.weight[1])
             pad.append(torch.zeros(b, image.shape[1], dtype=torch.bool, device=text.device))
         parts.append(self.text_proj(text.to(self.queries.dtype)) + self.modality.weight[2])
-        pad.append(~text_mask if text_mask is not None else torch.zeros(b, text.shape[1], dtype=torch.bool, device=text.device))
+        no_pad = torch.zeros(b, text.shape[1], dtype=torch.bool, device=text.device)
+        pad.append(~text_mask if text_mask is not None else no_pad)
         fused = self.semantic(torch.cat(parts, 1), src_key_padding_mask=torch.cat(pad, 1))
         return fused[:, :n]
 

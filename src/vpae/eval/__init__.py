@@ -10,8 +10,8 @@ See docs/EVALUATION.md. Public entry points:
 The command-line wrappers (`vpae eval`, `vpae bench latency`) live in vpae.cli.
 """
 
-from vpae.eval.feature_nets import REGISTRY, MissingWeightsError, build
 from vpae.eval.fd import FD_OFFLINE_NAME, FVD_NAME, frechet_distance
+from vpae.eval.feature_nets import REGISTRY, MissingWeightsError, build
 from vpae.eval.latency import bench_latency, latency_markdown
 from vpae.eval.metrics import EvalConfig, aggregates, evaluate_videos, fd_features, fd_scores
 from vpae.eval.report import make_grid, write_report

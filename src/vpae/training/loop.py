@@ -68,7 +68,8 @@ class DivergenceCheck:
             return f"non-finite {bad}"
         big = {k: v for k, v in stats.items() if k.startswith("loss/") and self.max_loss > 0 and abs(v) > self.max_loss}
         if big:
-            return f"loss exploded: {', '.join(f'{k} = {v:.3g}' for k, v in big.items())} (> train.max_loss = {self.max_loss:g})"
+            values = ", ".join(f"{k} = {v:.3g}" for k, v in big.items())
+            return f"loss exploded: {values} (> train.max_loss = {self.max_loss:g})"
         for k, v in stats.items():
             if k.startswith("grad_norm/"):
                 self.dead[k] = self.dead.get(k, 0) + 1 if v == 0.0 else 0
@@ -187,7 +188,8 @@ The phase's optimizers are built here and released at the end.
     logger = JsonlLogger(run_dir / "log.jsonl") if world.main else None
     last: dict[str, float] = {}
     t0 = time.perf_counter()
-    bar = tqdm(range(start, steps), desc=name, initial=start, total=steps, disable=not (progress and world.main), dynamic_ncols=True)
+    bar = tqdm(range(start, steps), desc=name, initial=start, total=steps, disable=not (progress and world.main),
+               dynamic_ncols=True)
     for step in bar:
         torch.manual_seed(step_seed(seed, name, step))
         t_data = time.perf_counter()

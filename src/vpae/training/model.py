@@ -127,7 +127,9 @@ def copy_generator(teacher: WanBackbone, mode: str = "full", rank: int = 64, alp
 def generator_checkpoint_view(generator: WanBackbone) -> nn.Module:
     """What a checkpoint holds of a generator: the whole backbone, or only its adapter when it is a LoRA
     generator (copy_generator mode "lora"), whose base weights are the teacher's."""
-    return AdapterState(generator, GENERATOR_ADAPTER) if getattr(generator.model, "_hf_peft_config_loaded", False) else generator
+    if getattr(generator.model, "_hf_peft_config_loaded", False):
+        return AdapterState(generator, GENERATOR_ADAPTER)
+    return generator
 
 
 def make_ema(generator: nn.Module) -> nn.Module:

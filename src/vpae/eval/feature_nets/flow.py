@@ -97,13 +97,13 @@ class AmtInterpolator:
     @torch.no_grad()
     def __call__(self, a, b):
         x = preprocess.to_nchw(np.stack([a, b])).to(self.device) / 255.0
-        x, (l, r, t, btm) = _pad_to(x, 16)
+        x, (left, r, t, btm) = _pad_to(x, 16)
         embt = torch.full((1, 1, 1, 1), 0.5, device=self.device)
         out = self.model(x[:1], x[1:], embt)
         if isinstance(out, dict):
             out = out["imgt_pred"]
         h, w = out.shape[-2:]
-        out = out[..., t:h - btm, l:w - r]
+        out = out[..., t:h - btm, left:w - r]
         # AMT's tensor2img (VBench third_party/amt/utils/utils.py): (x * 255.).numpy().clip(0, 255)
         # .astype(np.uint8), i.e. clipped then TRUNCATED (not rounded); done in numpy as there.
         return (out[0] * 255.0).permute(1, 2, 0).cpu().numpy().clip(0, 255).astype(np.uint8)

@@ -9,8 +9,14 @@ from vpae.eval import preprocess
 from vpae.eval.feature_nets.base import OFFLINE, REFERENCE, ImageFeatures, ModelInfo
 from vpae.eval.feature_nets.dino import DinoViT
 from vpae.eval.feature_nets.hashing import sha256_file
-from vpae.eval.feature_nets.loading import (MissingWeightsError, check_file, is_safetensors, is_torchscript,
-                                            load_state_dict, load_torchscript)
+from vpae.eval.feature_nets.loading import (
+    MissingWeightsError,
+    check_file,
+    is_safetensors,
+    is_torchscript,
+    load_state_dict,
+    load_torchscript,
+)
 
 
 class EffNetLite0Features(ImageFeatures):

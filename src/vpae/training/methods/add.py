@@ -16,8 +16,13 @@ from torch import nn
 from vpae import flow, randomness
 from vpae.conditioning import Conditioning
 from vpae.discriminator import FeatureDiscriminator
-from vpae.losses import (ADDDistillationLoss, ApproximatedR1, discriminator_accuracy, discriminator_loss,
-                         generator_adversarial_loss)
+from vpae.losses import (
+    ADDDistillationLoss,
+    ApproximatedR1,
+    discriminator_accuracy,
+    discriminator_loss,
+    generator_adversarial_loss,
+)
 from vpae.registry import register_method
 from vpae.sampling import few_step_sigmas
 from vpae.training import model as M

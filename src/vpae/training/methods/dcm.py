@@ -17,8 +17,14 @@ from torch import nn
 from vpae import flow, randomness
 from vpae.conditioning import Conditioning
 from vpae.discriminator import FeatureDiscriminator
-from vpae.losses import (PhasedConsistencyLoss, discriminator_accuracy, discriminator_loss, feature_matching_loss,
-                         generator_adversarial_loss, temporal_coherence_loss)
+from vpae.losses import (
+    PhasedConsistencyLoss,
+    discriminator_accuracy,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+    temporal_coherence_loss,
+)
 from vpae.registry import register_method
 from vpae.training import model as M
 from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, requires_grad
@@ -71,7 +77,8 @@ class DCMPhase(Phase):
     def optimizers(self) -> dict[str, OptimizerSpec]:
         c, n = self.c, self.nets
         return {"generator": OptimizerSpec(M.trainable_parameters(n.generator), c.lr, c.betas, c.grad_clip),
-                "detail_expert": OptimizerSpec(M.trainable_parameters(n.others["detail_expert"]), c.lr, c.betas, c.grad_clip),
+                "detail_expert": OptimizerSpec(M.trainable_parameters(n.others["detail_expert"]), c.lr, c.betas,
+                                               c.grad_clip),
                 "heads": OptimizerSpec(n.head_params(), c.disc_lr, c.disc_betas, c.grad_clip)}
 
     def modules(self) -> dict[str, nn.Module]:
@@ -96,8 +103,8 @@ class DCMPhase(Phase):
                 edge, layers = out["edge"], self.c.layers
                 with requires_grad(self.nets.head_params(), False):
                     adv = generator_adversarial_loss(self.disc(teacher, out["pred"], edge, cond, True)).mean()
-                    fm = feature_matching_loss(teacher.features(out["pred"], edge, cond, layers),
-                                               [f.detach() for f in teacher.features(out["target"], edge, cond, layers)]).mean()
+                    target_feats = [f.detach() for f in teacher.features(out["target"], edge, cond, layers)]
+                    fm = feature_matching_loss(teacher.features(out["pred"], edge, cond, layers), target_feats).mean()
                 loss = loss + self.k.adv_weight * adv + self.k.feature_matching_weight * fm
                 logs.update({"loss/g_adv": adv.item(), "loss/feature_matching": fm.item()})
         logs["loss/g_total"] = loss.item()

@@ -17,8 +17,13 @@ from torch import nn
 from vpae import flow, randomness
 from vpae.conditioning import Conditioning
 from vpae.discriminator import FeatureDiscriminator
-from vpae.losses import (DistributionMatchingLoss, discriminator_accuracy, discriminator_loss, fake_score_loss,
-                         generator_adversarial_loss)
+from vpae.losses import (
+    DistributionMatchingLoss,
+    discriminator_accuracy,
+    discriminator_loss,
+    fake_score_loss,
+    generator_adversarial_loss,
+)
 from vpae.registry import register_method
 from vpae.sampling import few_step_sigmas
 from vpae.training import model as M
@@ -73,7 +78,8 @@ class DMD2Phase(Phase):
                 logits_fake = self.disc(teacher, x_t, t, cond, True)
                 gan_d = discriminator_loss(logits_real, logits_fake, "non_saturating").mean()
                 loss = fake + self.d.gan_weight_fake * gan_d
-                logs.update({"loss/gan_d": gan_d.item(), "d/accuracy": discriminator_accuracy(logits_real, logits_fake).item()})
+                logs.update({"loss/gan_d": gan_d.item(),
+                             "d/accuracy": discriminator_accuracy(logits_real, logits_fake).item()})
         return loss, logs
 
     def generator_loss(self, x0_gen: Tensor, x_data: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
@@ -85,7 +91,8 @@ class DMD2Phase(Phase):
         loss, logs = dmd, {"loss/dmd": dmd.item(), "dmd/real_fake_gap": gap.item()}
         if self.d.gan_weight_generator > 0:
             with M.fake_score(self.nets.teacher), requires_grad(self.fake_side_params(), False):
-                gan_g = generator_adversarial_loss(self.disc(self.nets.teacher, x_d, t_d, cond, True), "non_saturating").mean()
+                logits = self.disc(self.nets.teacher, x_d, t_d, cond, True)
+                gan_g = generator_adversarial_loss(logits, "non_saturating").mean()
             loss = dmd + self.d.gan_weight_generator * gan_g
             logs["loss/gan_g"] = gan_g.item()
         logs["loss/g_total"] = loss.item()

@@ -16,8 +16,15 @@ from torch import nn
 from vpae import flow, randomness
 from vpae.conditioning import Conditioning
 from vpae.discriminator import FeatureDiscriminator, blur_frames
-from vpae.losses import (AdversarialLoss, ConditionalSDSLoss, DistributionMatchingLoss, FakeScoreLoss,
-                         SpatiotemporalR1, discriminator_accuracy, mode_seeking_loss)
+from vpae.losses import (
+    AdversarialLoss,
+    ConditionalSDSLoss,
+    DistributionMatchingLoss,
+    FakeScoreLoss,
+    SpatiotemporalR1,
+    discriminator_accuracy,
+    mode_seeking_loss,
+)
 from vpae.registry import register_method
 from vpae.sampling import predict_x0
 from vpae.training import model as M

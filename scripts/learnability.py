@@ -83,15 +83,15 @@ def cpu_rates(steps: int) -> None:
 
     from vpae.models import build_teacher
     from vpae.recipes import build_data
-    from vpae.training import model as M
     from vpae.training.loop import PhaseStepper
     from vpae.training.methods.pretrain import FlowMatchingPhase
+    from vpae.training.model import make_ema
     rates = {}
     for name in GRID:
         cfg = _cfg(name, "cpu", [])
         data = build_data(cfg)
         model = build_teacher(cfg).requires_grad_(True)
-        step = PhaseStepper(FlowMatchingPhase(model, M.make_ema(model), cfg))
+        step = PhaseStepper(FlowMatchingPhase(model, make_ema(model), cfg))
         fn = data.batch_fn(cfg.pretrain.batch_size, 0)
         step.step(0, *fn(0))
         t0 = time.perf_counter()

@@ -12,11 +12,11 @@ import torch
 from conftest import make_cond, make_latent, make_wan
 
 from vpae.errors import DivergenceError
-from vpae.training import model as R
 from vpae.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from vpae.training.loop import DivergenceCheck, Optimizers, PhaseStepper, read_log, train
 from vpae.training.methods.base import OptimizerSpec, Phase, Update
 from vpae.training.methods.pretrain import FlowMatchingPhase
+from vpae.training.model import FAKE_ADAPTER, AdapterState, make_ema, make_teacher_and_fake
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
@@ -128,17 +128,17 @@ def test_resume_point_is_found_by_scanning_not_by_the_pointer(tmp_path):
 
 def test_adapter_state_checkpoint(tmp_path):
     teacher = make_wan()
-    R.make_teacher_and_fake(teacher, 4, 4, ("to_q", "to_k"))
+    make_teacher_and_fake(teacher, 4, 4, ("to_q", "to_k"))
     with torch.no_grad():
         for n, p in teacher.named_parameters():
             if "lora_B" in n:
                 p.normal_()
-    st = R.AdapterState(teacher, R.FAKE_ADAPTER)
+    st = AdapterState(teacher, FAKE_ADAPTER)
     assert st.state_dict() and all("lora" in k for k in st.state_dict())
     save_checkpoint(tmp_path, 1, {"fake_lora": st}, {}, {})
     other = make_wan()
-    R.make_teacher_and_fake(other, 4, 4, ("to_q", "to_k"))
-    load_checkpoint(latest_checkpoint(tmp_path), {"fake_lora": R.AdapterState(other, R.FAKE_ADAPTER)}, {})
+    make_teacher_and_fake(other, 4, 4, ("to_q", "to_k"))
+    load_checkpoint(latest_checkpoint(tmp_path), {"fake_lora": AdapterState(other, FAKE_ADAPTER)}, {})
     a, b = teacher.state_dict(), other.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a if "lora" in k)
 
@@ -149,7 +149,7 @@ def test_adapter_state_checkpoint(tmp_path):
 def _pretrain_objects(**kw):
     from vpae.config import PretrainConfig, VPAEConfig
     model = make_wan(num_layers=1).requires_grad_(True)
-    ema = R.make_ema(model)
+    ema = make_ema(model)
     return FlowMatchingPhase(model, ema, VPAEConfig(pretrain=PretrainConfig(**{"lr": 1e-3, "warmup_steps": 2,
                                                                                "ema_decay": 0.9, **kw})))
 

@@ -24,12 +24,12 @@ from vpae.discriminator import build_head
 from vpae.losses import PhasedConsistencyLoss
 from vpae.recipes import build_method
 from vpae.sampling import predict_x0
-from vpae.training import model as M
 from vpae.training.loop import PhaseStepper
 from vpae.training.methods.base import student_inputs
 from vpae.training.methods.dcm import ExpertPair
 from vpae.training.methods.lcm import ConsistencyPhase
 from vpae.training.methods.md import weak_real_score
+from vpae.training.model import Networks, copy_generator, fake_score, make_teacher_and_fake, real_score
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj")
 METHODS = ["dmd2", "md", "lcm", "pcm", "dcm", "add", "apt"]
@@ -48,24 +48,24 @@ def _cfg(method: str, **kw) -> VPAEConfig:
     return cfg
 
 
-def _networks(cfg: VPAEConfig, dtype=torch.float32) -> M.Networks:
+def _networks(cfg: VPAEConfig, dtype=torch.float32) -> Networks:
     """What recipes.build_networks makes, on a tiny Wan: the generator (a copy of the teacher), the teacher with
     its fake LoRA, the heads when the method reads them, and the method's own networks (Method.add_roles)."""
     method = build_method(cfg)
     teacher = make_wan()
-    gen = M.copy_generator(teacher, "full")
-    M.make_teacher_and_fake(teacher, 4, 4, TARGETS)
+    gen = copy_generator(teacher, "full")
+    make_teacher_and_fake(teacher, 4, 4, TARGETS)
     heads = None
     if method.needs_heads:
         torch.manual_seed(1)
         heads = build_head("ca", feature_dim=gen.feature_dim, num_layers=2, text_dim=32, image_dim=24, hidden_dim=16,
                            num_queries=2, num_heads=2).to(dtype)
-    nets = M.Networks(gen.to(dtype), teacher.to(dtype), heads)
+    nets = Networks(gen.to(dtype), teacher.to(dtype), heads)
     method.add_roles(nets, before_sharding=False)
     return nets
 
 
-def _stepper(cfg: VPAEConfig, nets: M.Networks) -> PhaseStepper:
+def _stepper(cfg: VPAEConfig, nets: Networks) -> PhaseStepper:
     """The method's (only) phase with its optimizers; phase.start() has made its copies (EMA, targets)."""
     (phase,) = build_method(cfg).phases(nets)
     assert phase.name == cfg.method
@@ -79,7 +79,7 @@ def _state(module) -> dict:
 OTHERS = {"dcm": {"detail_expert", "detail_ema"}, "apt": {"disc_backbone"}}
 
 
-def _groups(nets: M.Networks) -> dict[str, dict]:
+def _groups(nets: Networks) -> dict[str, dict]:
     t = _state(nets.teacher)
     return {"generator": _state(nets.generator), "teacher": {k: v for k, v in t.items() if "lora_" not in k},
             "fake_lora": {k: v for k, v in t.items() if "lora_" in k}, "heads": _state(nets.heads),
@@ -230,16 +230,16 @@ def test_phase_edges_lie_on_the_ode_grid():
 
 def test_weak_real_score_interpolates_between_real_and_fake_exactly():
     teacher = make_wan()
-    M.make_teacher_and_fake(teacher, 4, 4, TARGETS)
+    make_teacher_and_fake(teacher, 4, 4, TARGETS)
     with torch.no_grad():
         for n, p in teacher.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.1)
     x, c, s = make_latent(), make_cond(), torch.tensor([0.3, 0.8])
     with torch.no_grad():
-        with M.real_score(teacher):
+        with real_score(teacher):
             real = teacher.velocity(x, s, c)
-        with M.fake_score(teacher):
+        with fake_score(teacher):
             fake = teacher.velocity(x, s, c)
         with weak_real_score(teacher, 0.0):
             w0 = teacher.velocity(x, s, c)
@@ -247,7 +247,7 @@ def test_weak_real_score_interpolates_between_real_and_fake_exactly():
             w1 = teacher.velocity(x, s, c)
         with weak_real_score(teacher, 0.25):
             w = teacher.velocity(x, s, c)
-        with M.fake_score(teacher):
+        with fake_score(teacher):
             fake_after = teacher.velocity(x, s, c)
     assert torch.equal(w0, real) and torch.equal(w1, fake) and torch.equal(fake_after, fake)
     assert (w - real).abs().max() > 0 and (w - fake).abs().max() > 0

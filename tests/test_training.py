@@ -17,10 +17,18 @@ from vpae.config import EquilibriumConfig, PrimingConfig, VPAEConfig
 from vpae.discriminator import build_head
 from vpae.losses import conditional_sds_loss, generator_adversarial_loss
 from vpae.sampling import predict_x0
-from vpae.training import model as M
 from vpae.training.loop import Optimizers, PhaseStepper, take_step
 from vpae.training.methods.base import OptimizerSpec, Phase, Update
 from vpae.training.methods.vpae import EquilibriumPhase, PrimingPhase
+from vpae.training.model import (
+    Networks,
+    copy_generator,
+    fake_score,
+    make_teacher_and_fake,
+    real_score,
+    trainable_parameters,
+    update_ema,
+)
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj")
 
@@ -39,8 +47,8 @@ def _ids(params) -> list[int]:
 
 def _teacher_and_generator(seed: int = 0, mode: str = "full"):
     teacher = make_wan(seed=seed)
-    gen = M.copy_generator(teacher, mode, 4, 4, TARGETS)
-    M.make_teacher_and_fake(teacher, 4, 4, TARGETS)
+    gen = copy_generator(teacher, mode, 4, 4, TARGETS)
+    make_teacher_and_fake(teacher, 4, 4, TARGETS)
     return teacher, gen
 
 
@@ -51,7 +59,7 @@ def _heads(gen, head="ca"):
 
 def _priming(gen, teacher, cfg: PrimingConfig) -> PhaseStepper:
     """Phase I over (generator, teacher + fake LoRA, heads) with its optimizers, stepped by hand."""
-    return PhaseStepper(PrimingPhase(M.Networks(gen, teacher, _heads(gen)), VPAEConfig(priming=cfg)))
+    return PhaseStepper(PrimingPhase(Networks(gen, teacher, _heads(gen)), VPAEConfig(priming=cfg)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -63,11 +71,11 @@ def test_zero_init_lora_real_equals_fake_exactly():
     s = torch.tensor([0.3, 0.8])
     with torch.no_grad():
         v_plain = teacher.velocity(x, s, c)
-        gen = M.copy_generator(teacher)
-        M.make_teacher_and_fake(teacher, 4, 4, TARGETS)
-        with M.real_score(teacher):
+        gen = copy_generator(teacher)
+        make_teacher_and_fake(teacher, 4, 4, TARGETS)
+        with real_score(teacher):
             v_real = teacher.velocity(x, s, c)
-        with M.fake_score(teacher):
+        with fake_score(teacher):
             v_fake = teacher.velocity(x, s, c)
         v_gen = gen.velocity(x, s, c)
     # the identity that matters is exact: a zero-initialised adapter adds exactly 0, so fake == real bitwise
@@ -86,9 +94,9 @@ def test_zero_init_lora_real_equals_fake_exactly():
         for n, p in teacher.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.1)
-        with M.fake_score(teacher):
+        with fake_score(teacher):
             v_fake2 = teacher.velocity(x, s, c)
-        with M.real_score(teacher):
+        with real_score(teacher):
             v_real2 = teacher.velocity(x, s, c)
     assert (v_fake2 - v_plain).abs().max() > 1e-4
     assert torch.equal(v_real2, v_real)  # a trained adapter switched off leaves the real score bitwise as it was
@@ -96,21 +104,21 @@ def test_zero_init_lora_real_equals_fake_exactly():
 
 def test_fake_score_restores_the_adapter_state_it_found():
     teacher = make_wan()
-    M.make_teacher_and_fake(teacher, 4, 4, TARGETS)
+    make_teacher_and_fake(teacher, 4, 4, TARGETS)
     with torch.no_grad():
         for n, p in teacher.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.1)
     x, c, s = make_latent(), make_cond(), torch.tensor([0.3, 0.8])
     with torch.no_grad():
-        with M.real_score(teacher):
+        with real_score(teacher):
             v_real = teacher.velocity(x, s, c)
         teacher.model.disable_adapters()  # adapters off before: still off after the fake score
-        with M.fake_score(teacher):
+        with fake_score(teacher):
             v_fake = teacher.velocity(x, s, c)
         assert torch.equal(teacher.velocity(x, s, c), v_real)
         teacher.model.enable_adapters()  # on before: on after
-        with M.fake_score(teacher):
+        with fake_score(teacher):
             pass
         assert torch.equal(teacher.velocity(x, s, c), v_fake)
 
@@ -118,7 +126,7 @@ def test_fake_score_restores_the_adapter_state_it_found():
 def test_copy_generator_refuses_after_adapter():
     teacher, _ = _teacher_and_generator()
     with pytest.raises(ValueError, match="before attaching"):
-        M.copy_generator(teacher)
+        copy_generator(teacher)
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_priming_step_trains_only_fake_lora_and_generator(mode):
@@ -174,13 +182,13 @@ def test_priming_loss_methods_read_what_the_step_logs():
     torch.manual_seed(0)
     fake, logs = phase.fake_loss(x, c)
     assert logs["loss/fake"] == fake.item()
-    grads = torch.autograd.grad(fake, phase.nets.fake_params + M.trainable_parameters(gen), allow_unused=True)
+    grads = torch.autograd.grad(fake, phase.nets.fake_params + trainable_parameters(gen), allow_unused=True)
     n = len(phase.nets.fake_params)
     assert any(g is not None and g.abs().max() > 0 for g in grads[:n]) and all(g is None for g in grads[n:])
     torch.manual_seed(0)
     loss, logs = phase.generator_loss(x, c)
     assert logs["loss/dmd"] == loss.item() and logs["dmd/real_fake_gap"] > 0  # CFG 3: the real score differs
-    grads = torch.autograd.grad(loss, phase.nets.fake_params + M.trainable_parameters(gen), allow_unused=True)
+    grads = torch.autograd.grad(loss, phase.nets.fake_params + trainable_parameters(gen), allow_unused=True)
     assert all(g is None for g in grads[:n]) and any(g is not None and g.abs().max() > 0 for g in grads[n:])
 
 
@@ -194,7 +202,7 @@ def _eq(dtype=torch.float32, head="ca", seed=0, **kw) -> PhaseStepper:
     heads = _heads(gen, head)
     kw = {"layers": (0.5, 1.0), "lr": 1e-3, "head_lr": 1e-3, "sds_lambda": 0.0, **kw}
     cfg = VPAEConfig(equilibrium=EquilibriumConfig(**kw))
-    nets = M.Networks(gen.to(dtype), teacher.to(dtype), heads.to(dtype))
+    nets = Networks(gen.to(dtype), teacher.to(dtype), heads.to(dtype))
     stepper = PhaseStepper(EquilibriumPhase(nets, cfg))
     # make the EMA differ from the generator so the test sees which one the discriminator reads
     with torch.no_grad():
@@ -206,7 +214,8 @@ def _eq(dtype=torch.float32, head="ca", seed=0, **kw) -> PhaseStepper:
 def _adv(phase: EquilibriumPhase, x0: torch.Tensor, cond) -> torch.Tensor:
     """Eq. 6's adversarial term of phase II's generator loss, read through generator_loss (sds_lambda = 0 and no
     mode seeking: the loss is adv_weight (1) x the adversarial term; the logs say so)."""
-    assert phase.e.sds_lambda == 0 and phase.e.diversity_weight == 0 and phase.e.adv_weight == 1.0
+    e = phase.equilibrium
+    assert e.sds_lambda == 0 and e.diversity_weight == 0 and e.adv_weight == 1.0
     loss, logs = phase.generator_loss(x0, torch.zeros_like(x0), cond)
     assert "loss/c_sds" not in logs and logs["loss/g_adv"] == logs["loss/g_total"] == loss.item()
     return loss
@@ -274,7 +283,7 @@ def test_discriminator_update_changes_only_heads():
     loss, logs = phase.discriminator_loss(x, x0, c)
     assert {"loss/d", "loss/st_r1", "loss/d_total"} <= set(logs)
     assert logs["loss/d_total"] == loss.item()
-    assert loss.item() == pytest.approx(logs["loss/d"] + phase.e.r1_weight * logs["loss/st_r1"], rel=1e-6)
+    assert loss.item() == pytest.approx(logs["loss/d"] + phase.equilibrium.r1_weight * logs["loss/st_r1"], rel=1e-6)
     opt = stepper.optimizers.optimizers["heads"]
     opt.zero_grad()
     loss.backward()
@@ -313,17 +322,17 @@ def test_update_ema_exact():
     a0 = copy.deepcopy(a)
     for decay in (0.995, 0.5):
         e0 = {k: v.clone() for k, v in a.state_dict().items()}
-        M.update_ema(a, b, decay)
+        update_ema(a, b, decay)
         for name, p in b.named_parameters():
             assert torch.equal(dict(a.named_parameters())[name], decay * e0[name] + (1 - decay) * p.detach()), name
         assert torch.equal(a.count, b.count)
     assert not torch.equal(a.weight, a0.weight)
     # decay 1 keeps the EMA, decay 0 copies the model
-    M.update_ema(a, b, 1.0)
+    update_ema(a, b, 1.0)
     e = a.weight.clone()
-    M.update_ema(a, b, 1.0)
+    update_ema(a, b, 1.0)
     assert torch.equal(a.weight, e)
-    M.update_ema(a, b, 0.0)
+    update_ema(a, b, 0.0)
     assert torch.equal(a.weight, b.weight)
 
 
@@ -358,7 +367,7 @@ def test_csds_lambda_zero_is_pure_adversarial_and_skips_teacher(monkeypatch):
     torch.manual_seed(0)
     z = torch.randn_like(x)
     x0 = predict_x0(nets.generator, z, torch.ones(2, dtype=torch.float64), c)[0]
-    lo, hi = phase.e.disc_band
+    lo, hi = phase.equilibrium.disc_band
     t = lo + (hi - lo) * torch.rand(2)
     x_t = flow.add_noise(x0, torch.randn_like(x0), t)
     adv = generator_adversarial_loss(phase.disc(nets.ema, x_t, t, c, True), "hinge").mean()
@@ -369,7 +378,7 @@ def test_csds_lambda_zero_is_pure_adversarial_and_skips_teacher(monkeypatch):
 
     # with lambda > 0 the teacher is called and the gradient changes
     step2 = copy.deepcopy(ref)
-    step2.phase.e = dataclasses.replace(ref.phase.e, sds_lambda=10.0)
+    step2.phase.equilibrium = dataclasses.replace(ref.phase.equilibrium, sds_lambda=10.0)
     spy2 = _Spy(step2.phase.nets.teacher)
     monkeypatch.setattr(step2.phase.nets.teacher, "velocity", spy2)
     grads2 = _gen_grads(step2, x, c)
@@ -391,7 +400,7 @@ def test_frozen_backbone_reads_teacher_without_fake_adapter():
         plain = copy.deepcopy(teacher)
         plain.model.disable_adapters()
         want = phase.disc(plain, x, s, c, False)
-        with M.fake_score(teacher):
+        with fake_score(teacher):
             with_adapter = phase.disc(teacher, x, s, c, False)
     assert torch.equal(got, want)
     assert not torch.equal(with_adapter, want)  # the adapter matters, so the equality above means it was off
@@ -413,10 +422,10 @@ def test_adv_weight_zero_is_pure_csds_and_never_reads_the_discriminator(monkeypa
     torch.manual_seed(0)
     z = torch.randn_like(x)
     x0 = predict_x0(nets.generator, z, torch.ones(2, dtype=torch.float64), c)[0]
-    lo, hi = ref.phase.e.sds_band
+    lo, hi = ref.phase.equilibrium.sds_band
     t2 = lo + (hi - lo) * torch.rand(2)
     x_t2 = flow.add_noise(x0.detach(), torch.randn_like(x0), t2)
-    with torch.no_grad(), M.real_score(nets.teacher):
+    with torch.no_grad(), real_score(nets.teacher):
         x0_t = predict_x0(nets.teacher, x_t2, t2, c)[0]
     hand = torch.autograd.grad(10.0 * conditional_sds_loss(x0, x0_t).mean(), list(nets.generator.parameters()))
     assert any(h.abs().max() > 0 for h in hand)
@@ -484,12 +493,12 @@ def test_disc_condition_frame_keeps_the_adversarial_gradient_off_the_first_frame
     (g,) = torch.autograd.grad(_adv(phase, x0, c), x0)
     assert torch.count_nonzero(g[:, :, 0]) == 0 and g[:, :, 1:].abs().max() > 0
     # off (the paper): the first frame gets its share of the gradient too
-    phase.e = dataclasses.replace(phase.e, disc_condition_frame=False)
+    phase.equilibrium = dataclasses.replace(phase.equilibrium, disc_condition_frame=False)
     torch.manual_seed(0)
     (g,) = torch.autograd.grad(_adv(phase, x0, c), x0)
     assert g[:, :, 0].abs().max() > 0
     # text-to-video has no condition frame: the option leaves the video as it is
-    phase.e = dataclasses.replace(phase.e, disc_condition_frame=True)
+    phase.equilibrium = dataclasses.replace(phase.equilibrium, disc_condition_frame=True)
     assert torch.equal(phase.disc_view(x0, make_cond(i2v=False).to(torch.float64)), x0)
 
 

@@ -19,12 +19,12 @@ from vpae.data.source import DataSource
 from vpae.discriminator import build_head
 from vpae.export import export_backbone
 from vpae.models import build_teacher
-from vpae.training import model as M
 from vpae.training import parallel
 from vpae.training.checkpoint import CheckpointError, checkpoint_tensors, latest_checkpoint, load_checkpoint
 from vpae.training.loop import DivergenceCheck, train
 from vpae.training.methods.base import Method
 from vpae.training.methods.pretrain import FlowMatchingPhase
+from vpae.training.model import Networks, copy_generator, generator_checkpoint_view, make_ema, make_teacher_and_fake
 
 
 def build_data(cfg: VPAEConfig) -> DataSource:
@@ -67,7 +67,7 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
 
     def build():
         model = build_teacher(cfg, parallel.build_device(world, cfg.train.device)).requires_grad_(True)
-        ema = M.make_ema(model)
+        ema = make_ema(model)
         if world.distributed:
             for m in (model, ema):
                 parallel.shard_backbone(m, cfg.parallel)
@@ -100,7 +100,7 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
 # ----------------------------------------------------------------------------------------------
 # Distillation: any method's phases
 
-def build_networks(cfg: VPAEConfig, data: DataSource, method: Method, world: parallel.World | None = None) -> M.Networks:
+def build_networks(cfg: VPAEConfig, data: DataSource, method: Method, world: parallel.World | None = None) -> Networks:
     """The teacher (+ its zero-initialised fake adapter), the generator, the heads when the method reads them and
     the method's own networks; under torchrun every network sharded (training.parallel.shard_networks), built in
     CPU memory one local rank at a time and moved to the device shard by shard."""
@@ -108,12 +108,12 @@ def build_networks(cfg: VPAEConfig, data: DataSource, method: Method, world: par
     return parallel.in_turns(world, lambda: _build_networks(cfg, data, method, world))
 
 
-def _build_networks(cfg: VPAEConfig, data: DataSource, method: Method, world: parallel.World) -> M.Networks:
+def _build_networks(cfg: VPAEConfig, data: DataSource, method: Method, world: parallel.World) -> Networks:
     device = parallel.build_device(world, cfg.train.device)
     teacher = build_teacher(cfg, device)
     p = cfg.priming
     generator = _generator_of(teacher, cfg)
-    M.make_teacher_and_fake(teacher, p.lora_rank, p.lora_alpha, p.lora_targets)
+    make_teacher_and_fake(teacher, p.lora_rank, p.lora_alpha, p.lora_targets)
     heads = None
     if method.needs_heads:
         h = method.head_settings()
@@ -122,7 +122,7 @@ def _build_networks(cfg: VPAEConfig, data: DataSource, method: Method, world: pa
                            num_layers=len(resolve_layers(h["layers"], generator.num_layers)),
                            text_dim=data.sizes.text_dim, image_dim=data.sizes.image_dim, hidden_dim=h["hidden_dim"],
                            num_queries=h["num_queries"], num_heads=h["num_heads"]).to(device)
-    nets = M.Networks(generator, teacher, heads)
+    nets = Networks(generator, teacher, heads)
     method.add_roles(nets, before_sharding=world.distributed)
     return parallel.shard_networks(nets, cfg.parallel, world)
 
@@ -137,7 +137,7 @@ def _generator_of(teacher: WanBackbone, cfg: VPAEConfig) -> WanBackbone:
     seeded, so two runs of one config (and a resumed one) build the same roles."""
     p = cfg.priming
     torch.manual_seed(cfg.train.seed)
-    return M.copy_generator(teacher, p.generator_mode, p.lora_rank, p.lora_alpha, p.lora_targets)
+    return copy_generator(teacher, p.generator_mode, p.lora_rank, p.lora_alpha, p.lora_targets)
 
 
 def export_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None, out: str | Path | None = None) -> Path:
@@ -154,7 +154,7 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None,
         if checkpoint is None:
             raise CheckpointError(f"{run_dir} has no checkpoint yet")
     generator = fresh_generator(cfg, "cpu")
-    M.generator_checkpoint_view(generator).load_state_dict(checkpoint_tensors(checkpoint, "model.generator."))
+    generator_checkpoint_view(generator).load_state_dict(checkpoint_tensors(checkpoint, "model.generator."))
     out = Path(out) if out is not None else run_dir / "generator"
     lora = out.with_name(out.name + "_lora") if cfg.priming.generator_mode == "lora" else None
     meta = json.loads((Path(checkpoint) / "meta.json").read_text())

@@ -24,9 +24,9 @@ from vpae.toy.evaluate import (
     proxy_metrics,
     teacher_methods,
 )
-from vpae.training import model as M
 from vpae.training.checkpoint import latest_checkpoint, load_checkpoint
 from vpae.training.loop import read_log
+from vpae.training.model import generator_checkpoint_view
 
 CURVE_KEYS = ("loss/fake", "loss/dmd", "loss/g_adv", "loss/c_sds", "loss/d", "loss/st_r1", "d/accuracy",
               "eval/caption_following", "eval/first_frame_psnr", "eval/persistence",
@@ -97,7 +97,7 @@ def primed_generator(generator, run_dir: Path):
     primed = copy.deepcopy(generator)
     pck = latest_checkpoint(Path(run_dir) / "priming")
     if pck is not None:
-        load_checkpoint(pck, {"generator": M.generator_checkpoint_view(primed)}, {})
+        load_checkpoint(pck, {"generator": generator_checkpoint_view(primed)}, {})
     return primed
 
 

@@ -25,9 +25,9 @@ from vpae.losses import (
 )
 from vpae.registry import register_method
 from vpae.sampling import few_step_sigmas
-from vpae.training import model as M
 from vpae.training.collapse import collapse_logs
 from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, requires_grad, student_inputs
+from vpae.training.model import Networks, generator_checkpoint_view, real_score, trainable_parameters
 
 Tensor = torch.Tensor
 
@@ -35,28 +35,28 @@ Tensor = torch.Tensor
 class ADDPhase(Phase):
     name, stream = "add", 3
 
-    def __init__(self, nets: M.Networks, cfg):
+    def __init__(self, nets: Networks, cfg):
         super().__init__(nets, cfg)
-        self.c, self.a = cfg.comparison, cfg.add
-        self.steps, self.batch_size = self.c.steps, self.c.batch_size
-        self.sigmas = few_step_sigmas(self.c.nfe, self.c.shift)
-        self.disc = FeatureDiscriminator(nets.heads, self.c.layers)
-        self.distill = ADDDistillationLoss(self.c.guidance)
-        self.r1 = ApproximatedR1(self.a.r1_sigma)
+        self.comparison, self.settings = cfg.comparison, cfg.add
+        self.steps, self.batch_size = self.comparison.steps, self.comparison.batch_size
+        self.sigmas = few_step_sigmas(self.comparison.nfe, self.comparison.shift)
+        self.disc = FeatureDiscriminator(nets.heads, self.comparison.layers)
+        self.distill = ADDDistillationLoss(self.comparison.guidance)
+        self.r1 = ApproximatedR1(self.settings.r1_sigma)
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        c = self.c
-        return {"generator": OptimizerSpec(M.trainable_parameters(self.nets.generator), c.lr, c.betas, c.grad_clip),
+        c = self.comparison
+        return {"generator": OptimizerSpec(trainable_parameters(self.nets.generator), c.lr, c.betas, c.grad_clip),
                 "heads": OptimizerSpec(self.nets.head_params(), c.disc_lr, c.disc_betas, c.grad_clip)}
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"generator": M.generator_checkpoint_view(self.nets.generator), "heads": self.nets.heads}
+        return {"generator": generator_checkpoint_view(self.nets.generator), "heads": self.nets.heads}
 
     def discriminate(self, x0: Tensor, cond: Conditioning, backbone_grad: bool) -> Tensor:
         """The frozen teacher's features at noise level add.disc_sigma (0: the clean video, as ADD), read by the heads."""
-        s = torch.full((x0.shape[0],), self.a.disc_sigma, device=x0.device)
+        s = torch.full((x0.shape[0],), self.settings.disc_sigma, device=x0.device)
         x = flow.add_noise(x0, randomness.randn_like(x0), s)
-        with M.real_score(self.nets.teacher):
+        with real_score(self.nets.teacher):
             return self.disc(self.nets.teacher, x, s, cond, backbone_grad)
 
     def generator_loss(self, x0_gen: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
@@ -64,7 +64,7 @@ class ADDPhase(Phase):
         with requires_grad(self.nets.head_params(), False):
             adv = generator_adversarial_loss(self.discriminate(x0_gen, cond, True), "hinge").mean()
         distill = self.distill(x0_gen, cond, self.nets).mean()
-        loss = adv + self.a.distill_weight * distill
+        loss = adv + self.settings.distill_weight * distill
         return loss, {"loss/g_adv": adv.item(), "loss/distill": distill.item(), "loss/g_total": loss.item()}
 
     def discriminator_loss(self, x_data: Tensor, x0_fake: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
@@ -73,7 +73,7 @@ class ADDPhase(Phase):
         logits_fake = self.discriminate(x0_fake, cond, False)
         d = discriminator_loss(logits_real, logits_fake, "hinge").mean()
         r1 = self.r1(lambda x: self.discriminate(x, cond, False), x_data, logits_real).mean()
-        loss = d + self.a.r1_weight * r1
+        loss = d + self.settings.r1_weight * r1
         return loss, {"loss/d": d.item(), "loss/r1": r1.item(), "d/logits_real": logits_real.mean().item(),
                       "d/logits_fake": logits_fake.mean().item(),
                       "d/accuracy": discriminator_accuracy(logits_real, logits_fake).item()}
@@ -89,5 +89,5 @@ class ADDPhase(Phase):
 class ADD(Method):
     name, paper, sampler, needs_heads = "add", "Sauer et al. 2024b, Adversarial Diffusion Distillation", "few_step", True
 
-    def phases(self, nets: M.Networks) -> list[Phase]:
+    def phases(self, nets: Networks) -> list[Phase]:
         return [ADDPhase(nets, self.cfg)]

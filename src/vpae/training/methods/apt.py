@@ -18,9 +18,9 @@ from vpae.conditioning import Conditioning
 from vpae.discriminator import FeatureDiscriminator
 from vpae.losses import AdversarialLoss, ApproximatedR1, discriminator_accuracy
 from vpae.registry import register_method
-from vpae.training import model as M
 from vpae.training.collapse import collapse_logs
 from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, one_step_x0, requires_grad
+from vpae.training.model import Networks, generator_checkpoint_view, trainable_parameters
 
 Tensor = torch.Tensor
 
@@ -28,28 +28,28 @@ Tensor = torch.Tensor
 class APTPhase(Phase):
     name, stream = "apt", 3
 
-    def __init__(self, nets: M.Networks, cfg):
+    def __init__(self, nets: Networks, cfg):
         super().__init__(nets, cfg)
-        self.c, self.a = cfg.comparison, cfg.apt
-        self.steps, self.batch_size = self.c.steps, self.c.batch_size
-        self.disc = FeatureDiscriminator(nets.heads, self.c.layers)
-        self.adversarial = AdversarialLoss("non_saturating", self.a.disc_band)
-        self.r1 = ApproximatedR1(self.a.r1_sigma)
+        self.comparison, self.settings = cfg.comparison, cfg.apt
+        self.steps, self.batch_size = self.comparison.steps, self.comparison.batch_size
+        self.disc = FeatureDiscriminator(nets.heads, self.comparison.layers)
+        self.adversarial = AdversarialLoss("non_saturating", self.settings.disc_band)
+        self.r1 = ApproximatedR1(self.settings.r1_sigma)
 
     @property
     def backbone(self):
         return self.nets.others["disc_backbone"]
 
     def disc_params(self) -> list[nn.Parameter]:
-        return self.nets.head_params() + M.trainable_parameters(self.backbone)
+        return self.nets.head_params() + trainable_parameters(self.backbone)
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        c = self.c
-        return {"generator": OptimizerSpec(M.trainable_parameters(self.nets.generator), c.lr, c.betas, c.grad_clip),
+        c = self.comparison
+        return {"generator": OptimizerSpec(trainable_parameters(self.nets.generator), c.lr, c.betas, c.grad_clip),
                 "discriminator": OptimizerSpec(self.disc_params(), c.disc_lr, c.disc_betas, c.grad_clip)}
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"generator": M.generator_checkpoint_view(self.nets.generator), "heads": self.nets.heads,
+        return {"generator": generator_checkpoint_view(self.nets.generator), "heads": self.nets.heads,
                 "disc_backbone": self.backbone}
 
     def discriminate(self, cond: Conditioning):
@@ -67,7 +67,7 @@ class APTPhase(Phase):
         x_real, t_real, logits_real = out["real"]
         logits_fake = out["fake"][2]
         r1 = self.r1(lambda x: self.disc(self.backbone, x, t_real, cond, True), x_real, logits_real).mean()
-        loss = d + self.a.r1_weight * r1
+        loss = d + self.settings.r1_weight * r1
         return loss, {"loss/d": d.item(), "loss/r1": r1.item(), "loss/d_total": loss.item(),
                       "d/logits_real": logits_real.mean().item(), "d/logits_fake": logits_fake.mean().item(),
                       "d/accuracy": discriminator_accuracy(logits_real, logits_fake).item()}
@@ -84,8 +84,8 @@ class APT(Method):
     name, sampler, needs_heads = "apt", "few_step", True
     paper = "Lin et al. 2025a, Diffusion Adversarial Post-Training for One-Step Video Generation (APT)"
 
-    def add_roles(self, nets: M.Networks, before_sharding: bool) -> None:
+    def add_roles(self, nets: Networks, before_sharding: bool) -> None:
         nets.make_copy("disc_backbone", trains="all")  # initialised from the teacher: the generator is its copy here
 
-    def phases(self, nets: M.Networks) -> list[Phase]:
+    def phases(self, nets: Networks) -> list[Phase]:
         return [APTPhase(nets, self.cfg)]

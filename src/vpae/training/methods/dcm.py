@@ -26,8 +26,8 @@ from vpae.losses import (
     temporal_coherence_loss,
 )
 from vpae.registry import register_method
-from vpae.training import model as M
 from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, requires_grad
+from vpae.training.model import Networks, generator_checkpoint_view, real_score, trainable_parameters, update_ema
 
 Tensor = torch.Tensor
 
@@ -57,33 +57,33 @@ class ExpertPair(nn.Module):
 class DCMPhase(Phase):
     name, stream = "dcm", 3
 
-    def __init__(self, nets: M.Networks, cfg):
+    def __init__(self, nets: Networks, cfg):
         super().__init__(nets, cfg)
-        self.c, self.k = cfg.comparison, cfg.consistency
-        self.steps, self.batch_size = self.c.steps, self.c.batch_size
-        edges = flow.sigma_schedule(self.c.nfe, self.c.shift).tolist()
-        self.loss = PhasedConsistencyLoss(edges, self.k.num_timesteps, self.k.skip, self.c.guidance,
-                                          self.k.distance, self.k.huber_c)
-        self.split = self.k.semantic_phases  # phases 0..split-1 semantic, split..M-1 detail
+        self.comparison, self.consistency = cfg.comparison, cfg.consistency
+        self.steps, self.batch_size = self.comparison.steps, self.comparison.batch_size
+        edges = flow.sigma_schedule(self.comparison.nfe, self.comparison.shift).tolist()
+        k = self.consistency
+        self.loss = PhasedConsistencyLoss(edges, k.num_timesteps, k.skip, self.comparison.guidance, k.distance, k.huber_c)
+        self.split = self.consistency.semantic_phases  # phases 0..split-1 semantic, split..M-1 detail
         self.boundary = edges[self.split]
-        self.disc = FeatureDiscriminator(nets.heads, self.c.layers)
+        self.disc = FeatureDiscriminator(nets.heads, self.comparison.layers)
 
     def experts(self) -> list[tuple[str, nn.Module, nn.Module, tuple[int, int]]]:
         """(optimizer, student, EMA target, phases) of the semantic and the detail expert."""
         n = self.nets
         return [("generator", n.generator, n.ema, (0, self.split - 1)),
-                ("detail_expert", n.others["detail_expert"], n.others["detail_ema"], (self.split, self.c.nfe - 1))]
+                ("detail_expert", n.others["detail_expert"], n.others["detail_ema"], (self.split, self.comparison.nfe - 1))]
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        c, n = self.c, self.nets
-        return {"generator": OptimizerSpec(M.trainable_parameters(n.generator), c.lr, c.betas, c.grad_clip),
-                "detail_expert": OptimizerSpec(M.trainable_parameters(n.others["detail_expert"]), c.lr, c.betas,
+        c, n = self.comparison, self.nets
+        return {"generator": OptimizerSpec(trainable_parameters(n.generator), c.lr, c.betas, c.grad_clip),
+                "detail_expert": OptimizerSpec(trainable_parameters(n.others["detail_expert"]), c.lr, c.betas,
                                                c.grad_clip),
                 "heads": OptimizerSpec(n.head_params(), c.disc_lr, c.disc_betas, c.grad_clip)}
 
     def modules(self) -> dict[str, nn.Module]:
         n = self.nets
-        return {"generator": M.generator_checkpoint_view(n.generator), "target": n.ema,
+        return {"generator": generator_checkpoint_view(n.generator), "target": n.ema,
                 "detail_expert": n.others["detail_expert"], "detail_target": n.others["detail_ema"], "heads": n.heads}
 
     def expert_loss(self, which: int, x_data: Tensor, cond: Conditioning) -> tuple[Tensor, dict, dict]:
@@ -91,21 +91,21 @@ class DCMPhase(Phase):
         matching on the frozen teacher's features at the phase edge for the detail one)."""
         _, student, target, phases = self.experts()[which]
         teacher = self.nets.teacher
-        with M.real_score(teacher):
+        with real_score(teacher):
             out = self.loss(student, target, teacher, x_data, cond, phases)
             loss = out["loss"].mean()
             logs = {"loss/consistency": loss.item()}
             if which == 0:
                 tc = temporal_coherence_loss(out["pred"], out["target"]).mean()
-                loss = loss + self.k.temporal_weight * tc
+                loss = loss + self.consistency.temporal_weight * tc
                 logs["loss/temporal"] = tc.item()
             else:
-                edge, layers = out["edge"], self.c.layers
+                edge, layers = out["edge"], self.comparison.layers
                 with requires_grad(self.nets.head_params(), False):
                     adv = generator_adversarial_loss(self.disc(teacher, out["pred"], edge, cond, True)).mean()
                     target_feats = [f.detach() for f in teacher.features(out["target"], edge, cond, layers)]
                     fm = feature_matching_loss(teacher.features(out["pred"], edge, cond, layers), target_feats).mean()
-                loss = loss + self.k.adv_weight * adv + self.k.feature_matching_weight * fm
+                loss = loss + self.consistency.adv_weight * adv + self.consistency.feature_matching_weight * fm
                 logs.update({"loss/g_adv": adv.item(), "loss/feature_matching": fm.item()})
         logs["loss/g_total"] = loss.item()
         return loss, logs, out
@@ -113,7 +113,7 @@ class DCMPhase(Phase):
     def discriminator_loss(self, x_data: Tensor, out: dict, cond: Conditioning) -> tuple[Tensor, dict]:
         """Hinge on the teacher's features: real = data noised to the phase edge, fake = the detail prediction."""
         teacher = self.nets.teacher
-        with M.real_score(teacher):
+        with real_score(teacher):
             x_real = flow.add_noise(x_data, randomness.randn_like(x_data), out["edge"])
             logits_real = self.disc(teacher, x_real, out["edge"], cond, False)
             logits_fake = self.disc(teacher, out["pred"].detach(), out["edge"], cond, False)
@@ -125,7 +125,7 @@ class DCMPhase(Phase):
         name, student, target, _ = self.experts()[which]
         loss, logs, out = self.expert_loss(which, x_data, cond)
         yield Update(name, loss, logs)
-        M.update_ema(target, student, self.k.ema_decay)
+        update_ema(target, student, self.consistency.ema_decay)
         if which == 1:  # the heads learn on the detail expert's steps
             yield Update("heads", *self.discriminator_loss(x_data, out, cond))
 
@@ -135,16 +135,16 @@ class DCM(Method):
     name, sampler, needs_heads = "dcm", "euler", True
     paper = "Lv et al. 2025, DCM: Dual-Expert Consistency Model for Efficient and High-Quality Video Generation"
 
-    def add_roles(self, nets: M.Networks, before_sharding: bool) -> None:
+    def add_roles(self, nets: Networks, before_sharding: bool) -> None:
         nets.make_ema()                                  # the semantic expert's consistency target
         nets.make_copy("detail_expert", trains="same")   # same trainable parameters as the generator
         nets.make_copy("detail_ema", trains="none")
 
-    def phases(self, nets: M.Networks) -> list[Phase]:
+    def phases(self, nets: Networks) -> list[Phase]:
         return [DCMPhase(nets, self.cfg)]
 
-    def sampler_model(self, nets: M.Networks, phases: list[Phase]) -> nn.Module:
+    def sampler_model(self, nets: Networks, phases: list[Phase]) -> nn.Module:
         return ExpertPair(nets.generator, nets.others["detail_expert"], phases[0].boundary)
 
-    def exports(self, nets: M.Networks, phases: list[Phase]) -> dict[str, tuple[nn.Module, dict]]:
+    def exports(self, nets: Networks, phases: list[Phase]) -> dict[str, tuple[nn.Module, dict]]:
         return {"detail_expert": (nets.others["detail_expert"], {"role": "detail_expert", "boundary": phases[0].boundary})}

@@ -26,9 +26,16 @@ from vpae.losses import (
 )
 from vpae.registry import register_method
 from vpae.sampling import few_step_sigmas
-from vpae.training import model as M
 from vpae.training.collapse import collapse_logs
 from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, requires_grad, student_inputs
+from vpae.training.model import (
+    FAKE_ADAPTER,
+    AdapterState,
+    Networks,
+    fake_score,
+    generator_checkpoint_view,
+    trainable_parameters,
+)
 
 Tensor = torch.Tensor
 
@@ -36,28 +43,28 @@ Tensor = torch.Tensor
 class DMD2Phase(Phase):
     name, stream = "dmd2", 3
 
-    def __init__(self, nets: M.Networks, cfg):
+    def __init__(self, nets: Networks, cfg):
         super().__init__(nets, cfg)
-        self.c, self.d = cfg.comparison, cfg.dmd2
-        self.steps, self.batch_size = self.c.steps, self.c.batch_size
-        self.sigmas = few_step_sigmas(self.c.nfe, self.c.shift)
-        self.disc = FeatureDiscriminator(nets.heads, self.c.layers)
-        self.dmd = DistributionMatchingLoss(self.d.renoise_band, self.c.guidance)
+        self.comparison, self.settings = cfg.comparison, cfg.dmd2
+        self.steps, self.batch_size = self.comparison.steps, self.comparison.batch_size
+        self.sigmas = few_step_sigmas(self.comparison.nfe, self.comparison.shift)
+        self.disc = FeatureDiscriminator(nets.heads, self.comparison.layers)
+        self.dmd = DistributionMatchingLoss(self.settings.renoise_band, self.comparison.guidance)
 
     def fake_side_params(self) -> list[nn.Parameter]:
         return self.nets.fake_params + self.nets.head_params()
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        c = self.c
-        return {"generator": OptimizerSpec(M.trainable_parameters(self.nets.generator), c.lr, c.betas, c.grad_clip),
-                "fake": OptimizerSpec(self.fake_side_params(), self.d.fake_lr, c.betas, c.grad_clip)}
+        c = self.comparison
+        return {"generator": OptimizerSpec(trainable_parameters(self.nets.generator), c.lr, c.betas, c.grad_clip),
+                "fake": OptimizerSpec(self.fake_side_params(), self.settings.fake_lr, c.betas, c.grad_clip)}
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"generator": M.generator_checkpoint_view(self.nets.generator),
-                "fake_lora": M.AdapterState(self.nets.teacher, M.FAKE_ADAPTER), "heads": self.nets.heads}
+        return {"generator": generator_checkpoint_view(self.nets.generator),
+                "fake_lora": AdapterState(self.nets.teacher, FAKE_ADAPTER), "heads": self.nets.heads}
 
     def generate(self, x_data: Tensor, cond: Conditioning) -> Tensor:
-        return student_inputs(self.nets.generator, x_data, cond, self.sigmas, self.d.backward_simulation)[0]
+        return student_inputs(self.nets.generator, x_data, cond, self.sigmas, self.settings.backward_simulation)[0]
 
     def fake_loss(self, x_data: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
         """Eq. 2 on the fake score + gan_weight_fake x the head's classification of real vs generated, both read
@@ -65,19 +72,19 @@ class DMD2Phase(Phase):
         with torch.no_grad():
             x0_gen = self.generate(x_data, cond)
         b, dev, teacher = x_data.shape[0], x_data.device, self.nets.teacher
-        t = randomness.uniform(b, self.d.renoise_band, dev)
+        t = randomness.uniform(b, self.settings.renoise_band, dev)
         eps = randomness.randn_like(x0_gen)
         x_t = flow.add_noise(x0_gen, eps, t)
-        with M.fake_score(teacher):
+        with fake_score(teacher):
             fake = fake_score_loss(teacher.velocity(x_t, t, cond), x0_gen, eps).mean()
-            t_real = randomness.uniform(b, self.d.renoise_band, dev)
+            t_real = randomness.uniform(b, self.settings.renoise_band, dev)
             x_real = flow.add_noise(x_data, randomness.randn_like(x_data), t_real)
             logs, loss = {"loss/fake": fake.item()}, fake
-            if self.d.gan_weight_fake > 0:
+            if self.settings.gan_weight_fake > 0:
                 logits_real = self.disc(teacher, x_real, t_real, cond, True)
                 logits_fake = self.disc(teacher, x_t, t, cond, True)
                 gan_d = discriminator_loss(logits_real, logits_fake, "non_saturating").mean()
-                loss = fake + self.d.gan_weight_fake * gan_d
+                loss = fake + self.settings.gan_weight_fake * gan_d
                 logs.update({"loss/gan_d": gan_d.item(),
                              "d/accuracy": discriminator_accuracy(logits_real, logits_fake).item()})
         return loss, logs
@@ -86,20 +93,20 @@ class DMD2Phase(Phase):
         """Eq. 1 + gan_weight_generator x the non-saturating GAN loss through the fake score's head."""
         dmd, gap = self.dmd(x0_gen, cond, self.nets)
         dmd = dmd.mean()
-        t_d = randomness.uniform(x0_gen.shape[0], self.d.renoise_band, x0_gen.device)
+        t_d = randomness.uniform(x0_gen.shape[0], self.settings.renoise_band, x0_gen.device)
         x_d = flow.add_noise(x0_gen, randomness.randn_like(x0_gen), t_d)  # with a graph: the GAN gradient reaches G
         loss, logs = dmd, {"loss/dmd": dmd.item(), "dmd/real_fake_gap": gap.item()}
-        if self.d.gan_weight_generator > 0:
-            with M.fake_score(self.nets.teacher), requires_grad(self.fake_side_params(), False):
+        if self.settings.gan_weight_generator > 0:
+            with fake_score(self.nets.teacher), requires_grad(self.fake_side_params(), False):
                 logits = self.disc(self.nets.teacher, x_d, t_d, cond, True)
                 gan_g = generator_adversarial_loss(logits, "non_saturating").mean()
-            loss = dmd + self.d.gan_weight_generator * gan_g
+            loss = dmd + self.settings.gan_weight_generator * gan_g
             logs["loss/gan_g"] = gan_g.item()
         logs["loss/g_total"] = loss.item()
         return loss, {**logs, **collapse_logs(x0_gen, x_data)}
 
     def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update]:
-        for _ in range(self.d.fake_updates_per_generator):
+        for _ in range(self.settings.fake_updates_per_generator):
             yield Update("fake", *self.fake_loss(x_data, cond))
         yield Update("generator", *self.generator_loss(self.generate(x_data, cond), x_data, cond))
 
@@ -109,5 +116,5 @@ class DMD2(Method):
     name, sampler, needs_heads = "dmd2", "few_step", True
     paper = "Yin et al. 2024a, Improved Distribution Matching Distillation for Fast Image Synthesis (DMD2)"
 
-    def phases(self, nets: M.Networks) -> list[Phase]:
+    def phases(self, nets: Networks) -> list[Phase]:
         return [DMD2Phase(nets, self.cfg)]

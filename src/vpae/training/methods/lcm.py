@@ -14,8 +14,8 @@ from vpae import flow
 from vpae.conditioning import Conditioning
 from vpae.losses import PhasedConsistencyLoss
 from vpae.registry import register_method
-from vpae.training import model as M
 from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update
+from vpae.training.model import Networks, generator_checkpoint_view, real_score, trainable_parameters, update_ema
 
 Tensor = torch.Tensor
 
@@ -24,11 +24,11 @@ class ConsistencyPhase(Phase):
     """The generator learns the teacher's ODE over `phases` phases (edges: flow.sigma_schedule(phases,
     comparison.shift)) against its EMA target (nets.ema). optimizer: {"lr", "betas", "grad_clip"}."""
 
-    def __init__(self, nets: M.Networks, cfg, phases: int, name: str, stream: int, optimizer: dict,
+    def __init__(self, nets: Networks, cfg, phases: int, name: str, stream: int, optimizer: dict,
                  steps: int, batch_size: int):
         super().__init__(nets, cfg)
         self.name, self.stream, self.opt, self.steps, self.batch_size = name, stream, optimizer, steps, batch_size
-        c = self.c = cfg.consistency
+        c = self.consistency = cfg.consistency
         edges = flow.sigma_schedule(phases, cfg.comparison.shift).tolist()  # [1, 0] for LCM
         self.loss = PhasedConsistencyLoss(edges, c.num_timesteps, c.skip, cfg.comparison.guidance, c.distance, c.huber_c)
 
@@ -36,17 +36,17 @@ class ConsistencyPhase(Phase):
         self.nets.make_ema()  # the EMA target (V-PAE's phase II later restarts it from this phase's generator)
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        return {"generator": OptimizerSpec(M.trainable_parameters(self.nets.generator), **self.opt)}
+        return {"generator": OptimizerSpec(trainable_parameters(self.nets.generator), **self.opt)}
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"generator": M.generator_checkpoint_view(self.nets.generator), "target": self.nets.ema}
+        return {"generator": generator_checkpoint_view(self.nets.generator), "target": self.nets.ema}
 
     def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update]:
-        with M.real_score(self.nets.teacher):
+        with real_score(self.nets.teacher):
             loss = self.loss(self.nets.generator, self.nets.ema, self.nets.teacher, x_data, cond)["loss"].mean()
         yield Update("generator", loss, {"loss/consistency": loss.item()})
         # Update EMA (the consistency target).
-        M.update_ema(self.nets.ema, self.nets.generator, self.c.ema_decay)
+        update_ema(self.nets.ema, self.nets.generator, self.consistency.ema_decay)
 
 
 def comparison_optimizer(cfg) -> dict:
@@ -61,7 +61,7 @@ class LCM(Method):
     def consistency_phases(self) -> int:
         return 1
 
-    def phases(self, nets: M.Networks) -> list[Phase]:
+    def phases(self, nets: Networks) -> list[Phase]:
         c = self.cfg.comparison
         return [ConsistencyPhase(nets, self.cfg, self.consistency_phases(), self.name, 3, comparison_optimizer(self.cfg),
                                  c.steps, c.batch_size)]

@@ -19,9 +19,16 @@ from vpae.conditioning import Conditioning
 from vpae.losses import DistributionMatchingLoss, FakeScoreLoss, ground_truth_loss
 from vpae.registry import register_method
 from vpae.sampling import few_step_sigmas, predict_x0
-from vpae.training import model as M
 from vpae.training.collapse import collapse_logs
 from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, student_inputs
+from vpae.training.model import (
+    FAKE_ADAPTER,
+    AdapterState,
+    Networks,
+    fake_score,
+    generator_checkpoint_view,
+    trainable_parameters,
+)
 
 Tensor = torch.Tensor
 
@@ -32,22 +39,22 @@ def weak_real_score(teacher, weight: float):
     the fake DiT's, theta_real = theta_teacher + weight * Delta_fake, by running the fake LoRA at `weight` times
     its scale. weight 0 is the teacher exactly, 1 the fake score exactly."""
     from peft.tuners.lora import LoraLayer
-    with M.fake_score(teacher):
-        layers = [m for m in teacher.model.modules() if isinstance(m, LoraLayer) and M.FAKE_ADAPTER in m.scaling]
-        saved = [m.scaling[M.FAKE_ADAPTER] for m in layers]
+    with fake_score(teacher):
+        layers = [m for m in teacher.model.modules() if isinstance(m, LoraLayer) and FAKE_ADAPTER in m.scaling]
+        saved = [m.scaling[FAKE_ADAPTER] for m in layers]
         for m, s in zip(layers, saved):
-            m.scaling[M.FAKE_ADAPTER] = s * weight
+            m.scaling[FAKE_ADAPTER] = s * weight
         try:
             yield teacher
         finally:
             for m, s in zip(layers, saved):
-                m.scaling[M.FAKE_ADAPTER] = s
+                m.scaling[FAKE_ADAPTER] = s
 
 
 class WeakToStrongScores:
     """The score pair of W2S distribution matching (vpae.losses.dmd.ScorePair): weak real score, plain fake."""
 
-    def __init__(self, nets: M.Networks, weight: float):
+    def __init__(self, nets: Networks, weight: float):
         self.nets, self.weight = nets, weight
 
     def real_x0(self, x_t: Tensor, t: Tensor, cond: Conditioning, guidance: float = 1.0) -> Tensor:
@@ -64,28 +71,28 @@ class WeakToStrongScores:
 class MDPhase(Phase):
     name, stream = "md", 3
 
-    def __init__(self, nets: M.Networks, cfg):
+    def __init__(self, nets: Networks, cfg):
         super().__init__(nets, cfg)
-        self.c, self.m = cfg.comparison, cfg.md
-        self.steps, self.batch_size = self.c.steps, self.c.batch_size
-        self.sigmas = few_step_sigmas(self.c.nfe, self.c.shift)
-        self.scores = WeakToStrongScores(nets, self.m.weak_weight)
-        self.dmd = DistributionMatchingLoss(self.m.renoise_band, self.c.guidance)
-        self.fake_score = FakeScoreLoss(self.m.renoise_band)
+        self.comparison, self.settings = cfg.comparison, cfg.md
+        self.steps, self.batch_size = self.comparison.steps, self.comparison.batch_size
+        self.sigmas = few_step_sigmas(self.comparison.nfe, self.comparison.shift)
+        self.scores = WeakToStrongScores(nets, self.settings.weak_weight)
+        self.dmd = DistributionMatchingLoss(self.settings.renoise_band, self.comparison.guidance)
+        self.fake_score_matching = FakeScoreLoss(self.settings.renoise_band)
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        c = self.c
-        return {"generator": OptimizerSpec(M.trainable_parameters(self.nets.generator), c.lr, c.betas, c.grad_clip),
-                "fake": OptimizerSpec(self.nets.fake_params, self.m.fake_lr, c.betas, c.grad_clip)}
+        c = self.comparison
+        return {"generator": OptimizerSpec(trainable_parameters(self.nets.generator), c.lr, c.betas, c.grad_clip),
+                "fake": OptimizerSpec(self.nets.fake_params, self.settings.fake_lr, c.betas, c.grad_clip)}
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"generator": M.generator_checkpoint_view(self.nets.generator),
-                "fake_lora": M.AdapterState(self.nets.teacher, M.FAKE_ADAPTER)}
+        return {"generator": generator_checkpoint_view(self.nets.generator),
+                "fake_lora": AdapterState(self.nets.teacher, FAKE_ADAPTER)}
 
     def fake_loss(self, x_data: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
         with torch.no_grad():
             x0_gen = student_inputs(self.nets.generator, x_data, cond, self.sigmas, False)[0]
-        loss = self.fake_score(x0_gen, cond, self.scores).mean()
+        loss = self.fake_score_matching(x0_gen, cond, self.scores).mean()
         return loss, {"loss/fake": loss.item()}
 
     def generator_loss(self, x_data: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
@@ -94,12 +101,12 @@ class MDPhase(Phase):
         dm, gap = self.dmd(x0_gen, cond, self.scores)
         dm = dm.mean()
         gt = ground_truth_loss(x0_gen, x_data, s).mean()
-        loss = dm + self.m.gt_weight * gt
+        loss = dm + self.settings.gt_weight * gt
         return loss, {"loss/w2s_dmd": dm.item(), "loss/ground_truth": gt.item(), "loss/g_total": loss.item(),
                       "dmd/real_fake_gap": gap.item(), **collapse_logs(x0_gen, x_data)}
 
     def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update]:
-        for _ in range(self.m.fake_updates_per_generator):
+        for _ in range(self.settings.fake_updates_per_generator):
             yield Update("fake", *self.fake_loss(x_data, cond))
         yield Update("generator", *self.generator_loss(x_data, cond))
 
@@ -109,5 +116,5 @@ class MD(Method):
     name, sampler = "md", "few_step"
     paper = "Shao et al. 2025, MagicDistillation: Weak-to-Strong Video Distillation for Large-Scale Few-Step Synthesis"
 
-    def phases(self, nets: M.Networks) -> list[Phase]:
+    def phases(self, nets: Networks) -> list[Phase]:
         return [MDPhase(nets, self.cfg)]

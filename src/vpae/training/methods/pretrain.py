@@ -12,8 +12,8 @@ from torch import nn
 
 from vpae.conditioning import Conditioning
 from vpae.losses import FlowMatchingLoss
-from vpae.training import model as M
 from vpae.training.methods.base import OptimizerSpec, Phase, Update
+from vpae.training.model import trainable_parameters, update_ema
 
 Tensor = torch.Tensor
 
@@ -23,19 +23,19 @@ class FlowMatchingPhase(Phase):
 
     def __init__(self, model: nn.Module, ema: nn.Module, cfg):
         super().__init__(None, cfg)
-        self.model, self.ema, self.p = model, ema, cfg.pretrain
-        self.steps, self.batch_size = self.p.steps, self.p.batch_size
-        self.loss = FlowMatchingLoss(self.p.sigma_sampling, self.p.sigma_shift, self.p.text_dropout)
+        self.model, self.ema, self.pretrain = model, ema, cfg.pretrain
+        self.steps, self.batch_size = self.pretrain.steps, self.pretrain.batch_size
+        self.loss = FlowMatchingLoss(self.pretrain.sigma_sampling, self.pretrain.sigma_shift, self.pretrain.text_dropout)
 
     def lr_scale(self, step: int) -> float:
-        warm = min(1.0, (step + 1) / max(1, self.p.warmup_steps))
-        if self.p.lr_decay_steps > 0:
-            warm *= min(1.0, (self.p.steps - step) / self.p.lr_decay_steps)
+        warm = min(1.0, (step + 1) / max(1, self.pretrain.warmup_steps))
+        if self.pretrain.lr_decay_steps > 0:
+            warm *= min(1.0, (self.pretrain.steps - step) / self.pretrain.lr_decay_steps)
         return warm
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        p = self.p
-        return {"model": OptimizerSpec(M.trainable_parameters(self.model), p.lr, p.betas, p.grad_clip, kind="adamw",
+        p = self.pretrain
+        return {"model": OptimizerSpec(trainable_parameters(self.model), p.lr, p.betas, p.grad_clip, kind="adamw",
                                        weight_decay=p.weight_decay, lr_scale=self.lr_scale)}
 
     def modules(self) -> dict[str, nn.Module]:
@@ -44,4 +44,4 @@ class FlowMatchingPhase(Phase):
     def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update]:
         loss = self.loss(self.model, x_data, cond).mean()
         yield Update("model", loss, {"loss/flow": loss.item()})
-        M.update_ema(self.ema, self.model, min(self.p.ema_decay, (1 + step) / (10 + step)))
+        update_ema(self.ema, self.model, min(self.pretrain.ema_decay, (1 + step) / (10 + step)))

@@ -27,10 +27,19 @@ from vpae.losses import (
 )
 from vpae.registry import register_method
 from vpae.sampling import predict_x0
-from vpae.training import model as M
 from vpae.training.collapse import collapse_logs
 from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, one_step_x0, requires_grad
 from vpae.training.methods.lcm import ConsistencyPhase
+from vpae.training.model import (
+    FAKE_ADAPTER,
+    AdapterState,
+    Networks,
+    copy_into,
+    generator_checkpoint_view,
+    real_score,
+    trainable_parameters,
+    update_ema,
+)
 
 Tensor = torch.Tensor
 
@@ -42,32 +51,32 @@ class PrimingPhase(Phase):
 
     name, stream = "priming", 1
 
-    def __init__(self, nets: M.Networks, cfg):
+    def __init__(self, nets: Networks, cfg):
         super().__init__(nets, cfg)
-        p = self.p = cfg.priming
+        p = self.priming = cfg.priming
         self.steps, self.batch_size = p.steps, p.batch_size
         self.dmd = DistributionMatchingLoss(p.renoise_band, p.real_guidance)
-        self.fake_score = FakeScoreLoss(p.renoise_band)
+        self.fake_score_matching = FakeScoreLoss(p.renoise_band)
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        p = self.p
-        return {"generator": OptimizerSpec(M.trainable_parameters(self.nets.generator), p.lr, p.betas, p.grad_clip),
+        p = self.priming
+        return {"generator": OptimizerSpec(trainable_parameters(self.nets.generator), p.lr, p.betas, p.grad_clip),
                 "fake": OptimizerSpec(self.nets.fake_params, p.fake_lr, p.fake_betas, p.grad_clip)}
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"generator": M.generator_checkpoint_view(self.nets.generator),
-                "fake_lora": M.AdapterState(self.nets.teacher, M.FAKE_ADAPTER)}
+        return {"generator": generator_checkpoint_view(self.nets.generator),
+                "fake_lora": AdapterState(self.nets.teacher, FAKE_ADAPTER)}
 
     def generate(self, x_data: Tensor, cond: Conditioning) -> Tensor:
         """x0_hat = f(x_s, s): one evaluation from the low-SNR band, x_s built from data (Fig. 2a)."""
-        s = randomness.uniform(x_data.shape[0], self.p.generator_band, x_data.device)
+        s = randomness.uniform(x_data.shape[0], self.priming.generator_band, x_data.device)
         x_s = flow.add_noise(x_data, randomness.randn_like(x_data), s)
         return predict_x0(self.nets.generator, x_s, s, cond)[0]
 
     def fake_loss(self, x_data: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
         with torch.no_grad():
             x0_gen = self.generate(x_data, cond)
-        loss = self.fake_score(x0_gen, cond, self.nets).mean()
+        loss = self.fake_score_matching(x0_gen, cond, self.nets).mean()
         return loss, {"loss/fake": loss.item()}
 
     def generator_loss(self, x_data: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
@@ -77,7 +86,7 @@ class PrimingPhase(Phase):
         return loss, {"loss/dmd": loss.item(), "dmd/real_fake_gap": gap.item(), **collapse_logs(x0_gen, x_data)}
 
     def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update]:
-        for _ in range(self.p.fake_updates_per_generator):
+        for _ in range(self.priming.fake_updates_per_generator):
             yield Update("fake", *self.fake_loss(x_data, cond))
         yield Update("generator", *self.generator_loss(x_data, cond))
 
@@ -90,9 +99,9 @@ class EquilibriumPhase(Phase):
 
     name, stream = "equilibrium", 2
 
-    def __init__(self, nets: M.Networks, cfg):
+    def __init__(self, nets: Networks, cfg):
         super().__init__(nets, cfg)
-        e = self.e = cfg.equilibrium
+        e = self.equilibrium = cfg.equilibrium
         self.steps, self.batch_size = e.steps, e.batch_size
         self.disc = FeatureDiscriminator(nets.heads, e.layers)
         self.adversarial = AdversarialLoss(e.loss, e.disc_band)
@@ -106,45 +115,45 @@ class EquilibriumPhase(Phase):
         if nets.ema is None:
             nets.make_ema()
         else:
-            M.copy_into(nets.ema, nets.generator)
-        if self.e.backbone == "trained":
+            copy_into(nets.ema, nets.generator)
+        if self.equilibrium.backbone == "trained":
             if "trained_backbone" in nets.others:
-                M.copy_into(nets.others["trained_backbone"], nets.generator)
+                copy_into(nets.others["trained_backbone"], nets.generator)
             else:
                 nets.make_copy("trained_backbone")
 
     @property
     def disc_backbone(self):
         return {"unified": self.nets.ema, "frozen": self.nets.teacher,
-                "trained": self.nets.others.get("trained_backbone")}[self.e.backbone]
+                "trained": self.nets.others.get("trained_backbone")}[self.equilibrium.backbone]
 
     def disc_params(self) -> list[nn.Parameter]:
         extra = self.nets.others.get("trained_backbone")
-        return self.nets.head_params() + (M.trainable_parameters(extra) if extra is not None else [])
+        return self.nets.head_params() + (trainable_parameters(extra) if extra is not None else [])
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        e = self.e
-        return {"generator": OptimizerSpec(M.trainable_parameters(self.nets.generator), e.lr, e.betas, e.grad_clip),
+        e = self.equilibrium
+        return {"generator": OptimizerSpec(trainable_parameters(self.nets.generator), e.lr, e.betas, e.grad_clip),
                 "heads": OptimizerSpec(self.disc_params(), e.head_lr, e.head_betas, e.grad_clip)}
 
     def modules(self) -> dict[str, nn.Module]:
         out = {"generator": self.nets.generator, "ema": self.nets.ema, "heads": self.nets.heads}
-        if self.e.backbone == "trained":
+        if self.equilibrium.backbone == "trained":
             out["disc_backbone"] = self.nets.others["trained_backbone"]
         return out
 
     def discriminate(self, x_t: Tensor, t: Tensor, cond: Conditioning, backbone_grad: bool) -> Tensor:
-        if self.e.backbone == "frozen":
-            with M.real_score(self.nets.teacher):
+        if self.equilibrium.backbone == "frozen":
+            with real_score(self.nets.teacher):
                 return self.disc(self.disc_backbone, x_t, t, cond, backbone_grad)
         return self.disc(self.disc_backbone, x_t, t, cond, backbone_grad)
 
     def disc_view(self, x0: Tensor, cond: Conditioning) -> Tensor:
         """What the discriminator is shown of a generated x0: optionally blurred, and with the condition's first
         latent frame in place of the generated one (disc_condition_frame; real videos already start with it)."""
-        if self.e.disc_condition_frame and cond.is_i2v:
+        if self.equilibrium.disc_condition_frame and cond.is_i2v:
             x0 = torch.cat([cond.cond_latent[:, :, :1].to(x0.dtype), x0[:, :, 1:]], dim=2)
-        return blur_frames(x0, self.e.disc_blur)
+        return blur_frames(x0, self.equilibrium.disc_blur)
 
     def mode_seeking(self, x0_gen: Tensor, z: Tensor, cond: Conditioning) -> Tensor:
         """The optional diversity term: a second sample, from fresh noise, for the first half of the batch's
@@ -152,12 +161,12 @@ class EquilibriumPhase(Phase):
         half = max(1, x0_gen.shape[0] // 2)
         z2 = randomness.randn_like(z[:half])
         x0_2 = one_step_x0(self.nets.generator, z2, cond[:half])
-        blur = self.e.diversity_blur
+        blur = self.equilibrium.diversity_blur
         return mode_seeking_loss(blur_frames(x0_gen[:half], blur), blur_frames(x0_2, blur), z[:half], z2).mean()
 
     def generator_loss(self, x0_gen: Tensor, z: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
         """Eq. 6 (+ the optional mode-seeking term)."""
-        e, terms = self.e, {}
+        e, terms = self.equilibrium, {}
         with requires_grad(self.disc_params(), False):  # no wasted gradients for heads / a trained backbone
             if e.adv_weight > 0:
                 terms["g_adv"] = self.adversarial.generator(
@@ -172,7 +181,7 @@ class EquilibriumPhase(Phase):
 
     def discriminator_loss(self, x_data: Tensor, x0_fake: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
         """Eq. 7: the discriminator loss on re-noised real and generated videos, + r1_weight x ST-R1 (eq. 4)."""
-        e = self.e
+        e = self.equilibrium
         grad_bb = e.backbone == "trained"
 
         def discriminate(x_t, t):
@@ -199,8 +208,8 @@ class EquilibriumPhase(Phase):
         x0_gen = one_step_x0(self.nets.generator, z, cond)
         yield Update("generator", *self.generator_loss(x0_gen, z, cond))
         # Update EMA (the unified discriminator backbone co-evolves with the generator).
-        M.update_ema(self.nets.ema, self.nets.generator, self.e.ema_decay)
-        for _ in range(self.e.disc_updates_per_generator):
+        update_ema(self.nets.ema, self.nets.generator, self.equilibrium.ema_decay)
+        for _ in range(self.equilibrium.disc_updates_per_generator):
             yield Update("heads", *self.discriminator_loss(x_data, x0_gen.detach(), cond))
         yield collapse_logs(x0_gen, x_data)
 
@@ -215,7 +224,7 @@ class VPAE(Method):
         return {"kind": e.head, "layers": e.layers, "hidden_dim": e.head_dim, "num_queries": e.head_queries,
                 "num_heads": e.head_attn_heads}
 
-    def add_roles(self, nets: M.Networks, before_sharding: bool) -> None:
+    def add_roles(self, nets: Networks, before_sharding: bool) -> None:
         if before_sharding:  # a sharded module cannot be deep-copied: phase II's copies exist from the start
             nets.make_ema()
             if self.cfg.equilibrium.backbone == "trained":
@@ -224,7 +233,7 @@ class VPAE(Method):
     def phase_names(self) -> list[str]:
         return ["priming", "equilibrium"]
 
-    def phases(self, nets: M.Networks) -> list[Phase]:
+    def phases(self, nets: Networks) -> list[Phase]:
         if self.cfg.priming.kind == "lcm":  # Table 2: LCM as the first phase, with phase I's optimizer and budget
             first = ConsistencyPhase(nets, self.cfg, phases=1, name="priming", stream=1,
                                      optimizer=_priming_optimizer(self.cfg), steps=self.cfg.priming.steps,

@@ -1,4 +1,4 @@
-"""The demo pipeline end to end with a tiny step count (issue 7): shipped teacher -> phase I -> phase II ->
+"""The demo pipeline end to end with a tiny step count: shipped teacher -> phase I -> phase II ->
 evaluation -> report files. Also the ablation driver on two variants."""
 
 import json

@@ -1,4 +1,4 @@
-"""Byte and parameter accounting: live tensor bytes of a variant's roles and optimizers, parameter
+"""Byte and parameter accounting: live tensor bytes of a variant's networks and optimizers, parameter
 counts (the project's own counter, and peft's LoRA count from the shapes), MiB / GiB."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 # The project's own parameter counter (trainable_only=True counts what an optimizer would update).
-from vpae.training.roles import count_parameters as count_params  # noqa: F401
+from vpae.training.model import count_parameters as count_params  # noqa: F401
 
 MIB = 2 ** 20
 GIB = 2 ** 30
@@ -18,7 +18,7 @@ def mib(b) -> float:
 
 def tensor_bytes(modules: dict, optimizers: dict) -> dict:
     """Bytes of parameters (unique storage), their gradients (one per optimised parameter: what backward
-    allocates for it) and optimizer states, summed over the variant's roles. "Optimised" = held by one of
+    allocates for it) and optimizer states, summed over the variant's networks. "Optimised" = held by one of
     the variant's optimizers (a requires_grad tensor no optimizer steps, e.g. the fake LoRA in phase II,
     gets no gradient and is counted as a weight only)."""
     optimised = {p.data_ptr() for o in optimizers.values() for g in o.param_groups for p in g["params"]}
@@ -42,10 +42,6 @@ def tensor_bytes(modules: dict, optimizers: dict) -> dict:
                     opt += t.numel() * t.element_size()
     return {"weights": weights, "grads": grads, "optimizer": opt, "total": weights + grads + opt,
             "params": n_params, "optimised_params": n_train}
-
-
-# The project's own parameter counter (trainable_only=True counts what an optimizer would update).
-from vpae.training.roles import count_parameters as count_params  # noqa: E402
 
 
 def lora_param_count(model, rank: int, targets) -> int:

@@ -1,5 +1,5 @@
-"""Measured activation cost per video token of ONE Wan2.1-14B-shaped transformer block (issue 14), with and
-without activation checkpointing, for the three ways the V-PAE roles back-propagate through a block.
+"""Measured activation cost per video token of ONE Wan2.1-14B-shaped transformer block, with and
+without activation checkpointing, for the three ways the V-PAE networks back-propagate through a block.
 
     .venv/bin/python benchmarks/activation_cost.py [--tokens 256 512 --dtype bfloat16]
 
@@ -185,7 +185,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     from vpae.backbones.wan import WanBackbone
     from vpae.config import PrimingConfig
-    from vpae.training import roles as R
+    from vpae.training import model as M
     info = machine_info(argparse.Namespace(device="cpu"))
     dtype = getattr(torch, args.dtype)
     i2v = not args.t2v
@@ -199,7 +199,7 @@ def main(argv=None):
     results = []
     for mode in args.modes:
         if mode == "lora":
-            R.add_lora(backbone, R.FAKE_ADAPTER, args.lora_rank, args.lora_rank, PrimingConfig().lora_targets)
+            M.add_lora(backbone, M.FAKE_ADAPTER, args.lora_rank, args.lora_rank, PrimingConfig().lora_targets)
             model.requires_grad_(False)
             for n, p in model.named_parameters():
                 if "lora_" in n:
@@ -249,7 +249,8 @@ def main(argv=None):
                         "5120 x dtype", "constant MiB", "shared inputs saved",
                         "fit residual MiB (middle N)"], rows)]
     top = next(r for r in results if r["mode"] == args.modes[0] and not r["checkpoint"] and r["tokens"] == n2)
-    out.append(f"\nLargest saved storages ({top['mode']}, no checkpointing, {n2} tokens): " + "; ".join(top["top_saved"]) + "\n")
+    out.append(f"\nLargest saved storages ({top['mode']}, no checkpointing, {n2} tokens): "
+               + "; ".join(top["top_saved"]) + "\n")
     text = "\n".join(out)
     print(text)
     path = Path(args.out) if args.out else OUT_DIR / "activation_cost.json"

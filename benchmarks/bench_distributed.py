@@ -1,20 +1,24 @@
-"""Scale-out (issue 14): per-rank bytes of parameters, gradients and optimizer states, and step time, of phase I
-(PrimingStep) and phase II (EquilibriumStep, unified backbone) at 1 process (no sharding) and 2 ranks (torchrun,
-gloo, every role sharded by the project's parallel.shard_roles), measured in ONE run of this script.
+"""Scale-out: per-rank bytes of parameters, gradients and optimizer states, and step time, of phase I
+(PrimingPhase) and phase II (EquilibriumPhase, unified backbone) at 1 process (no sharding) and 2 ranks (torchrun,
+gloo, every network sharded by the project's parallel.shard_networks), measured in ONE run of this script.
 
     .venv/bin/python benchmarks/bench_distributed.py [--dim 512 --layers 8 --batch 2 --size 16 --repeats 3]
 
 The script is a driver: it starts both configurations at once, a plain process (World(), nothing sharded) and a
 `python -m torch.distributed.run --standalone --nproc_per_node 2` group, one torch thread per rank, and steps them
 in turn (interleaved rounds, the order alternating each round) through command files, so that the two never run
-at the same time and see the same machine load. Each worker builds its roles with recipes.build_roles(cfg, data,
-world) (parallel.shard_roles under torchrun), steps PrimingStep, then EquilibriumStep (built from the same Roles,
-as recipes.run_distill does), inside randomness.batch_stream like the training loop. --batch is the GLOBAL batch:
-the 2 ranks each take half of its rows (rank r holds rows r*b..r*b+b-1).
+at the same time and see the same machine load. Each worker builds its networks with
+recipes.build_networks(cfg, data, build_method(cfg), world) (parallel.shard_networks under torchrun; the EMA is
+then made before sharding by the method), steps PrimingPhase, then EquilibriumPhase (on the same Networks), each
+through a loop.PhaseStepper (phase.start(), then the phase's optimizers), inside randomness.batch_stream like the
+training loop; phase I's optimizers are released before phase II's are built, as recipes.run_distill does (the
+loop frees a phase's optimizers at its end). --batch is the GLOBAL batch: the 2 ranks each take half of its rows
+(rank r holds rows r*b..r*b+b-1).
 
-Bytes are counted, per rank, after the timed steps of each phase: every parameter of every role (a FSDP2 DTensor
-counts its local shard, p.to_local()), every .grad that exists (likewise), and every optimizer state tensor of
-roles.optimizers (likewise), by role and by optimizer. The peak RSS of each rank during the timed steps is also
+Bytes are counted, per rank, after the timed steps of each phase: every parameter of every network (a FSDP2
+DTensor counts its local shard, p.to_local()), every .grad that exists (likewise), and every optimizer state tensor
+of the phase's optimizers (the PhaseStepper's, named "<phase>/<optimizer>"; likewise), by network and by
+optimizer. The peak RSS of each rank during the timed steps is also
 reported (VmHWM after a clear_refs reset; RSS includes allocator caches and the process's code, so it is an upper
 bound and not halved by sharding). Writes outputs/benchmarks/distributed.json.
 """
@@ -77,11 +81,12 @@ def _nbytes(t) -> int:
     return t.numel() * t.element_size()
 
 
-def count_bytes(roles) -> dict:
-    """Per-rank bytes of parameters, gradients and optimizer states, by role / optimizer."""
+def count_bytes(nets, optimizers: dict) -> dict:
+    """Per-rank bytes of parameters, gradients and optimizer states, by network / optimizer. nets: a
+    training.model.Networks; optimizers: name -> torch optimizer (the optimizers that exist now)."""
     import torch
-    mods = {"teacher (+fake LoRA)": roles.teacher, "generator": roles.generator, "ema": roles.ema,
-            "heads": roles.heads, "trained_backbone": roles.trained_backbone}
+    mods = {"teacher (+fake LoRA)": nets.teacher, "generator": nets.generator, "ema": nets.ema,
+            "heads": nets.heads, **nets.others}
     params, grads, numel = {}, {}, {}
     seen = set()
     for name, m in mods.items():
@@ -98,7 +103,7 @@ def count_bytes(roles) -> dict:
                 gb += _nbytes(p.grad)
         params[name], grads[name], numel[name] = pb, gb, n
     opt = {}
-    for k, o in roles.optimizers.items():
+    for k, o in optimizers.items():
         opt[k] = sum(_nbytes(t) for st in o.state.values() for t in st.values() if torch.is_tensor(t))
     total = sum(params.values()) + sum(grads.values()) + sum(opt.values())
     return {"params": params, "grads": grads, "optimizer": opt, "global_numel": numel,
@@ -111,11 +116,11 @@ def worker_main(args) -> None:
     torch.set_num_threads(1)
     from model_setup import data_stub, make_batch, make_cfg
     from procmem import proc_status_kb, reset_hwm
-    from vpae.recipes import build_roles
     from vpae import randomness
+    from vpae.recipes import build_method, build_networks
     from vpae.training import parallel
-    from vpae.training.loop import step_seed
-    from vpae.training.steps import EquilibriumStep, PrimingStep
+    from vpae.training.loop import PhaseStepper, step_seed
+    from vpae.training.methods.vpae import EquilibriumPhase, PrimingPhase
 
     world = parallel.init_world("cpu", "gloo")
     ctl = Path(args.worker)
@@ -128,7 +133,7 @@ def worker_main(args) -> None:
     if args.param_dtype:
         cfg.parallel.param_dtype = args.param_dtype
     t0 = time.perf_counter()
-    roles = build_roles(cfg, data_stub(), world)
+    nets = build_networks(cfg, data_stub(), build_method(cfg), world)
     build_s = time.perf_counter() - t0
     # the global batch (equal on every rank: a pure function of the seed), then this rank's rows
     x_all, cond_all = make_batch(argparse.Namespace(**{**vars(args), "device": "cpu"}))
@@ -140,7 +145,7 @@ def worker_main(args) -> None:
 
     # which dtype the blocks compute in (FSDP2's MixedPrecisionPolicy casts the gathered weights)
     seen_dtype = {}
-    lin = roles.generator.model.blocks[0].attn1.to_q
+    lin = nets.generator.model.blocks[0].attn1.to_q
     lin = getattr(lin, "base_layer", lin)
 
     def probe(m, i, o):
@@ -148,9 +153,14 @@ def worker_main(args) -> None:
         seen_dtype.setdefault("input", str(i[0].dtype))
     lin.register_forward_hook(probe)
 
-    steps = {"priming": PrimingStep(roles, cfg.priming)}
+    steppers = {"priming": PhaseStepper(PrimingPhase(nets, cfg))}
+
+    def optimizers() -> dict:
+        """The optimizers that exist now (those of the phase being stepped), as "<phase>/<optimizer>"."""
+        return {f"{ph}/{k}": o for ph, s in steppers.items() for k, o in s.optimizers.optimizers.items()}
+
     result = {"rank": world.rank, "world_size": world.size, "build_s": build_s, "local_batch": b,
-              "params_dtype": str(next(roles.generator.parameters()).dtype), "times": {p: [] for p in PHASES},
+              "params_dtype": str(next(nets.generator.parameters()).dtype), "times": {p: [] for p in PHASES},
               "bytes": {}, "peak_rss": {}, "rss_before": {}}
     counter = {p: 0 for p in PHASES}
 
@@ -162,7 +172,7 @@ def worker_main(args) -> None:
         world.barrier()
         t = time.perf_counter()
         with randomness.batch_stream(seed, world.rank):
-            steps[phase].step(i, x, cond)
+            steppers[phase].step(i, x, cond)
         world.barrier()
         return time.perf_counter() - t
 
@@ -181,10 +191,13 @@ def worker_main(args) -> None:
         cmd = json.loads(cmd_file.read_text())
         if cmd["op"] == "step":
             phase = cmd["phase"]
-            if phase == "equilibrium" and phase not in steps:
-                result["bytes"]["priming"] = count_bytes(roles)  # what phase I holds at its end
+            if phase == "equilibrium" and phase not in steppers:
+                result["bytes"]["priming"] = count_bytes(nets, optimizers())  # what phase I holds at its end
                 result["peak_rss"]["priming"] = proc_status_kb("VmHWM") * 1024
-                steps["equilibrium"] = EquilibriumStep(roles, cfg.equilibrium)  # as run_distill does
+                # as run_distill does: the loop releases phase I's optimizers at its end, then phase II starts
+                # (EMA <- the primed generator) and builds its own
+                steppers.pop("priming").optimizers.release()
+                steppers["equilibrium"] = PhaseStepper(EquilibriumPhase(nets, cfg))
             if cmd.get("arm"):  # first timed step of this phase: reset the RSS high-water mark
                 result["rss_before"][phase] = proc_status_kb("VmRSS") * 1024
                 reset_hwm()
@@ -193,9 +206,9 @@ def worker_main(args) -> None:
                 result["times"][phase].append(dt)
             answer(n, {"dt": dt})
         elif cmd["op"] == "finish":
-            result["bytes"]["equilibrium"] = count_bytes(roles)
+            result["bytes"]["equilibrium"] = count_bytes(nets, optimizers())
             result["peak_rss"]["equilibrium"] = proc_status_kb("VmHWM") * 1024
-            # phase I's optimizers were freed when phase II started (Roles.start_equilibrium), as in recipes.run_distill
+            # phase I's optimizers were released before phase II started, as in recipes.run_distill
             result["seen_compute_dtype"] = seen_dtype
             results = [None] * world.size
             if world.distributed:
@@ -251,9 +264,9 @@ def main(argv=None):
     args = parse(argv)
     if args.worker:
         return worker_main(args)
+
     from model_setup import LATENT_C
     from reporting import OUT_DIR, ROOT, command_line, machine_info, machine_line, md_table
-    import torch
     info = machine_info(argparse.Namespace(device="cpu"))
     info["torch_threads"] = 1
     out_path = Path(args.out) if args.out else OUT_DIR / "distributed.json"
@@ -330,7 +343,7 @@ def main(argv=None):
            f"{args.lora_rank}; global batch {args.batch} (per rank: 1 process {res[1][0]['local_batch']}, 2 ranks "
            f"{res[2][0]['local_batch']}), latent {LATENT_C}x{args.frames}x{args.size}x{args.size}, patch "
            f"1x{args.patch}x{args.patch}; phase I K = {args.fake_updates}; phase II unified backbone, semantic head. "
-           f"2 ranks: torchrun + gloo, parallel.shard_roles (param_dtype {args.param_dtype or 'config default'}); "
+           f"2 ranks: torchrun + gloo, parallel.shard_networks (param_dtype {args.param_dtype or 'config default'}); "
            f"blocks computed in {res[2][0].get('seen_compute_dtype', {})} (2 ranks) vs "
            f"{a0.get('seen_compute_dtype', {})} (1 process).\n",
            "## Per-rank bytes (counted after the timed steps; FSDP2 DTensors: local shard)\n",
@@ -341,8 +354,8 @@ def main(argv=None):
         items = ", ".join(f"{k} {mib(v['1_rank']):.1f} -> {mib(v['2_ranks_per_rank'][0]):.1f}"
                           for k, v in summary[phase]["by_role"].items() if v["1_rank"] or v["2_ranks_per_rank"][0])
         out.append(f"* {phase}: {items}")
-    out.append(f"\nPeak RSS per rank during the timed steps (MiB; upper bound, includes ~0.5-1 GiB of code and "
-               f"allocator caches, not sharded): " + "; ".join(
+    out.append("\nPeak RSS per rank during the timed steps (MiB; upper bound, includes ~0.5-1 GiB of code and "
+               "allocator caches, not sharded): " + "; ".join(
                    f"{p}: 1 process {mib(res[1][0]['peak_rss'][p]):.0f}, 2 ranks "
                    + "/".join(f"{mib(r['peak_rss'][p]):.0f}" for r in res[2]) for p in PHASES) + "\n")
     out.append(f"## Step time (median of {args.repeats} interleaved steps after {args.warmup} warm-up; same global batch)\n")

@@ -1,5 +1,5 @@
 """Phase I (stability priming) cost versus plain flow-matching fine-tuning, and the shared-weight LoRA
-fake score versus a full fake-score copy (issue 4).
+fake score versus a full fake-score copy.
 
     .venv/bin/python benchmarks/bench_phase1.py [--layers N --dim D --batch B --frames F --size S
                                                  --device cpu|cuda --repeats R --fake-updates 1 5]
@@ -23,8 +23,7 @@ import torch  # noqa: E402
 from accounting import GIB, MIB, count_params, lora_param_count, mib  # noqa: E402
 from memory_arithmetic import scale_report  # noqa: E402
 from model_setup import LATENT_C, Variant, add_model_args, data_stub, make_batch, make_cfg, start  # noqa: E402
-from reporting import (  # noqa: E402
-    ROOT, command_line, machine_info, machine_line, md_table, peak_description, write_json)
+from reporting import ROOT, command_line, machine_info, machine_line, md_table, peak_description, write_json  # noqa: E402
 from subprocs import child_main, run_children  # noqa: E402
 from timing import interleaved_timing, median  # noqa: E402
 
@@ -41,63 +40,68 @@ def parse(argv=None):
 # Variants
 
 def build_fm(args) -> Variant:
-    """Plain flow-matching fine-tuning of the same model: vpae.training.steps.PretrainStep (AdamW + EMA)."""
+    """Plain flow-matching fine-tuning of the same model: vpae.training.methods.pretrain.FlowMatchingPhase
+    (AdamW + EMA), stepped with its optimizers by vpae.training.loop.PhaseStepper."""
     from vpae.models import build_teacher
-    from vpae.training import roles as R
-    from vpae.training.steps import PretrainStep
+    from vpae.training import model as M
+    from vpae.training.loop import PhaseStepper
+    from vpae.training.methods.pretrain import FlowMatchingPhase
     torch.manual_seed(args.seed)
     cfg = make_cfg(args)
     model = build_teacher(cfg)
     model.requires_grad_(True)
-    ema = R.make_ema(model)
-    step = PretrainStep(model, ema, cfg.pretrain)
+    ema = M.make_ema(model)
+    stepper = PhaseStepper(FlowMatchingPhase(model, ema, cfg))
     x, cond = make_batch(args)
-    return Variant("fm", lambda i: step.step(i, x, cond), {"model": model, "ema": ema}, step.optimizers)
+    return Variant("fm", lambda i: stepper.step(i, x, cond), {"model": model, "ema": ema},
+                   stepper.optimizers.optimizers)
 
 
 def build_priming(args, k: int) -> Variant:
-    """Phase I as the recipe wires it: build_roles (generator copy + teacher with the fake LoRA), PrimingStep."""
-    from vpae.recipes import build_roles
-    from vpae.training.steps import PrimingStep
+    """Phase I as the recipe wires it: recipes.build_networks (generator copy + teacher with the fake LoRA),
+    methods.vpae.PrimingPhase, stepped with its optimizers by loop.PhaseStepper."""
+    from vpae.recipes import build_method, build_networks
+    from vpae.training.loop import PhaseStepper
+    from vpae.training.methods.vpae import PrimingPhase
     torch.manual_seed(args.seed)
     cfg = make_cfg(args, priming={"fake_updates_per_generator": k})
-    roles = build_roles(cfg, data_stub())
-    step = PrimingStep(roles, cfg.priming)
+    nets = build_networks(cfg, data_stub(), build_method(cfg))
+    stepper = PhaseStepper(PrimingPhase(nets, cfg))
     x, cond = make_batch(args)
-    return Variant(f"phase1_k{k}", lambda i: step.step(i, x, cond),
-                     {"teacher": roles.teacher, "generator": roles.generator}, step.optimizers)
+    return Variant(f"phase1_k{k}", lambda i: stepper.step(i, x, cond),
+                   {"teacher": nets.teacher, "generator": nets.generator}, stepper.optimizers.optimizers)
 
 
 def build_fake(args, design: str) -> Variant:
-    """One fake-score update (eq. 2, the inner loop of PrimingStep) on a detached sample, with either
+    """One fake-score update (eq. 2, the inner loop of PrimingPhase) on a detached sample, with either
     design: 'lora' = the teacher's weights shared, only the "fake" LoRA trains (the project's design);
     'full' = a separate full trainable copy of the teacher beside the frozen teacher (the real score)."""
-    from vpae import flow
+    from vpae import flow, randomness
     from vpae.losses import fake_score_loss
     from vpae.models import build_teacher
-    from vpae.training import roles as R
-    from vpae.training.steps import clip_and_norm, sample_band
+    from vpae.training import model as M
+    from vpae.training.loop import clip_and_norm
     torch.manual_seed(args.seed)
     cfg = make_cfg(args)
     p = cfg.priming
     teacher = build_teacher(cfg)
     if design == "lora":
-        R.make_teacher_and_fake(teacher, p.lora_rank, p.lora_alpha, p.lora_targets)
+        M.make_teacher_and_fake(teacher, p.lora_rank, p.lora_alpha, p.lora_targets)
         fake, modules = teacher, {"teacher+fake_lora": teacher}
     else:
-        R.freeze(teacher)
-        fake = R.copy_generator(teacher, "full")  # a full trainable copy
+        M.freeze(teacher)
+        fake = M.copy_generator(teacher, "full")  # a full trainable copy
         modules = {"teacher": teacher, "fake_copy": fake}
-    params = R.trainable_parameters(fake)
+    params = M.trainable_parameters(fake)
     opt = torch.optim.Adam(params, lr=p.fake_lr, betas=tuple(p.fake_betas))
     x, cond = make_batch(args)
     x0_gen = torch.randn_like(x)  # stands in for a detached generator sample
 
     def update(_i):
-        t = sample_band(x0_gen.shape[0], p.renoise_band, x0_gen.device)
+        t = randomness.uniform(x0_gen.shape[0], p.renoise_band, x0_gen.device)
         eps = torch.randn_like(x0_gen)
         if design == "lora":
-            with R.fake_score(teacher):
+            with M.fake_score(teacher):
                 v = teacher.velocity(flow.add_noise(x0_gen, eps, t), t, cond)
         else:
             v = fake.velocity(flow.add_noise(x0_gen, eps, t), t, cond)
@@ -156,7 +160,7 @@ def main(argv=None):
            f"Model: Wan I2V, {args.layers} layers, dim {args.dim}, {teacher_n:,} params; batch {args.batch}, latent "
            f"{LATENT_C}x{args.frames}x{args.size}x{args.size}, patch 1x{args.patch}x{args.patch}; fake LoRA rank "
            f"{args.lora_rank}: {lora_n:,} params ({100 * lora_n / teacher_n:.1f}% of the model).\n",
-           f"## Step time and peak memory: phase I (PrimingStep) vs plain flow matching (PretrainStep)\n\n"
+           f"## Step time and peak memory: phase I (PrimingPhase) vs plain flow matching (FlowMatchingPhase)\n\n"
            f"Median of {args.repeats} interleaved steps; peak = {peak_description(args)}.\n"]
     rows = []
     for n in step_names:
@@ -166,7 +170,7 @@ def main(argv=None):
                      mib(m["tensors"]["total"]) if m else "-"])
     out.append(md_table(["variant", "step s (median)", "x plain FM", "peak MiB", "x plain FM",
                            "weights+grads+Adam MiB (counted)"], rows))
-    out.append("\nfm = PretrainStep (AdamW on all weights + EMA update); phase1_kK = PrimingStep with "
+    out.append("\nfm = FlowMatchingPhase (AdamW on all weights + EMA update); phase1_kK = PrimingPhase with "
                "fake_updates_per_generator=K (K fake-score updates + 1 generator update with CFG real score).\n")
 
     out.append("## Fake score: shared-weight LoRA vs a full trainable copy (one fake-score update)\n")

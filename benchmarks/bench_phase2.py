@@ -1,11 +1,12 @@
 """Phase II (unified adversarial equilibrium) cost per discriminator backbone: unified (the generator's
-EMA) vs trained (its own full copy) vs frozen (the teacher), and trainable parameters per role (issue 5).
+EMA) vs trained (its own full copy) vs frozen (the teacher), and trainable parameters per network.
 
     .venv/bin/python benchmarks/bench_phase2.py [--layers N --dim D --batch B --frames F --size S
                                                  --device cpu|cuda --repeats R --head semantic]
 
-Step times: the three EquilibriumSteps are built in this process (recipes.build_roles +
-EquilibriumStep) and stepped in turn (interleaved, rotating order); medians and ratios.
+Step times: the three phase II variants are built in this process (recipes.build_networks +
+methods.vpae.EquilibriumPhase, stepped with its optimizers by loop.PhaseStepper) and stepped in turn
+(interleaved, rotating order); medians and ratios.
 Peak memory: each variant in a fresh subprocess (see benchmarks/procmem.py and subprocs.py for the method).
 Writes outputs/benchmarks/phase2.json.
 """
@@ -22,10 +23,8 @@ import torch  # noqa: E402
 
 from accounting import GIB, count_params, mib  # noqa: E402
 from memory_arithmetic import scale_report  # noqa: E402
-from model_setup import (  # noqa: E402
-    IMAGE_DIM, LATENT_C, TEXT_DIM, Variant, add_model_args, data_stub, make_batch, make_cfg, start)
-from reporting import (  # noqa: E402
-    ROOT, command_line, machine_info, machine_line, md_table, peak_description, write_json)
+from model_setup import IMAGE_DIM, LATENT_C, TEXT_DIM, Variant, add_model_args, data_stub, make_batch, make_cfg, start  # noqa: E402
+from reporting import ROOT, command_line, machine_info, machine_line, md_table, peak_description, write_json  # noqa: E402
 from subprocs import child_main, run_children  # noqa: E402
 from timing import interleaved_timing, median  # noqa: E402
 
@@ -42,19 +41,23 @@ def parse(argv=None):
 
 
 def build_step(args, backbone: str):
-    from vpae.recipes import build_roles
-    from vpae.training.steps import EquilibriumStep
+    """The networks and phase II started as run_distill starts it (the EMA, and for 'trained' its own full copy,
+    made from the generator) with its optimizers: (nets, phase, stepper)."""
+    from vpae.recipes import build_method, build_networks
+    from vpae.training.loop import PhaseStepper
+    from vpae.training.methods.vpae import EquilibriumPhase
     torch.manual_seed(args.seed)
     cfg = make_cfg(args, equilibrium={"backbone": backbone, "head": args.head})
-    roles = build_roles(cfg, data_stub())
-    return roles, EquilibriumStep(roles, cfg.equilibrium)
+    nets = build_networks(cfg, data_stub(), build_method(cfg))
+    phase = EquilibriumPhase(nets, cfg)
+    return nets, phase, PhaseStepper(phase)
 
 
 def build_variant(args, backbone: str) -> Variant:
-    roles, step = build_step(args, backbone)
+    nets, phase, stepper = build_step(args, backbone)
     x, cond = make_batch(args)
-    modules = {"teacher": roles.teacher, **step.modules}
-    return Variant(backbone, lambda i: step.step(i, x, cond), modules, step.optimizers)
+    modules = {"teacher": nets.teacher, **phase.modules()}
+    return Variant(backbone, lambda i: stepper.step(i, x, cond), modules, stepper.optimizers.optimizers)
 
 
 def builders(args) -> dict:
@@ -62,13 +65,13 @@ def builders(args) -> dict:
 
 
 def role_counts(args) -> tuple[list[list], dict]:
-    """Trainable (and total) parameters of every role, on the model of this run."""
+    """Trainable (and total) parameters of every network, on the model of this run."""
     from vpae.backbones.base import resolve_layers
     from vpae.config import EquilibriumConfig
     from vpae.discriminator import build_head
-    roles, step = build_step(args, "trained")
+    nets, phase, _stepper = build_step(args, "trained")
     e = EquilibriumConfig()
-    n_layers = len(resolve_layers(e.layers, roles.generator.num_layers))
+    n_layers = len(resolve_layers(e.layers, nets.generator.num_layers))
     rows, d = [], {}
 
     def add(name, module):
@@ -76,22 +79,25 @@ def role_counts(args) -> tuple[list[list], dict]:
         d[name] = {"trainable": tr, "total": tot}
         rows.append([name, tr, tot])
 
-    add(f"generator ({args.generator_mode})", roles.generator)
-    add("EMA (unified disc backbone)", step.ema)
+    add(f"generator ({args.generator_mode})", nets.generator)
+    add("EMA (unified disc backbone)", nets.ema)
     for h in HEADS:
-        add(f"heads: {h}", build_head(h, feature_dim=roles.generator.feature_dim, num_layers=n_layers,
+        add(f"heads: {h}", build_head(h, feature_dim=nets.generator.feature_dim, num_layers=n_layers,
                                       text_dim=TEXT_DIM, image_dim=IMAGE_DIM, hidden_dim=e.head_dim,
                                       num_queries=e.head_queries, num_heads=e.head_attn_heads))
-    add("teacher: fake LoRA (trainable) / teacher + LoRA (total)", roles.teacher)
-    add("trained disc backbone (own copy)", step.disc_backbone)
+    add("teacher: fake LoRA (trainable) / teacher + LoRA (total)", nets.teacher)
+    add("trained disc backbone (own copy)", phase.disc_backbone)
     # Does the generator update allocate gradients for the 'trained' backbone's weights? (They are
-    # requires_grad, and the generator's adversarial loss backpropagates through them.)
+    # requires_grad, and the generator's adversarial loss backpropagates through them.) Eq. 6's adversarial
+    # term alone, outside the phase's generator_loss (which switches the discriminator's gradients off).
     x, cond = make_batch(args)
     from vpae.sampling import predict_x0
     z = torch.randn_like(x)
-    x0 = predict_x0(step.generator, z, torch.ones(x.shape[0], device=x.device), cond)[0]
-    step.generator_losses(x0, cond)["adv"].backward()
-    got = sum(p.grad is not None for p in step.disc_backbone.parameters())
+    x0 = predict_x0(nets.generator, z, torch.ones(x.shape[0], device=x.device), cond)[0]
+    adv = phase.adversarial.generator(lambda x_t, t: phase.discriminate(x_t, t, cond, backbone_grad=True),
+                                      phase.disc_view(x0, cond))
+    adv.mean().backward()
+    got = sum(p.grad is not None for p in phase.disc_backbone.parameters())
     d["trained_backbone_params_with_grad_after_generator_backward"] = got
     return rows, d
 
@@ -116,7 +122,7 @@ def main(argv=None):
            f"Model: Wan I2V, {args.layers} layers, dim {args.dim}; batch {args.batch}, latent {LATENT_C}x{args.frames}"
            f"x{args.size}x{args.size}, patch 1x{args.patch}x{args.patch}; head {args.head}; EquilibriumConfig defaults "
            f"otherwise (ST-R1 on, C-SDS on, 1 disc update per generator update).\n",
-           f"## Step time and peak memory per discriminator backbone (EquilibriumStep)\n\n"
+           f"## Step time and peak memory per discriminator backbone (EquilibriumPhase)\n\n"
            f"Median of {args.repeats} interleaved steps; peak = {peak_description(args)}.\n"]
     rows = []
     for n in names:

@@ -1,4 +1,4 @@
-"""One GPU, a few minutes (issue 14): a random Wan2.1-T2V-1.3B-shaped model in bf16 at a 480p-like latent
+"""One GPU, a few minutes: a random Wan2.1-T2V-1.3B-shaped model in bf16 at a 480p-like latent
 (16 x 21 x 60 x 104 = 32,760 tokens): phase I and phase II step time and peak memory (unified vs trained
 discriminator backbone), and 1-NFE vs 100-NFE latency.
 
@@ -7,11 +7,12 @@ discriminator backbone), and 1-NFE vs 100-NFE latency.
 
 Model: diffusers WanTransformer3DModel with Wan2.1-T2V-1.3B's config (30 layers, dim 1536 = 12 heads x 128, FFN
 8960, text 4096, patch 1x2x2, in = out = 16), random weights, model.dtype bfloat16 and model.gradient_checkpointing
-true as configs/wan/t2v_1_3b.yaml; text = 512 tokens of width 4096 (random; umT5's width). Roles and steps are the
-project's own: recipes.build_roles, steps.PrimingStep (K = --fake-updates; paper 5), steps.EquilibriumStep with
-backbone unified / trained (semantic head; sds_lambda from --sds-lambda, 0 as the T2V config: no C-SDS without an
-image). Sampling: sampling.one_step_sample (1 NFE) with the generator, sampling.teacher_sample (50 Euler steps,
-CFG 5 = 100 NFE) with the teacher's real score; the VAE decode is not included.
+true as configs/wan/t2v_1_3b.yaml; text = 512 tokens of width 4096 (random; umT5's width). Networks and phases are
+the project's own: recipes.build_networks, methods.vpae.PrimingPhase (K = --fake-updates; paper 5),
+methods.vpae.EquilibriumPhase with backbone unified / trained (semantic head; sds_lambda from --sds-lambda, 0 as the
+T2V config: no C-SDS without an image), each stepped with its optimizers by loop.PhaseStepper. Sampling:
+sampling.one_step_sample (1 NFE) with the generator, sampling.teacher_sample (50 Euler steps, CFG 5 = 100 NFE)
+with the teacher's real score; the VAE decode is not included.
 
 Each variant is built after the previous one is freed; its peak = torch.cuda.max_memory_allocated() after
 reset_peak_memory_stats(), minus the bytes allocated before it was built (weights, grads, optimizer states and
@@ -75,12 +76,19 @@ def wan_config(tiny: bool) -> dict:
 
 
 def make_cfg(args, backbone: str = "unified"):
-    from vpae.config import (DataConfig, EquilibriumConfig, ModelConfig, PrimingConfig, SamplingConfig, TrainConfig,
-                             VPAEConfig)
+    from vpae.config import (
+        DataConfig,
+        EquilibriumConfig,
+        ModelConfig,
+        PrimingConfig,
+        SamplingConfig,
+        TrainConfig,
+        VPAEConfig,
+    )
     return VPAEConfig(
         model=ModelConfig(wan_config=wan_config(args.tiny), text_len=TEXT_LEN, dtype="bfloat16",
                           gradient_checkpointing=not args.no_checkpointing),
-        data=DataConfig(frames=81, height=480, width=832),  # the clip the latent stands for (not read by the roles)
+        data=DataConfig(frames=81, height=480, width=832),  # the clip the latent stands for (not read by the networks)
         sampling=SamplingConfig(shift=3.0, teacher_steps=args.teacher_steps, guidance=5.0),
         priming=PrimingConfig(batch_size=args.batch, fake_updates_per_generator=args.fake_updates),
         equilibrium=EquilibriumConfig(batch_size=args.batch, backbone=backbone, head="semantic", sds_lambda=args.sds_lambda),
@@ -139,21 +147,24 @@ def timed(args, fn, n: int) -> list[float]:
 
 
 def run_step_variant(args, name: str) -> dict:
-    from vpae.recipes import build_roles
-    from vpae import randomness
-    from vpae.training.loop import step_seed
-    from vpae.training.steps import EquilibriumStep, PrimingStep
     from types import SimpleNamespace
+
+    from vpae import randomness
+    from vpae.recipes import build_method, build_networks
+    from vpae.training.loop import PhaseStepper, step_seed
+    from vpae.training.methods.vpae import EquilibriumPhase, PrimingPhase
     meter = Meter(args)
     meter.begin()
     backbone = "trained" if name.endswith("trained") else "unified"
     cfg = make_cfg(args, backbone)
     t0 = time.perf_counter()
-    roles = build_roles(cfg, SimpleNamespace(sizes=SimpleNamespace(text_dim=TEXT_DIM, image_dim=None)))
-    step = PrimingStep(roles, cfg.priming) if name == "phase1" else EquilibriumStep(roles, cfg.equilibrium)
+    data = SimpleNamespace(sizes=SimpleNamespace(text_dim=TEXT_DIM, image_dim=None))
+    nets = build_networks(cfg, data, build_method(cfg))
+    # phase II as run_distill starts it: the EMA (and the 'trained' copy) made now, then its optimizers
+    stepper = PhaseStepper(PrimingPhase(nets, cfg) if name == "phase1" else EquilibriumPhase(nets, cfg))
     build_s = time.perf_counter() - t0
     x, cond = make_batch(args)
-    params = sum(p.numel() for p in roles.generator.parameters())
+    params = sum(p.numel() for p in nets.generator.parameters())
     after_build = meter.now()
     i = [0]
 
@@ -161,27 +172,26 @@ def run_step_variant(args, name: str) -> dict:
         seed = step_seed(0, name, i[0])
         torch.manual_seed(seed)
         with randomness.batch_stream(seed, 0):
-            step.step(i[0], x, cond)
+            stepper.step(i[0], x, cond)
         i[0] += 1
 
     warm = timed(args, one, args.warmup)
     times = timed(args, one, args.repeats)
     res = {"variant": name, "generator_params": params, "build_s": build_s, "warmup_s": warm, "step_s": times,
            "median_step_s": statistics.median(times), "after_build_bytes": after_build, "peak_bytes": meter.peak()}
-    del step, roles, x, cond
-    return res
+    return res  # the variant's networks, optimizers and batch are freed with this frame (main then collects)
 
 
 def run_sampling(args) -> dict:
     from vpae.models import build_teacher
     from vpae.sampling import initial_noise, one_step_sample, teacher_sample
-    from vpae.training import roles as R
+    from vpae.training import model as M
     meter = Meter(args)
     meter.begin()
     cfg = make_cfg(args)
     teacher = build_teacher(cfg)
     teacher.requires_grad_(False)
-    generator = R.copy_generator(teacher)  # a one-step generator has the teacher's architecture
+    generator = M.copy_generator(teacher)  # a one-step generator has the teacher's architecture
     generator.requires_grad_(False)
     x, cond = make_batch(args)
     noise = initial_noise(x.shape, 0, args.device)
@@ -244,8 +254,9 @@ def main(argv=None):
                      f"{t['peak_bytes'] / max(1, u['peak_bytes']):.2f}"])
     name = "Wan2.1-T2V-1.3B-shaped" if not args.tiny else "TINY (code-path test, not a measurement)"
     gpu = info.get("gpu", "none (CPU)")
+    n_params = results.get("phase1", results.get("phase2_unified", {})).get("generator_params", 0)
     text = [f"# {name}: phase step time, peak memory, 1-NFE vs 100-NFE\n\n`{command_line()}`\n",
-            f"Device {args.device} ({gpu}), torch {info['torch']}. Model {results.get('phase1', results.get('phase2_unified', {})).get('generator_params', 0):,} params, bf16, "
+            f"Device {args.device} ({gpu}), torch {info['torch']}. Model {n_params:,} params, bf16, "
             f"gradient checkpointing {'off' if args.no_checkpointing else 'on'}; batch {args.batch}, latent 16x{f}x{h}x{w} "
             f"({tokens:,} tokens), text {TEXT_LEN}x{TEXT_DIM}; phase I K = {args.fake_updates}; phase II semantic head, "
             f"C-SDS lambda {args.sds_lambda}. Whole run {wall:.0f} s.\n",
@@ -253,7 +264,8 @@ def main(argv=None):
     if "sampling" in results:
         s = results["sampling"]
         text.append(f"\nLatency (no VAE): 1 NFE {s['one_step']['median_s']:.3f} s; teacher {s['teacher']['nfe']} NFE "
-                    f"({s['teacher']['steps']} Euler steps, CFG {s['teacher']['guidance']}) {s['teacher']['seconds']:.2f} s; "
+                    f"({s['teacher']['steps']} Euler steps, CFG {s['teacher']['guidance']}) "
+                    f"{s['teacher']['seconds']:.2f} s; "
                     f"speed-up {s['speedup']:.0f}x; peak {gib(s['peak_bytes']):.2f} GiB.\n")
     report = "\n".join(text)
     print(report)

@@ -19,8 +19,9 @@ def wan14b_config() -> dict:
 
 
 def scale_counts(lora_rank: int = 64, head_dim: int = 256) -> dict:
-    """Parameter counts of the 14B roles: the transformer, the fake LoRA (PrimingConfig targets), the heads."""
+    """Parameter counts of the 14B networks: the transformer, the fake LoRA (PrimingConfig targets), the heads."""
     from diffusers import WanTransformer3DModel
+
     from vpae.backbones.base import resolve_layers
     from vpae.config import EquilibriumConfig, PrimingConfig
     from vpae.discriminator import build_head

@@ -1,15 +1,17 @@
-"""ESTIMATED per-GPU memory of Wan2.1-I2V-14B phase I and phase II under FSDP2 (issue 14), built from MEASURED
-pieces: the bytes per parameter of each role (bench_distributed.py -> outputs/benchmarks/distributed.json), the
+"""ESTIMATED per-GPU memory of Wan2.1-I2V-14B phase I and phase II under FSDP2, built from MEASURED
+pieces: the bytes per parameter of each network (bench_distributed.py -> outputs/benchmarks/distributed.json), the
 bytes per video token of one 14B-shaped block (activation_cost.py -> outputs/benchmarks/activation_cost.json) and
 the 14B parameter counts (meta-device model, memory_arithmetic.scale_counts). Nothing here ran on a GPU: an
 estimate until benchmarks/gpu_wan_1_3b.py-style measurements at 14B exist.
 
     .venv/bin/python benchmarks/memory_plan.py [--gpus 8 --gpu-gib 80] [--gpus 32 --gpu-gib 96]
 
-Model of the memory of one GPU (data parallel, every role sharded over all GPUs, batch b per GPU):
-  sharded state  = sum over roles of params x bytes/param (trained: weight + grad + Adam m, v; frozen: weight) / GPUs,
-                   with the roles the code holds now (under torchrun the EMA exists from phase I on; recipes.run_distill
-                   keeps phase I's optimizers, their Adam states and the fake LoRA's grads through phase II)
+Model of the memory of one GPU (data parallel, every network sharded over all GPUs, batch b per GPU):
+  sharded state  = sum over networks of params x bytes/param (trained: weight + grad + Adam m, v; frozen: weight)
+                   / GPUs, with the networks the code holds (under torchrun the EMA exists from phase I on: the method
+                   makes it before sharding). The training loop releases phase I's optimizers (their Adam states and
+                   the fake LoRA's grads) when phase I ends, before phase II builds its own: the rows "II (phase I
+                   optimizers freed)" are what recipes.run_distill does; the rows "II" still hold them (an upper bound)
   activations    = b x the peak over the phase's sub-steps of what the back-propagating networks keep (40 blocks x
                    measured bytes/token x tokens + per-block constants), plus the transient of a no-grad teacher forward
                    (bounded above by one block's 'input'-mode saved bytes) and of a checkpointed block's recomputation
@@ -72,7 +74,8 @@ def state_bytes(counts: dict, prec: dict, phase: str, free_phase1: bool = False)
     else:
         roles.update({"fake LoRA (weights)": fr * L, "heads (trained)": tr * H})
         if not free_phase1:
-            roles["phase I generator Adam + fake LoRA Adam and grads (still held)"] = prec["phase1_adam_left"] * N + (tr - fr) * L
+            roles["phase I generator Adam + fake LoRA Adam and grads (still held)"] = (prec["phase1_adam_left"] * N
+                                                                                       + (tr - fr) * L)
     return roles
 
 
@@ -81,7 +84,8 @@ def activations(fit: dict, tokens: int, phase: str, ckpt: bool) -> dict:
     def blk(mode):  # one block's saved bytes (no checkpointing) for this many tokens
         f = fit[f"{mode}/no_ckpt"]
         return f["per_token_bytes"] * tokens + f["constant_bytes"]
-    stored = (lambda mode: LAYERS * fit[f"{mode}/ckpt"]["per_token_bytes"] * tokens) if ckpt else (lambda mode: LAYERS * blk(mode))
+    stored = ((lambda mode: LAYERS * fit[f"{mode}/ckpt"]["per_token_bytes"] * tokens) if ckpt
+              else (lambda mode: LAYERS * blk(mode)))
     recompute = (lambda mode: blk(mode)) if ckpt else (lambda mode: 0.0)
     teacher_nograd = blk("input")  # upper bound of a no-grad forward's live set
     other = 3 * 10 * KIB * tokens

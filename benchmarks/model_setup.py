@@ -60,8 +60,15 @@ def wan_config(args) -> dict:
 
 
 def make_cfg(args, priming: dict | None = None, equilibrium: dict | None = None):
-    from vpae.config import (DataConfig, EquilibriumConfig, ModelConfig, PretrainConfig, PrimingConfig,
-                             TrainConfig, VPAEConfig)
+    from vpae.config import (
+        DataConfig,
+        EquilibriumConfig,
+        ModelConfig,
+        PretrainConfig,
+        PrimingConfig,
+        TrainConfig,
+        VPAEConfig,
+    )
     return VPAEConfig(
         model=ModelConfig(wan_config=wan_config(args), text_len=TEXT_TOKENS, dtype=args.dtype),
         data=DataConfig(frames=args.frames, height=args.size, width=args.size, text_tokens=TEXT_TOKENS),
@@ -74,7 +81,7 @@ def make_cfg(args, priming: dict | None = None, equilibrium: dict | None = None)
 
 
 def data_stub():
-    """What build_roles reads off the data source: the text and image token widths (its ConditionSizes)."""
+    """What recipes.build_networks reads off the data source: the text and image token widths (its ConditionSizes)."""
     return SimpleNamespace(sizes=SimpleNamespace(text_dim=TEXT_DIM, image_dim=IMAGE_DIM))
 
 
@@ -98,8 +105,8 @@ def make_batch(args, seed: int = 1):
 class Variant:
     name: str
     step: Callable[[int], object]       # step(i) runs one optimisation step
-    modules: dict                        # role name -> nn.Module
-    optimizers: dict                     # name -> torch.optim.Optimizer
+    modules: dict                        # network name -> nn.Module
+    optimizers: dict                     # name -> torch.optim.Optimizer (a PhaseStepper's: stepper.optimizers.optimizers)
     counter: int = 0
 
     def __call__(self):

@@ -18,8 +18,8 @@ OUT_DIR = ROOT / "outputs" / "benchmarks"
 def machine_info(args) -> dict:
     cpu = ""
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from accounting import tensor_bytes
-from model_setup import TEXT_TOKENS, Variant, make_batch, setup_torch, wan_config
+from model_setup import TEXT_TOKENS, Variant, make_batch, make_cfg, setup_torch, wan_config
 from procmem import PeakMeter
 from timing import sync
 
@@ -40,26 +40,31 @@ def measure_in_child(args, build: Callable[[], Variant]) -> dict:
             "tensors": tensor_bytes(v.modules, v.optimizers)}
 
 
-PRELOAD = ["torch", "diffusers", "peft", "peft.tuners.lora", "vpae.recipes", "vpae.training.steps",
+PRELOAD = ["torch", "diffusers", "peft", "peft.tuners.lora", "vpae.recipes", "vpae.training.loop",
+           "vpae.training.methods.vpae", "vpae.training.methods.pretrain",
            "model_setup", "timing", "accounting", "procmem", "subprocs", "reporting", "memory_arithmetic"]
 
 
 def _warm_runtime(args) -> None:
-    """One tiny forward/backward/Adam step on a throwaway model, so the lazily loaded torch/diffusers/peft
-    code and libraries are resident before the baseline is taken."""
+    """One tiny forward/backward/Adam step on a throwaway model, and a config and its method built, so the
+    lazily loaded torch/diffusers/peft/vpae code and libraries are resident before the baseline is taken."""
     from diffusers import WanTransformer3DModel
+
     from vpae.backbones.wan import WanBackbone
-    from vpae.training import roles as R
+    from vpae.recipes import build_method
+    from vpae.training import model as M
     tiny = argparse.Namespace(**{**vars(args), "layers": 1, "dim": args.head_dim, "ffn": 8, "batch": 1,
                                  "frames": 1, "size": 2 * args.patch})
     bb = WanBackbone(WanTransformer3DModel(**wan_config(tiny)), TEXT_TOKENS).to(args.device)
-    R.add_lora(bb, "warm", 2, 2, ("to_q",))
+    M.add_lora(bb, "warm", 2, 2, ("to_q",))
     bb.requires_grad_(True)
     opt = torch.optim.Adam(bb.parameters())
     x, cond = make_batch(tiny)
     bb.velocity(x, torch.rand(1, device=args.device), cond).pow(2).mean().backward()
     opt.step()
     del bb, opt
+    # A config and its method: the registry imports the data source and the method's module on first use.
+    build_method(make_cfg(args))
 
 
 def _child_entry(script_path: str, argv: list[str], name: str, conn) -> None:

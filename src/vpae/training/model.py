@@ -50,38 +50,58 @@ def add_lora(backbone: WanBackbone, name: str, rank: int, alpha: int, targets) -
     backbone.model.add_adapter(cfg, adapter_name=name)
 
 
+def _adapters_off(model) -> bool | None:
+    """Whether the model's LoRA layers are switched off (enable/disable_adapters switch them all together, so
+    the first one tells); None without adapters."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    layer = next((m for m in model.modules() if isinstance(m, BaseTunerLayer)), None)
+    return None if layer is None else bool(layer.disable_adapters)
+
+
 @contextlib.contextmanager
 def real_score(teacher: WanBackbone):
-    """The teacher with its adapters switched off: the frozen real score."""
+    """The teacher with its adapters switched off: the frozen real score. On exit they are put back as they
+    were, so the context nests (a phase may hold it across a backward pass while a loss enters it again)."""
     if not getattr(teacher.model, "_hf_peft_config_loaded", False):
         yield teacher
         return
-    teacher.model.disable_adapters()
+    model = teacher.model
+    were_off = _adapters_off(model)
+    _keeping_trainable(model, model.disable_adapters)
     try:
         yield teacher
     finally:
-        teacher.model.enable_adapters()
+        if not were_off:
+            _keeping_trainable(model, model.enable_adapters)
 
 
 @contextlib.contextmanager
 def fake_score(teacher: WanBackbone):
     """The teacher with the "fake" LoRA adapter on: the fake score. On exit the adapters are put back as
-    they were (active adapter, and switched off if they were off)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    they were (active adapter, and switched off if they were off); which weights are trainable is left alone."""
     model = teacher.model
-    # enable/disable_adapters switch every LoRA layer together, so the first one tells the state
-    layer = next((m for m in model.modules() if isinstance(m, BaseTunerLayer)), None)
-    were_off = layer is not None and layer.disable_adapters
-    active = model.active_adapters() if layer is not None else []
-    model.set_adapter(FAKE_ADAPTER)
-    model.enable_adapters()
+    state = _adapters_off(model)
+    were_off = bool(state)
+    active = model.active_adapters() if state is not None else []
+    _keeping_trainable(model, model.set_adapter, FAKE_ADAPTER)
+    _keeping_trainable(model, model.enable_adapters)
     try:
         yield teacher
     finally:
         if active:
-            model.set_adapter(active if len(active) > 1 else active[0])
+            _keeping_trainable(model, model.set_adapter, active if len(active) > 1 else active[0])
         if were_off:
-            model.disable_adapters()
+            _keeping_trainable(model, model.disable_adapters)
+
+
+def _keeping_trainable(model, switch, *args) -> None:
+    """Call a peft adapter switch (set_adapter, enable_adapters, disable_adapters) keeping every parameter's
+    requires_grad as it was: peft also marks adapters trainable or frozen there, which would undo a caller's
+    freeze (and make a checkpointed block's recomputation in backward differ from its forward)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    switch(*args)
+    for p, flag in flags:
+        p.requires_grad_(flag)
 
 
 class AdapterState(nn.Module):

@@ -80,7 +80,8 @@ class ADDPhase(Phase):
 
     def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update | dict]:
         x0_gen, _ = student_inputs(self.nets.generator, x_data, cond, self.sigmas, False)
-        yield Update("generator", *self.generator_loss(x0_gen, cond))
+        with requires_grad(self.nets.head_params(), False), real_score(self.nets.teacher):
+            yield Update("generator", *self.generator_loss(x0_gen, cond))
         yield Update("heads", *self.discriminator_loss(x_data, x0_gen.detach(), cond))
         yield collapse_logs(x0_gen, x_data)
 

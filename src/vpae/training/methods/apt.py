@@ -74,7 +74,8 @@ class APTPhase(Phase):
 
     def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update | dict]:
         x0_gen = one_step_x0(self.nets.generator, randomness.randn_like(x_data), cond)
-        yield Update("generator", *self.generator_loss(x0_gen, cond))
+        with requires_grad(self.disc_params(), False):
+            yield Update("generator", *self.generator_loss(x0_gen, cond))
         yield Update("discriminator", *self.discriminator_loss(x_data, x0_gen.detach(), cond))
         yield collapse_logs(x0_gen, x_data)
 

@@ -9,6 +9,9 @@ how (`optimizers`: name -> OptimizerSpec), what a checkpoint holds (`modules`), 
 (`step`, a generator that yields an `Update` per optimizer step: the loss and its logs). The training loop
 (vpae.training.loop) owns the optimizers, zero_grad, backward, clipping and stepping; code after a `yield`
 runs after that optimizer step (the EMA update, a second network's update that reads the first's output).
+A context that shapes a loss's graph (adapters switched on or off, a network's weights frozen) is held across
+the `yield`: backward then runs in the state the forward ran in, which gradient checkpointing needs (it runs
+the forward again inside backward).
 """
 
 from __future__ import annotations

@@ -123,8 +123,9 @@ class DCMPhase(Phase):
     def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update]:
         which = step % 2
         name, student, target, _ = self.experts()[which]
-        loss, logs, out = self.expert_loss(which, x_data, cond)
-        yield Update(name, loss, logs)
+        with real_score(self.nets.teacher), requires_grad(self.nets.head_params(), False):
+            loss, logs, out = self.expert_loss(which, x_data, cond)
+            yield Update(name, loss, logs)
         update_ema(target, student, self.consistency.ema_decay)
         if which == 1:  # the heads learn on the detail expert's steps
             yield Update("heads", *self.discriminator_loss(x_data, out, cond))

@@ -107,8 +107,12 @@ class DMD2Phase(Phase):
 
     def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update]:
         for _ in range(self.settings.fake_updates_per_generator):
-            yield Update("fake", *self.fake_loss(x_data, cond))
-        yield Update("generator", *self.generator_loss(self.generate(x_data, cond), x_data, cond))
+            with fake_score(self.nets.teacher):
+                yield Update("fake", *self.fake_loss(x_data, cond))
+        x0_gen = self.generate(x_data, cond)
+        # the GAN term reads the fake score's features with its weights frozen: held through the backward
+        with fake_score(self.nets.teacher), requires_grad(self.fake_side_params(), False):
+            yield Update("generator", *self.generator_loss(x0_gen, x_data, cond))
 
 
 @register_method("dmd2")

@@ -107,7 +107,8 @@ class MDPhase(Phase):
 
     def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update]:
         for _ in range(self.settings.fake_updates_per_generator):
-            yield Update("fake", *self.fake_loss(x_data, cond))
+            with fake_score(self.nets.teacher):
+                yield Update("fake", *self.fake_loss(x_data, cond))
         yield Update("generator", *self.generator_loss(x_data, cond))
 
 

@@ -8,6 +8,7 @@ the generator's EMA (the discriminator backbone, "unified"), the heads, and for 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator
 
 import torch
@@ -35,6 +36,7 @@ from vpae.training.model import (
     AdapterState,
     Networks,
     copy_into,
+    fake_score,
     generator_checkpoint_view,
     real_score,
     trainable_parameters,
@@ -87,7 +89,8 @@ class PrimingPhase(Phase):
 
     def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update]:
         for _ in range(self.priming.fake_updates_per_generator):
-            yield Update("fake", *self.fake_loss(x_data, cond))
+            with fake_score(self.nets.teacher):
+                yield Update("fake", *self.fake_loss(x_data, cond))
         yield Update("generator", *self.generator_loss(x_data, cond))
 
 
@@ -203,10 +206,20 @@ class EquilibriumPhase(Phase):
         logs["loss/d_total"] = loss.item()
         return loss, logs
 
+    def generator_update_state(self) -> contextlib.ExitStack:
+        """Held from the generator loss's forward through its backward: the discriminator's weights frozen, and
+        the frozen-teacher backbone's adapters off."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(requires_grad(self.disc_params(), False))
+        if self.equilibrium.backbone == "frozen":
+            stack.enter_context(real_score(self.nets.teacher))
+        return stack
+
     def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update | dict]:
         z = randomness.randn_like(x_data)
         x0_gen = one_step_x0(self.nets.generator, z, cond)
-        yield Update("generator", *self.generator_loss(x0_gen, z, cond))
+        with self.generator_update_state():
+            yield Update("generator", *self.generator_loss(x0_gen, z, cond))
         # Update EMA (the unified discriminator backbone co-evolves with the generator).
         update_ema(self.nets.ema, self.nets.generator, self.equilibrium.ema_decay)
         for _ in range(self.equilibrium.disc_updates_per_generator):

@@ -113,3 +113,18 @@ def cond_i2v() -> Conditioning:
 @pytest.fixture
 def cond_t2v() -> Conditioning:
     return make_cond(i2v=False)
+
+
+def nonzero_fake_lora_and_checkpointing(teacher: WanBackbone, generator: WanBackbone, checkpointing: bool,
+                                        seed: int = 5) -> None:
+    """For gradient-checkpointing tests: a non-zero fake LoRA (so reading the teacher with its adapters in the
+    wrong state changes its output) and, if asked, checkpointing on the teacher and the generator (copies made
+    from the generator afterwards inherit it)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for n, p in teacher.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.2 * torch.randn_like(p))
+    if checkpointing:
+        for bb in (teacher, generator):
+            bb.model.enable_gradient_checkpointing()

@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import make_cond, make_latent, make_wan
+from conftest import make_cond, make_latent, make_wan, nonzero_fake_lora_and_checkpointing
 
 from vpae import randomness
 from vpae.config import (
@@ -328,14 +328,7 @@ def test_gradient_checkpointing_gives_the_same_steps(method):
         teacher = make_wan()
         gen = copy_generator(teacher, "full")
         make_teacher_and_fake(teacher, 4, 4, TARGETS)
-        torch.manual_seed(5)
-        with torch.no_grad():
-            for n, p in teacher.named_parameters():
-                if "lora_B" in n:
-                    p.copy_(0.2 * torch.randn_like(p))
-        if checkpointing:
-            for bb in (teacher, gen):
-                bb.model.enable_gradient_checkpointing()
+        nonzero_fake_lora_and_checkpointing(teacher, gen, checkpointing)
         heads = None
         if m.needs_heads:
             torch.manual_seed(1)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LATENT_SHAPE, make_cond, make_latent, make_wan
+from conftest import LATENT_SHAPE, make_cond, make_latent, make_wan, nonzero_fake_lora_and_checkpointing
 from torch import nn
 
 from vpae import flow
@@ -668,14 +668,7 @@ def test_gradient_checkpointing_gives_the_same_phase_two_step(backbone):
 
     def run(checkpointing: bool):
         teacher, gen = _teacher_and_generator(0)
-        torch.manual_seed(5)
-        with torch.no_grad():
-            for n, p in teacher.named_parameters():
-                if "lora_B" in n:
-                    p.copy_(0.2 * torch.randn_like(p))
-        if checkpointing:
-            for bb in (teacher, gen):
-                bb.model.enable_gradient_checkpointing()
+        nonzero_fake_lora_and_checkpointing(teacher, gen, checkpointing)
         torch.manual_seed(1)
         cfg = VPAEConfig(equilibrium=EquilibriumConfig(layers=(0.5, 1.0), lr=1e-3, head_lr=1e-3, backbone=backbone,
                                                        sds_lambda=1.0, r1_weight=0.0))

@@ -184,6 +184,10 @@ class Networks:
     def fake_params(self) -> list[nn.Parameter]:
         return trainable_parameters(self.teacher)  # only the "fake" LoRA is trainable on the teacher
 
+    def fake_lora_state(self) -> "AdapterState":
+        """What a checkpoint holds of the fake score: the teacher's fake LoRA alone."""
+        return AdapterState(self.teacher, FAKE_ADAPTER)
+
     def head_params(self) -> list[nn.Parameter]:
         return list(self.heads.parameters()) if self.heads is not None else []
 

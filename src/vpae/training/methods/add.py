@@ -26,8 +26,8 @@ from vpae.losses import (
 from vpae.registry import register_method
 from vpae.sampling import few_step_sigmas
 from vpae.training.collapse import collapse_logs
-from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, requires_grad, student_inputs
-from vpae.training.model import Networks, generator_checkpoint_view, real_score, trainable_parameters
+from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, adam_on, requires_grad, student_inputs
+from vpae.training.model import Networks, generator_checkpoint_view, real_score
 
 Tensor = torch.Tensor
 
@@ -46,7 +46,7 @@ class ADDPhase(Phase):
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         c = self.comparison
-        return {"generator": OptimizerSpec(trainable_parameters(self.nets.generator), c.lr, c.betas, c.grad_clip),
+        return {"generator": adam_on(self.nets.generator, c),
                 "heads": OptimizerSpec(self.nets.head_params(), c.disc_lr, c.disc_betas, c.grad_clip)}
 
     def modules(self) -> dict[str, nn.Module]:

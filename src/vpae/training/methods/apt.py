@@ -19,7 +19,7 @@ from vpae.discriminator import FeatureDiscriminator
 from vpae.losses import AdversarialLoss, ApproximatedR1, discriminator_accuracy
 from vpae.registry import register_method
 from vpae.training.collapse import collapse_logs
-from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, one_step_x0, requires_grad
+from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, adam_on, one_step_x0, requires_grad
 from vpae.training.model import Networks, generator_checkpoint_view, trainable_parameters
 
 Tensor = torch.Tensor
@@ -45,7 +45,7 @@ class APTPhase(Phase):
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         c = self.comparison
-        return {"generator": OptimizerSpec(trainable_parameters(self.nets.generator), c.lr, c.betas, c.grad_clip),
+        return {"generator": adam_on(self.nets.generator, c),
                 "discriminator": OptimizerSpec(self.disc_params(), c.disc_lr, c.disc_betas, c.grad_clip)}
 
     def modules(self) -> dict[str, nn.Module]:

@@ -26,7 +26,7 @@ from torch import nn
 from vpae import flow, randomness
 from vpae.conditioning import Conditioning
 from vpae.sampling import predict_x0
-from vpae.training.model import Networks
+from vpae.training.model import Networks, trainable_parameters
 
 Tensor = torch.Tensor
 
@@ -48,6 +48,12 @@ class OptimizerSpec:
         if self.kind == "adamw":
             return torch.optim.AdamW(self.params, lr=self.lr, betas=tuple(self.betas), weight_decay=self.weight_decay)
         return torch.optim.Adam(self.params, lr=self.lr, betas=tuple(self.betas), weight_decay=self.weight_decay)
+
+
+def adam_on(module: nn.Module, section) -> OptimizerSpec:
+    """Adam on a network's trainable weights with a config section's lr, betas and grad_clip (the priming,
+    equilibrium and comparison sections all carry them)."""
+    return OptimizerSpec(trainable_parameters(module), section.lr, section.betas, section.grad_clip)
 
 
 @dataclass

@@ -26,8 +26,8 @@ from vpae.losses import (
     temporal_coherence_loss,
 )
 from vpae.registry import register_method
-from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, requires_grad
-from vpae.training.model import Networks, generator_checkpoint_view, real_score, trainable_parameters, update_ema
+from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, adam_on, requires_grad
+from vpae.training.model import Networks, generator_checkpoint_view, real_score, update_ema
 
 Tensor = torch.Tensor
 
@@ -76,9 +76,7 @@ class DCMPhase(Phase):
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         c, n = self.comparison, self.nets
-        return {"generator": OptimizerSpec(trainable_parameters(n.generator), c.lr, c.betas, c.grad_clip),
-                "detail_expert": OptimizerSpec(trainable_parameters(n.others["detail_expert"]), c.lr, c.betas,
-                                               c.grad_clip),
+        return {"generator": adam_on(n.generator, c), "detail_expert": adam_on(n.others["detail_expert"], c),
                 "heads": OptimizerSpec(n.head_params(), c.disc_lr, c.disc_betas, c.grad_clip)}
 
     def modules(self) -> dict[str, nn.Module]:

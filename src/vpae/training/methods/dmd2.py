@@ -27,14 +27,11 @@ from vpae.losses import (
 from vpae.registry import register_method
 from vpae.sampling import few_step_sigmas
 from vpae.training.collapse import collapse_logs
-from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, requires_grad, student_inputs
+from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, adam_on, requires_grad, student_inputs
 from vpae.training.model import (
-    FAKE_ADAPTER,
-    AdapterState,
     Networks,
     fake_score,
     generator_checkpoint_view,
-    trainable_parameters,
 )
 
 Tensor = torch.Tensor
@@ -56,12 +53,12 @@ class DMD2Phase(Phase):
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         c = self.comparison
-        return {"generator": OptimizerSpec(trainable_parameters(self.nets.generator), c.lr, c.betas, c.grad_clip),
+        return {"generator": adam_on(self.nets.generator, c),
                 "fake": OptimizerSpec(self.fake_side_params(), self.settings.fake_lr, c.betas, c.grad_clip)}
 
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": generator_checkpoint_view(self.nets.generator),
-                "fake_lora": AdapterState(self.nets.teacher, FAKE_ADAPTER), "heads": self.nets.heads}
+                "fake_lora": self.nets.fake_lora_state(), "heads": self.nets.heads}
 
     def generate(self, x_data: Tensor, cond: Conditioning) -> Tensor:
         return student_inputs(self.nets.generator, x_data, cond, self.sigmas, self.settings.backward_simulation)[0]

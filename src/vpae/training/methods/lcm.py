@@ -14,20 +14,21 @@ from vpae import flow
 from vpae.conditioning import Conditioning
 from vpae.losses import PhasedConsistencyLoss
 from vpae.registry import register_method
-from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update
-from vpae.training.model import Networks, generator_checkpoint_view, real_score, trainable_parameters, update_ema
+from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, adam_on
+from vpae.training.model import Networks, generator_checkpoint_view, real_score, update_ema
 
 Tensor = torch.Tensor
 
 
 class ConsistencyPhase(Phase):
     """The generator learns the teacher's ODE over `phases` phases (edges: flow.sigma_schedule(phases,
-    comparison.shift)) against its EMA target (nets.ema). optimizer: {"lr", "betas", "grad_clip"}."""
+    comparison.shift)) against its EMA target (nets.ema). `section` (comparison, or priming for V-PAE's first
+    phase) gives the budget (steps, batch_size) and the optimizer (lr, betas, grad_clip)."""
 
-    def __init__(self, nets: Networks, cfg, phases: int, name: str, stream: int, optimizer: dict,
-                 steps: int, batch_size: int):
+    def __init__(self, nets: Networks, cfg, phases: int, name: str, stream: int, section):
         super().__init__(nets, cfg)
-        self.name, self.stream, self.opt, self.steps, self.batch_size = name, stream, optimizer, steps, batch_size
+        self.name, self.stream, self.section = name, stream, section
+        self.steps, self.batch_size = section.steps, section.batch_size
         c = self.consistency = cfg.consistency
         edges = flow.sigma_schedule(phases, cfg.comparison.shift).tolist()  # [1, 0] for LCM
         self.loss = PhasedConsistencyLoss(edges, c.num_timesteps, c.skip, cfg.comparison.guidance, c.distance, c.huber_c)
@@ -36,7 +37,7 @@ class ConsistencyPhase(Phase):
         self.nets.make_ema()  # the EMA target (V-PAE's phase II later restarts it from this phase's generator)
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        return {"generator": OptimizerSpec(trainable_parameters(self.nets.generator), **self.opt)}
+        return {"generator": adam_on(self.nets.generator, self.section)}
 
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": generator_checkpoint_view(self.nets.generator), "target": self.nets.ema}
@@ -49,11 +50,6 @@ class ConsistencyPhase(Phase):
         update_ema(self.nets.ema, self.nets.generator, self.consistency.ema_decay)
 
 
-def comparison_optimizer(cfg) -> dict:
-    c = cfg.comparison
-    return {"lr": c.lr, "betas": c.betas, "grad_clip": c.grad_clip}
-
-
 @register_method("lcm")
 class LCM(Method):
     name, paper, sampler = "lcm", "Luo et al. 2023, Latent Consistency Models", "few_step"
@@ -62,6 +58,4 @@ class LCM(Method):
         return 1
 
     def phases(self, nets: Networks) -> list[Phase]:
-        c = self.cfg.comparison
-        return [ConsistencyPhase(nets, self.cfg, self.consistency_phases(), self.name, 3, comparison_optimizer(self.cfg),
-                                 c.steps, c.batch_size)]
+        return [ConsistencyPhase(nets, self.cfg, self.consistency_phases(), self.name, 3, self.cfg.comparison)]

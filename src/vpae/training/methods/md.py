@@ -20,14 +20,12 @@ from vpae.losses import DistributionMatchingLoss, FakeScoreLoss, ground_truth_lo
 from vpae.registry import register_method
 from vpae.sampling import few_step_sigmas, predict_x0
 from vpae.training.collapse import collapse_logs
-from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, student_inputs
+from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, adam_on, student_inputs
 from vpae.training.model import (
     FAKE_ADAPTER,
-    AdapterState,
     Networks,
     fake_score,
     generator_checkpoint_view,
-    trainable_parameters,
 )
 
 Tensor = torch.Tensor
@@ -82,12 +80,12 @@ class MDPhase(Phase):
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         c = self.comparison
-        return {"generator": OptimizerSpec(trainable_parameters(self.nets.generator), c.lr, c.betas, c.grad_clip),
+        return {"generator": adam_on(self.nets.generator, c),
                 "fake": OptimizerSpec(self.nets.fake_params, self.settings.fake_lr, c.betas, c.grad_clip)}
 
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": generator_checkpoint_view(self.nets.generator),
-                "fake_lora": AdapterState(self.nets.teacher, FAKE_ADAPTER)}
+                "fake_lora": self.nets.fake_lora_state()}
 
     def fake_loss(self, x_data: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
         with torch.no_grad():

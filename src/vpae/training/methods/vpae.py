@@ -29,11 +29,9 @@ from vpae.losses import (
 from vpae.registry import register_method
 from vpae.sampling import predict_x0
 from vpae.training.collapse import collapse_logs
-from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, one_step_x0, requires_grad
+from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, adam_on, one_step_x0, requires_grad
 from vpae.training.methods.lcm import ConsistencyPhase
 from vpae.training.model import (
-    FAKE_ADAPTER,
-    AdapterState,
     Networks,
     copy_into,
     fake_score,
@@ -62,12 +60,12 @@ class PrimingPhase(Phase):
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         p = self.priming
-        return {"generator": OptimizerSpec(trainable_parameters(self.nets.generator), p.lr, p.betas, p.grad_clip),
+        return {"generator": adam_on(self.nets.generator, p),
                 "fake": OptimizerSpec(self.nets.fake_params, p.fake_lr, p.fake_betas, p.grad_clip)}
 
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": generator_checkpoint_view(self.nets.generator),
-                "fake_lora": AdapterState(self.nets.teacher, FAKE_ADAPTER)}
+                "fake_lora": self.nets.fake_lora_state()}
 
     def generate(self, x_data: Tensor, cond: Conditioning) -> Tensor:
         """x0_hat = f(x_s, s): one evaluation from the low-SNR band, x_s built from data (Fig. 2a)."""
@@ -136,7 +134,7 @@ class EquilibriumPhase(Phase):
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         e = self.equilibrium
-        return {"generator": OptimizerSpec(trainable_parameters(self.nets.generator), e.lr, e.betas, e.grad_clip),
+        return {"generator": adam_on(self.nets.generator, e),
                 "heads": OptimizerSpec(self.disc_params(), e.head_lr, e.head_betas, e.grad_clip)}
 
     def modules(self) -> dict[str, nn.Module]:
@@ -248,14 +246,7 @@ class VPAE(Method):
 
     def phases(self, nets: Networks) -> list[Phase]:
         if self.cfg.priming.kind == "lcm":  # Table 2: LCM as the first phase, with phase I's optimizer and budget
-            first = ConsistencyPhase(nets, self.cfg, phases=1, name="priming", stream=1,
-                                     optimizer=_priming_optimizer(self.cfg), steps=self.cfg.priming.steps,
-                                     batch_size=self.cfg.priming.batch_size)
+            first = ConsistencyPhase(nets, self.cfg, phases=1, name="priming", stream=1, section=self.cfg.priming)
         else:
             first = PrimingPhase(nets, self.cfg)
         return [first, EquilibriumPhase(nets, self.cfg)]
-
-
-def _priming_optimizer(cfg) -> dict:
-    p = cfg.priming
-    return {"lr": p.lr, "betas": p.betas, "grad_clip": p.grad_clip}

@@ -59,12 +59,18 @@ class ModelConfig:
     """Text tokens the transformer was trained with: 512 for real Wan (text zero-padded to 512, as its
     pipelines do). 0: read it from the checkpoint's vpae.json, else 512. The toy teacher uses 24."""
     dtype: str = "float32"
-    """Parameter dtype of all roles: float32 | bfloat16."""
+    """Stored dtype of the trained roles (generator, fake LoRA, heads): their master weights and Adam states.
+    Keep float32: Adam at lr 1e-6 moves ~2 % of bf16 weights per step (FIELD_NOTES 12). Under torchrun they
+    compute in parallel.param_dtype."""
+    frozen_dtype: str = ""
+    """Stored dtype of the frozen roles (the teacher's base weights, the EMA discriminator backbone, a frozen
+    copy): bfloat16 halves their memory. Empty: model.dtype."""
     gradient_checkpointing: bool = False
     """Recompute block activations in backward (large models)."""
 
     def __post_init__(self) -> None:
         check_choice("model.dtype", self.dtype, ("float32", "bfloat16"))
+        check_choice("model.frozen_dtype", self.frozen_dtype, ("", "float32", "bfloat16"))
 
 
 def source_config_class(kind: str):
@@ -433,9 +439,14 @@ class TrainConfig:
     """Divergence check: a logged loss above this stops the run before it is checkpointed (0: off)."""
     dead_grad_steps: int = 5
     """Divergence check: a gradient norm exactly 0 this many steps in a row stops the run (0: off)."""
+    grad_accum: int = 1
+    """Gradient accumulation: each rank's share of a step's batch is run as this many micro-batches, whose
+    gradients add up before each optimizer step (the step equals the whole-batch step; global batch =
+    phase batch_size, split over the data-parallel ranks, then into micro-batches)."""
 
     def __post_init__(self) -> None:
         check_at_least("train.eval_every", self.eval_every, 0)
+        check_at_least("train.grad_accum", self.grad_accum, 1)
         for name in ("checkpoint_every", "log_every", "keep_checkpoints"):
             check_at_least(f"train.{name}", getattr(self, name), 1)
 
@@ -455,11 +466,39 @@ class ParallelConfig:
     """Free each block's gathered weights after its forward (ZeRO-3); False keeps them until backward (ZeRO-2)."""
     backend: str = "auto"
     """torch.distributed backend: auto = nccl on CUDA, gloo on CPU."""
+    dp_replicate: int = 1
+    """Data-parallel replicas (HSDP: weights replicated across this mesh dimension, e.g. across nodes)."""
+    dp_shard: int = -1
+    """Data-parallel ranks the weights are sharded over (FSDP2), per replica. -1: what the world size leaves
+    (world / (dp_replicate x cp))."""
+    cp: int = 1
+    """Context-parallel degree: the ranks that share one sample, its token sequence split over them (diffusers'
+    context parallelism; weights are sharded over them too)."""
+    cp_kind: str = "ulysses"
+    """ulysses (all-to-all over heads: the head count must divide by cp) | ring (K/V passed around)."""
+    cpu_offload: bool = False
+    """FSDP2 CPUOffloadPolicy: sharded parameters, gradients and optimizer states live in CPU memory."""
+    accum_sync: str = "last"
+    """With train.grad_accum > 1: last = reduce gradients only after the last micro-batch (full unsharded
+    gradients are held between micro-batches); every = reduce-scatter after each micro-batch (sharded
+    gradients, more communication: the choice at 14B)."""
+    init_timeout_s: int = 1800
+    """Collective timeout while the roles are built and loaded (slow at 14B)."""
+    timeout_s: int = 600
+    """Collective timeout during training: a rank that stops answering ends the run after this long."""
 
     def __post_init__(self) -> None:
         check_choice("parallel.param_dtype", self.param_dtype, ("float32", "bfloat16"))
         check_choice("parallel.reduce_dtype", self.reduce_dtype, ("float32", "bfloat16"))
         check_choice("parallel.backend", self.backend, ("auto", "gloo", "nccl"))
+        check_choice("parallel.cp_kind", self.cp_kind, ("ulysses", "ring"))
+        check_choice("parallel.accum_sync", self.accum_sync, ("last", "every"))
+        check_at_least("parallel.dp_replicate", self.dp_replicate, 1)
+        check_at_least("parallel.cp", self.cp, 1)
+        if self.dp_shard != -1:
+            check_at_least("parallel.dp_shard", self.dp_shard, 1)
+        check_at_least("parallel.init_timeout_s", self.init_timeout_s, 1)
+        check_at_least("parallel.timeout_s", self.timeout_s, 1)
 
 
 @dataclass

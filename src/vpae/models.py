@@ -96,10 +96,34 @@ def check_teacher(cfg: VPAEConfig, path: Path) -> list[str]:
     return check(cfg, meta) if check is not None else []
 
 
-def build_teacher(cfg: VPAEConfig, device: str | None = None) -> WanBackbone:
+def _random_wan_config(cfg: VPAEConfig) -> dict:
+    if not cfg.model.wan_config:
+        raise ValueError("model.teacher is empty and model.wan_config is empty: nothing to build")
+    wc = dict(cfg.model.wan_config)
+    if "patch_size" in wc:
+        wc["patch_size"] = tuple(wc["patch_size"])
+    return wc
+
+
+def build_teacher(cfg: VPAEConfig, device: str | None = None, empty: bool = False) -> WanBackbone:
     """The teacher from cfg.model.teacher (a diffusers folder or 'builtin:toy'), or random from
-    wan_config, on `device` (default cfg.train.device)."""
+    wan_config, on `device` (default cfg.train.device). empty: its shape only, on the meta device, no weights
+    read (the ranks that receive their shards from rank 0 under torchrun)."""
     from vpae.backbones.wan import WanBackbone
+    if empty:
+        from diffusers import WanTransformer3DModel
+        if cfg.model.teacher:
+            path = resolve_model_path(cfg.model.teacher)
+            config = WanTransformer3DModel.load_config(str(path), local_files_only=True)
+            text_len = cfg.model.text_len or int(read_model_meta(path).get("text_len", 512))
+        else:
+            config, text_len = _random_wan_config(cfg), cfg.model.text_len or 512
+        with torch.device("meta"):
+            model = WanTransformer3DModel.from_config(config).to(dtype_of(cfg))
+        bb = WanBackbone(model, text_len)
+        if cfg.model.gradient_checkpointing:
+            bb.model.enable_gradient_checkpointing()
+        return bb
     if cfg.model.teacher:
         path = resolve_model_path(cfg.model.teacher)
         bb = load_wan_backbone(path, dtype_of(cfg), cfg.model.text_len)
@@ -108,11 +132,8 @@ def build_teacher(cfg: VPAEConfig, device: str | None = None) -> WanBackbone:
         if not cfg.model.wan_config:
             raise ValueError("model.teacher is empty and model.wan_config is empty: nothing to build")
         from diffusers import WanTransformer3DModel
-        wc = dict(cfg.model.wan_config)
-        if "patch_size" in wc:
-            wc["patch_size"] = tuple(wc["patch_size"])
         torch.manual_seed(cfg.train.seed)  # the same random teacher in every process (resume, tests)
-        model = WanTransformer3DModel(**wc)
+        model = WanTransformer3DModel(**_random_wan_config(cfg))
         if dtype_of(cfg) != torch.float32:
             model = model.to(dtype_of(cfg))
         bb = WanBackbone(model, cfg.model.text_len or 512)

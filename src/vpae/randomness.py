@@ -52,8 +52,27 @@ def _mix(*values: int) -> int:
 
 @contextlib.contextmanager
 def batch_stream(seed: int, rank: int = 0):
-    """Draws inside are a pure function of (seed, draw number, global sample index); see the module doc."""
-    token = _current.set(_Stream(int(seed), int(rank)))
+    """Draws inside are a pure function of (seed, draw number, global sample index); see the module doc.
+    rank: which equal share of the global batch the draws are for (a data-parallel rank, or with gradient
+    accumulation rank x micro-batches + micro-batch)."""
+    with using(new_stream(seed, rank)):
+        yield
+
+
+def new_stream(seed: int, rank: int = 0, draws: int = 0) -> _Stream:
+    """A stream to install with `using` (a micro-batch of gradient accumulation keeps its own across the
+    optimizer steps of one training step), continuing after `draws` draws."""
+    return _Stream(int(seed), int(rank), int(draws))
+
+
+def current() -> _Stream | None:
+    """The stream draws come from now (None: torch's global generator)."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def using(stream: _Stream):
+    token = _current.set(stream)
     try:
         yield
     finally:

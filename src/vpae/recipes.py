@@ -4,6 +4,7 @@ CLI, the demo and the ablation call it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -39,7 +40,7 @@ def build_method(cfg: VPAEConfig) -> Method:
 def start_run(cfg: VPAEConfig, run_dir: Path) -> parallel.World:
     """This process's World (torchrun: the process group is initialised here) and the run directory with its
     recorded config; rank 0 writes, and a refused config stops every rank."""
-    world = parallel.init_world(cfg.train.device, cfg.parallel.backend)
+    world = parallel.init_world(cfg.train.device, cfg.parallel.backend, parallel_cfg=cfg.parallel)
     error = None
     if world.main:
         try:
@@ -70,18 +71,19 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
         ema = make_ema(model)
         if world.distributed:
             for m in (model, ema):
-                parallel.shard_backbone(m, cfg.parallel)
+                parallel.shard_backbone(m, cfg.parallel, world)
         return model, ema
     model, ema = parallel.in_turns(world, build)
     phase = FlowMatchingPhase(model, ema, cfg)
     probe = getattr(data, "pretrain_probe", None)  # a data source may offer a probe of what the teacher learnt
-    result = train(phase, data.batch_fn(phase.batch_size, cfg.train.seed + phase.stream, world.rank, world.size,
+    result = train(phase, data.batch_fn(phase.batch_size, cfg.train.seed + phase.stream, world.dp_rank, world.dp_size,
                                         num_workers=cfg.train.num_workers),
                    run_dir=run_dir, seed=cfg.train.seed, checkpoint_every=cfg.train.checkpoint_every,
                    keep=cfg.train.keep_checkpoints, log_every=cfg.train.log_every, progress=progress,
                    max_seconds=cfg.pretrain.max_seconds, divergence=divergence_check(cfg),
                    eval_fn=probe(ema, cfg.train.eval_videos) if probe else None,
-                   eval_every=cfg.train.eval_every, world=world)
+                   eval_every=cfg.train.eval_every, world=world, micro_batches=cfg.train.grad_accum,
+                   accum_sync=cfg.parallel.accum_sync)
     result["world"] = world
     if world.distributed:
         # rank 0 gathers unsharded copies in CPU memory for the export (the GPUs keep only their shards)
@@ -102,15 +104,13 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
 
 def build_networks(cfg: VPAEConfig, data: DataSource, method: Method, world: parallel.World | None = None) -> Networks:
     """The teacher (+ its zero-initialised fake adapter), the generator, the heads when the method reads them and
-    the method's own networks; under torchrun every network sharded (training.parallel.shard_networks), built in
-    CPU memory one local rank at a time and moved to the device shard by shard."""
+    the method's own networks; under torchrun every network sharded (training.parallel.shard_networks): rank 0
+    builds them whole in CPU memory, the other ranks only their shapes on the meta device, and rank 0's weights
+    reach every rank's shards by broadcast."""
     world = world or parallel.World()
-    return parallel.in_turns(world, lambda: _build_networks(cfg, data, method, world))
-
-
-def _build_networks(cfg: VPAEConfig, data: DataSource, method: Method, world: parallel.World) -> Networks:
-    device = parallel.build_device(world, cfg.train.device)
-    teacher = build_teacher(cfg, device)
+    empty = world.distributed and not world.main
+    device = "meta" if empty else parallel.build_device(world, cfg.train.device)
+    teacher = build_teacher(cfg, device, empty=empty)
     p = cfg.priming
     generator = _generator_of(teacher, cfg)
     make_teacher_and_fake(teacher, p.lora_rank, p.lora_alpha, p.lora_targets)
@@ -118,13 +118,16 @@ def _build_networks(cfg: VPAEConfig, data: DataSource, method: Method, world: pa
     if method.needs_heads:
         h = method.head_settings()
         torch.manual_seed(cfg.train.seed + 1)  # the heads' initialisation does not depend on the teacher's
-        heads = build_head(h["kind"], feature_dim=generator.feature_dim,
-                           num_layers=len(resolve_layers(h["layers"], generator.num_layers)),
-                           text_dim=data.sizes.text_dim, image_dim=data.sizes.image_dim, hidden_dim=h["hidden_dim"],
-                           num_queries=h["num_queries"], num_heads=h["num_heads"]).to(device)
+        with torch.device("meta") if empty else contextlib.nullcontext():
+            heads = build_head(h["kind"], feature_dim=generator.feature_dim,
+                               num_layers=len(resolve_layers(h["layers"], generator.num_layers)),
+                               text_dim=data.sizes.text_dim, image_dim=data.sizes.image_dim, hidden_dim=h["hidden_dim"],
+                               num_queries=h["num_queries"], num_heads=h["num_heads"])
+        if not empty:
+            heads = heads.to(device)
     nets = Networks(generator, teacher, heads)
     method.add_roles(nets, before_sharding=world.distributed)
-    return parallel.shard_networks(nets, cfg.parallel, world)
+    return parallel.shard_networks(nets, cfg, world)
 
 
 def fresh_generator(cfg: VPAEConfig, device: str | None = None) -> WanBackbone:
@@ -205,7 +208,7 @@ def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progre
     tc = cfg.train
     common = dict(seed=tc.seed, checkpoint_every=tc.checkpoint_every, keep=tc.keep_checkpoints,
                   log_every=tc.log_every, progress=progress, eval_every=tc.eval_every, world=world,
-                  divergence=divergence_check(cfg))
+                  divergence=divergence_check(cfg), micro_batches=tc.grad_accum, accum_sync=cfg.parallel.accum_sync)
     sampler_model = method.sampler_model(nets, phases)
     for i, ph in enumerate(phases):
         pdir = run_dir / ph.name
@@ -215,7 +218,7 @@ def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progre
                                       f"rerun the same command to resume it")
             ph.start()  # the phase's copies (EMA, targets) from the generator as the previous phase left it
             evf = eval_fn_factory(sampler_model) if eval_fn_factory else None
-            r = train(ph, data.batch_fn(ph.batch_size, tc.seed + ph.stream, world.rank, world.size), run_dir=pdir,
+            r = train(ph, data.batch_fn(ph.batch_size, tc.seed + ph.stream, world.dp_rank, world.dp_size), run_dir=pdir,
                       eval_fn=evf, **common)
             out["timings"][ph.name] = r["seconds"]
             out[ph.name] = r

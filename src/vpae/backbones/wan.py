@@ -13,6 +13,7 @@ has no mask, so the zero tokens change the output; padding makes a short text me
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -116,9 +117,37 @@ class WanBackbone(Backbone):
         return dict(hidden_states=hidden.to(dtype), timestep=flow.model_timestep(sigma),
                     encoder_hidden_states=text.to(dtype), encoder_hidden_states_image=image)
 
+    # -- context parallelism (diffusers' enable_parallelism; training.parallel turns it on) ---------------------
+    def cp_group(self):
+        """The process group this model's sequence is split over, None without context parallelism."""
+        config = getattr(self.model, "_parallel_config", None)
+        cp = getattr(config, "context_parallel_config", None)
+        return cp._flattened_mesh if cp is not None else None
+
+    def _cp_input(self, x_t: Tensor) -> Tensor:
+        """x_t as this rank's blocks see it. Each rank of a cp group holds the whole x_t but back-propagates
+        only through its own part of the sequence, so a gradient with respect to x_t (the discriminator's input)
+        is summed over the group: identity forward, all-reduce backward."""
+        mesh = self.cp_group()
+        if mesh is None:
+            return x_t
+        n, size = math.prod(self.token_grid(x_t)), mesh.size()
+        if n % size:
+            raise ValueError(f"{n} tokens per sample cannot be split over parallel.cp={size} ranks; choose a cp "
+                             f"degree that divides the token count (frames x height x width / patch)")
+        return _SumGradOver.apply(x_t, mesh.get_group()) if x_t.requires_grad else x_t
+
+    def _cp_gather(self, hidden: Tensor) -> Tensor:
+        """This rank's part of a feature map -> the whole sequence (diffusers' own differentiable all-gather)."""
+        mesh = self.cp_group()
+        if mesh is None:
+            return hidden
+        from diffusers.hooks.context_parallel import EquipartitionSharder
+        return EquipartitionSharder.unshard(hidden, 1, mesh)
+
     # -- the interface --------------------------------------------------------------------------
     def velocity(self, x_t: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
-        out = self.model(**self.model_inputs(x_t, sigma, cond), return_dict=False)[0]
+        out = self.model(**self.model_inputs(self._cp_input(x_t), sigma, cond), return_dict=False)[0]
         return out.to(x_t.dtype)
 
     def token_grid(self, x_t: Tensor) -> tuple[int, int, int]:
@@ -136,7 +165,7 @@ class WanBackbone(Backbone):
         if not idx:
             raise ValueError("features() needs at least one layer")
         m = self.model
-        inp = self.model_inputs(x_t, sigma, cond)
+        inp = self.model_inputs(self._cp_input(x_t), sigma, cond)
         hidden = inp["hidden_states"]
         rotary_emb = m.rope(hidden)
         hidden = m.patch_embedding(hidden).flatten(2).transpose(1, 2).contiguous()
@@ -153,5 +182,20 @@ class WanBackbone(Backbone):
             else:
                 hidden = block(hidden, context, timestep_proj, rotary_emb)
             if i in wanted:
-                out.append(hidden)
+                out.append(self._cp_gather(hidden))
         return out
+
+
+class _SumGradOver(torch.autograd.Function):
+    """Identity forward; backward sums the gradient over a process group."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        torch.distributed.all_reduce(grad, group=ctx.group)
+        return grad, None

@@ -34,25 +34,52 @@ THRESHOLDS = {
 _EPS = 1e-8
 
 
-def _stats(x: Tensor) -> dict[str, Tensor]:
+def _parts(x: Tensor) -> dict[str, Tensor]:
+    """Batch means the ratios are made of: means over samples, so the means over micro-batches and over ranks
+    (equal shares) are the whole batch's, and the ratios are taken after averaging (finish_collapse)."""
     x = x.detach().float()
-    motion = (x[:, :, 1:] - x[:, :, :-1]).abs().mean()
-    drift = (x[:, :, 1:] - x[:, :, :1]).abs().mean()
-    flash = x.mean(dim=(3, 4)).std(dim=2, unbiased=False).mean()                 # (B, C, F) -> std over F
     spatial = x.flatten(3).std(dim=3, unbiased=False).mean(dim=(0, 1))             # (F,)
-    contrast = spatial[-1] / (spatial[0] + _EPS)
-    return {"motion": motion, "drift": drift, "flash": flash, "contrast": contrast, "std": x.std(unbiased=False)}
+    return {"motion": (x[:, :, 1:] - x[:, :, :-1]).abs().mean(),
+            "drift": (x[:, :, 1:] - x[:, :, :1]).abs().mean(),
+            "flash": x.mean(dim=(3, 4)).std(dim=2, unbiased=False).mean(),          # (B, C, F) -> std over F
+            "first": spatial[0], "last": spatial[-1], "mean": x.mean(), "square": (x * x).mean()}
+
+
+PARTS = "collapse_parts/"
+
+
+def collapse_parts(x0_gen: Tensor, x_data: Tensor) -> dict[str, float]:
+    """The batch means of a generated and a real batch (both (B, C, F, H, W), F >= 2) that finish_collapse
+    turns into the four ratios."""
+    if x0_gen.ndim != 5 or x0_gen.shape[2] < 2:
+        return {}
+    out = {f"{PARTS}gen_{k}": float(v) for k, v in _parts(x0_gen).items()}
+    out.update({f"{PARTS}data_{k}": float(v) for k, v in _parts(x_data).items()})
+    return out
+
+
+def finish_collapse(stats: dict[str, float]) -> dict[str, float]:
+    """stats with its collapse parts replaced by the ratios and `collapse/alarms`."""
+    parts = {k[len(PARTS):]: v for k, v in stats.items() if k.startswith(PARTS)}
+    if not parts:
+        return stats
+    out = {k: v for k, v in stats.items() if not k.startswith(PARTS)}
+    g = {k[4:]: v for k, v in parts.items() if k.startswith("gen_")}
+    d = {k[5:]: v for k, v in parts.items() if k.startswith("data_")}
+    data_std = max(d["square"] - d["mean"] ** 2, 0.0) ** 0.5
+    contrast = (g["last"] / (g["first"] + _EPS)) / (d["last"] / (d["first"] + _EPS) + _EPS)
+    ratios = {"collapse/motion_ratio": g["motion"] / (d["motion"] + _EPS),
+              "collapse/first_frame_drift": g["drift"] / (d["drift"] + _EPS),
+              "collapse/flash_level": g["flash"] / (data_std + _EPS),
+              "collapse/contrast_ratio": contrast}
+    ratios["collapse/alarms"] = float(len(collapse_flags(ratios)))
+    out.update(ratios)
+    return out
 
 
 def collapse_stats(x0_gen: Tensor, x_data: Tensor) -> dict[str, float]:
     """The four ratios of a generated batch against a real batch (both (B, C, F, H, W), F >= 2)."""
-    if x0_gen.ndim != 5 or x0_gen.shape[2] < 2:
-        return {}
-    g, d = _stats(x0_gen), _stats(x_data)
-    return {"collapse/motion_ratio": float(g["motion"] / (d["motion"] + _EPS)),
-            "collapse/first_frame_drift": float(g["drift"] / (d["drift"] + _EPS)),
-            "collapse/flash_level": float(g["flash"] / (d["std"] + _EPS)),
-            "collapse/contrast_ratio": float(g["contrast"] / (d["contrast"] + _EPS))}
+    return {k: v for k, v in finish_collapse(collapse_parts(x0_gen, x_data)).items() if k != "collapse/alarms"}
 
 
 def collapse_flags(stats: dict[str, float]) -> list[str]:
@@ -66,8 +93,6 @@ def collapse_flags(stats: dict[str, float]) -> list[str]:
 
 
 def collapse_logs(x0_gen: Tensor, x_data: Tensor) -> dict[str, float]:
-    """The collapse ratios of a generated batch and `collapse/alarms` (how many modes are flagged this step)."""
-    c = collapse_stats(x0_gen, x_data)
-    if c:
-        c["collapse/alarms"] = float(len(collapse_flags(c)))
-    return c
+    """What a training step logs of its generated batch: the collapse parts, turned into the ratios and
+    `collapse/alarms` by the loop once averaged over micro-batches and ranks (finish_collapse)."""
+    return collapse_parts(x0_gen, x_data)

@@ -13,6 +13,7 @@ progress bar.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -25,9 +26,12 @@ from tqdm.auto import tqdm
 
 from vpae import randomness
 from vpae.conditioning import Conditioning
-from vpae.errors import DivergenceError
+from vpae.errors import DivergenceError, VpaeError
+from vpae.training import parallel
 from vpae.training.checkpoint import clean_stale_tmp, latest_checkpoint, load_checkpoint, save_checkpoint
+from vpae.training.collapse import finish_collapse
 from vpae.training.methods.base import OptimizerSpec, Phase, Update
+from vpae.training.model import set_switches, switches
 from vpae.training.parallel import World
 
 
@@ -100,17 +104,29 @@ class Optimizers:
         self.specs = specs
         self.optimizers = {name: spec.build() for name, spec in specs.items()}
 
-    def apply(self, update: Update, step: int) -> float:
-        """Update weights: zero, backward, clip, step; returns the gradient norm before clipping."""
-        spec, opt = self.specs[update.optimizer], self.optimizers[update.optimizer]
+    def zero(self, name: str, step: int) -> None:
+        spec, opt = self.specs[name], self.optimizers[name]
         if spec.lr_scale is not None:
             for g in opt.param_groups:
                 g["lr"] = spec.lr * spec.lr_scale(step)
         opt.zero_grad(set_to_none=True)
-        update.loss.backward()
+
+    def finish(self, name: str) -> float:
+        """Clip and step on the gradients backward left; returns their norm before clipping. A non-finite norm
+        (the same on every rank: sharded norms are global) skips the step; the loop's divergence check then
+        stops the run on every rank at once."""
+        spec, opt = self.specs[name], self.optimizers[name]
+        parallel.scale_partial_grads(spec.params)
         norm = clip_and_norm(spec.params, spec.grad_clip)
-        opt.step()
+        if math.isfinite(norm):
+            opt.step()
         return norm
+
+    def apply(self, update: Update, step: int) -> float:
+        """Update weights: zero, backward, clip, step; returns the gradient norm before clipping."""
+        self.zero(update.optimizer, step)
+        update.loss.backward()
+        return self.finish(update.optimizer)
 
     def release(self) -> None:
         """Free the moments and the last gradients (the next phase builds its own optimizers)."""
@@ -119,13 +135,89 @@ class Optimizers:
             opt.state.clear()
 
 
-def take_step(phase: Phase, optimizers: Optimizers, step: int, x_data: torch.Tensor, cond: Conditioning) -> dict[str, float]:
-    """One training step of `phase`: each Update it yields is applied before the phase continues."""
+def _agree(world: World, error: DivergenceError | None) -> None:
+    """Before a backward that is collective under torchrun: a rank whose loss raised DivergenceError tells the
+    others, and every rank raises it (instead of the others waiting in the backward's all-gather)."""
+    why = world.first(str(error) if error is not None else None)
+    if why is not None:
+        raise DivergenceError(why)
+
+
+def take_step(phase: Phase, optimizers: Optimizers, step: int, x_data: torch.Tensor, cond: Conditioning,
+              world: World | None = None, micro_batches: int = 1, accum_sync: str = "last") -> dict[str, float]:
+    """One training step of `phase`: each Update it yields is applied before the phase continues.
+
+    micro_batches > 1 (gradient accumulation): the batch is cut into equal micro-batches, each running the
+    phase's step as its own generator, side by side: for every Update, each micro-batch's loss (divided by
+    their number) is back-propagated in turn, then the optimizer steps once, and the step equals the whole-batch
+    step. Each micro-batch keeps its own noise stream (seed, share dp_rank x micro_batches + m: the draws of a
+    whole-batch step) and its own context switches (training.model.switches), put back before it resumes.
+    FSDP2 reduces gradients after the last micro-batch only (accum_sync "last") or after each ("every")."""
+    world = world or World()
+    if micro_batches == 1:
+        return _single_step(phase, optimizers, step, x_data, cond, world)
+    b = x_data.shape[0]
+    if b % micro_batches:
+        raise VpaeError(f"this rank's batch of {b} cannot be cut into train.grad_accum={micro_batches} equal "
+                        f"micro-batches; make the phase's batch_size a multiple of ranks x grad_accum")
+    n = b // micro_batches
+    networks = phase.nets.all() if getattr(phase, "nets", None) is not None else list(phase.modules().values())
+    start = switches(networks)
+    runs, base = [], randomness.current()
+    for m in range(micro_batches):
+        part = slice(m * n, (m + 1) * n)
+        stream = randomness.new_stream(base.seed, base.rank * micro_batches + m, base.draws) if base else None
+        runs.append([phase.step(step, x_data[part], cond[part] if cond is not None else None), stream, start])
     stats: dict[str, float] = {}
-    for update in phase.step(step, x_data, cond):
+    while True:
+        items = []
+        for m, run in enumerate(runs):
+            gen, stream, state = run
+            set_switches(state)
+            error = None
+            with randomness.using(stream) if stream is not None else contextlib.nullcontext():
+                try:
+                    item = next(gen)
+                except StopIteration:
+                    item = None
+                except DivergenceError as e:
+                    item, error = None, e
+            if isinstance(item, Update) or error is not None:
+                _agree(world, error)
+                if m == 0:
+                    optimizers.zero(item.optimizer, step)
+                last = m == micro_batches - 1
+                parallel.set_gradient_sync(networks, last or accum_sync == "every")
+                (item.loss / micro_batches).backward()
+            run[2] = switches(networks)
+            items.append(item)
+        if all(item is None for item in items):
+            break
+        first = items[0]
+        if isinstance(first, Update):
+            stats[f"grad_norm/{first.name or first.optimizer}"] = optimizers.finish(first.optimizer)
+        logs = [item.logs if isinstance(item, Update) else item for item in items]
+        for k in logs[0]:
+            stats[k] = sum(float(x[k]) for x in logs) / micro_batches
+    set_switches(start)
+    return stats
+
+
+def _single_step(phase: Phase, optimizers: Optimizers, step: int, x_data: torch.Tensor, cond: Conditioning,
+                 world: World) -> dict[str, float]:
+    stats: dict[str, float] = {}
+    updates = phase.step(step, x_data, cond)
+    while True:
+        try:
+            update, error = next(updates), None
+        except StopIteration:
+            break
+        except DivergenceError as e:  # raised inside a loss (e.g. a non-finite DMD gradient)
+            update, error = None, e
         if isinstance(update, dict):
             stats.update(update)
             continue
+        _agree(world, error)
         stats[f"grad_norm/{update.name or update.optimizer}"] = optimizers.apply(update, step)
         stats.update(update.logs)
     return stats
@@ -142,7 +234,13 @@ class PhaseStepper:
         self.optimizers = Optimizers(phase.optimizers())
 
     def step(self, step: int, x_data: torch.Tensor, cond: Conditioning) -> dict[str, float]:
-        return take_step(self.phase, self.optimizers, step, x_data, cond)
+        return finish_collapse(take_step(self.phase, self.optimizers, step, x_data, cond))
+
+
+def progress_fields(stats: dict[str, float], most: int = 4) -> dict[str, str]:
+    """The progress bar's postfix: the step's losses by name (loss/dmd -> dmd), the first `most` of them."""
+    losses = [(k[len("loss/"):], v) for k, v in stats.items() if k.startswith("loss/")]
+    return {k: f"{v:.3g}" for k, v in losses[:most]}
 
 
 def train(phase: Phase, batch_fn: Callable[[int], tuple[torch.Tensor, Conditioning]], *,
@@ -150,7 +248,7 @@ def train(phase: Phase, batch_fn: Callable[[int], tuple[torch.Tensor, Conditioni
           log_every: int = 10, meta: dict | None = None,
           eval_fn: Callable[[int], dict[str, float]] | None = None, eval_every: int = 0,
           progress: bool = True, max_seconds: float = 0.0, divergence: DivergenceCheck | None = None,
-          world: World | None = None) -> dict:
+          world: World | None = None, micro_batches: int = 1, accum_sync: str = "last") -> dict:
     """Run `steps` (default phase.steps) steps of one phase in `run_dir`, resuming from its latest checkpoint.
 The phase's optimizers are built here and released at the end.
 
@@ -160,6 +258,7 @@ The phase's optimizers are built here and released at the end.
     (every call up to this one's end: checkpoints carry the sum, so a resumed or export-only call still reports
     the whole training), "last", "resumed_from"}.
     world: this process under torchrun (batch_fn must then return this rank's share of the global batch).
+    micro_batches, accum_sync: gradient accumulation (take_step).
     """
     world = world or World()
     steps = phase.steps if steps is None else steps
@@ -193,16 +292,15 @@ The phase's optimizers are built here and released at the end.
     for step in bar:
         torch.manual_seed(step_seed(seed, name, step))
         t_data = time.perf_counter()
-        with randomness.batch_stream(step_seed(seed, name, step), world.rank):
+        with randomness.batch_stream(step_seed(seed, name, step), world.dp_rank):
             x_data, cond = batch_fn(step)
             t_step = time.perf_counter()
             try:
-                stats, why = take_step(phase, optimizers, step, x_data, cond), None
-            except DivergenceError as e:  # raised inside a loss (e.g. a non-finite DMD gradient)
+                stats, why = take_step(phase, optimizers, step, x_data, cond, world, micro_batches, accum_sync), None
+            except DivergenceError as e:  # every rank raises it together (take_step agrees before each backward)
                 stats, why = {}, str(e)
-        why = world.first(why)  # a rank that diverged stops every rank
         if why is None:
-            stats = world.mean(stats)
+            stats = finish_collapse(world.mean(stats))
             why = divergence(stats)
         # Divergence guard: stop before a diverged update can reach a checkpoint.
         if why:
@@ -215,7 +313,7 @@ The phase's optimizers are built here and released at the end.
             stats = {**stats, **{f"eval/{k}": v for k, v in eval_fn(step + 1).items()}}
         if logger and ((step + 1) % log_every == 0 or step + 1 == steps or any(k.startswith("eval/") for k in stats)):
             logger.log({"step": step + 1, "time": time.perf_counter() - t0, **stats})
-            bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in list(stats.items())[:4]})
+            bar.set_postfix(progress_fields(stats))
         # every rank must stop at the same step: rank 0's clock decides
         out_of_time = max_seconds > 0 and world.broadcast(time.perf_counter() - t0 > max_seconds)
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps or out_of_time:

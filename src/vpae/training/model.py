@@ -104,6 +104,27 @@ def _keeping_trainable(model, switch, *args) -> None:
         p.requires_grad_(flag)
 
 
+def switches(modules) -> tuple[list, list]:
+    """What a phase's contexts switch, for every network in `modules`: each weight's requires_grad, and each
+    peft LoRA layer's on/off flag, active adapter and scales. Gradient accumulation runs several micro-batches'
+    steps side by side, each inside its own contexts, and puts each one's switches back before resuming it."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    grads = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    layers = [(layer, layer._disable_adapters, copy.copy(layer._active_adapter), dict(getattr(layer, "scaling", {})))
+              for m in modules for layer in m.modules() if isinstance(layer, BaseTunerLayer)]
+    return grads, layers
+
+
+def set_switches(state: tuple[list, list]) -> None:
+    grads, layers = state
+    for p, flag in grads:
+        p.requires_grad_(flag)
+    for layer, off, active, scaling in layers:
+        layer._disable_adapters, layer._active_adapter = off, copy.copy(active)
+        if scaling:
+            layer.scaling.update(scaling)
+
+
 class AdapterState(nn.Module):
     """Checkpoint view of one peft adapter: state_dict() holds only its LoRA tensors."""
 
@@ -207,6 +228,10 @@ class Networks:
 
     def backbones(self) -> list[WanBackbone]:
         return [m for m in (self.generator, self.teacher, self.ema, *self.others.values()) if m is not None]
+
+    def all(self) -> list[nn.Module]:
+        """Every network: the backbones and the heads."""
+        return self.backbones() + ([self.heads] if self.heads is not None else [])
 
     # The score queries of eq. 1, 2 and 5 (vpae.losses.dmd.ScorePair).
     def real_x0(self, x_t: torch.Tensor, t: torch.Tensor, cond, guidance: float = 1.0) -> torch.Tensor:

@@ -4,14 +4,22 @@ a killed run resumes after its last complete shard and ends with the same cache,
 from __future__ import annotations
 
 import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from vpae.config import load_config
-from vpae.data.prepare import EncoderStack, PrepareError, clip_tensor, prepare, read_manifest
+from vpae.data.prepare import EncoderStack, PrepareError, clip_tensor, plan_shards, prepare, read_manifest
 from vpae.eval.video import read_video, write_video
 from vpae.recipes import build_data
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +109,77 @@ def test_data_prepare_command(manifest, tmp_path):
     r = CliRunner().invoke(app, ["data", "prepare", str(path), "--out", str(tmp_path / "e"), "--config",
                                  "configs/toy/demo.yaml", "--set", "data.kind=cache", "--set", "data.cache_dir=x"])
     assert r.exit_code == 2 and "error: pass --base, a local Wan pipeline folder" in r.output
+
+
+def _torchrun_prepare(manifest, out, nproc: int = 2, shard_size: int = 2, batch_size: int = 2):
+    """The documented command: torchrun ... -m vpae.cli data prepare (gloo on CPU, one thread per rank)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
+           "vpae.cli", "data", "prepare", str(manifest), "--out", str(out), "--config", "configs/toy/demo.yaml",
+           "--shard-size", str(shard_size), "--batch-size", str(batch_size)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _cache(root):
+    from safetensors.torch import load_file
+    shards = {f.name: load_file(str(f)) for f in sorted(root.glob("shard_*.safetensors"))}
+    return shards, json.loads((root / "index.json").read_text()), json.loads((root / "report.json").read_text())
+
+
+def _assert_same_cache(a, b):
+    (shards_a, index_a, report_a), (shards_b, index_b, report_b) = _cache(a), _cache(b)
+    assert index_a == index_b and report_a == report_b  # shard files, counts, rows covered; skips with reasons
+    assert shards_a.keys() == set(s["file"] for s in index_a["shards"])
+    for name, ta in shards_a.items():
+        tb = shards_b[name]
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), name
+
+
+def test_two_ranks_under_torchrun_resume_a_killed_run_to_the_one_process_cache(manifest, world, tmp_path):
+    _, stack = world
+    path, _ = manifest
+    # 7 rows, rows 2 and 3 skipped (checked by rank 0 and rank 1); shards of 2 clips, encoded one at a time
+    one = prepare(path, tmp_path / "one", stack, 5, 16, 16, shard_size=2, batch_size=1, progress=False)
+    assert one["items"] == 5 and [s["row"] for s in one["skipped"]] == [2, 3]
+    # A killed 2-rank run: rank 0 had published shard 0 under the stored layout (a shard is the same file
+    # whoever writes it), rank 1 had not finished shard 1, nobody had written the index or the report (rank 0
+    # writes them at the end). The rerun keeps shard 0, rank 1 writes shard 1 and rank 0 shard 2.
+    two = tmp_path / "two"
+    two.mkdir()
+    layout = {"start": 0, "first": 0, "shard_size": 2, "batch_size": 1,
+              "shards": [{"batches": [[0], [1]], "rows": 2}, {"batches": [[4], [5]], "rows": 6},
+                         {"batches": [[6]], "rows": 7}]}
+    (two / "plan.json").write_text(json.dumps(layout))
+    shutil.copy(tmp_path / "one" / "shard_00000.safetensors", two)
+    kept = (two / "shard_00000.safetensors").stat().st_mtime_ns
+    (two / "shard_00003.safetensors").write_bytes(b"left by a run of another layout")
+    proc = _torchrun_prepare(path, two, shard_size=2, batch_size=1)
+    assert proc.stdout.count("5 clips from 7 rows (2 skipped") == 1  # rank 0 reports, once
+    assert (two / "shard_00000.safetensors").stat().st_mtime_ns == kept
+    _assert_same_cache(tmp_path / "one", two)
+    assert not list(two.glob(".tmp-*")) and not (two / "plan.json").exists()
+    assert sorted(f.name for f in two.glob("shard_*")) == [f"shard_0000{j}.safetensors" for j in range(3)]
+
+
+def test_plan_shards_is_the_one_process_layout():
+    # rows 2 and 3 skipped; a batch closes at batch_size items or at the end of a shard
+    assert plan_shards([0, 1, 4, 5, 6], 7, shard_size=3, batch_size=2) == [
+        {"batches": [[0, 1], [4]], "rows": 5}, {"batches": [[5, 6]], "rows": 7}]
+    assert plan_shards([0, 1, 2], 5, shard_size=3, batch_size=8) == [{"batches": [[0, 1, 2]], "rows": 3}]
+    assert plan_shards([], 4, shard_size=3, batch_size=2) == []
+
+
+def test_data_prepare_device_errors(manifest, tmp_path):
+    from typer.testing import CliRunner
+
+    from vpae.cli import app
+    path, _ = manifest
+    args = ["data", "prepare", str(path), "--out", str(tmp_path / "c"), "--config", "configs/toy/demo.yaml"]
+    r = CliRunner().invoke(app, args + ["--device", "tpu"])
+    assert r.exit_code == 2 and "error: --device must be cpu or cuda[:N], got 'tpu'" in r.output
+    if not torch.cuda.is_available():
+        r = CliRunner().invoke(app, args + ["--device", "cuda"])
+        assert r.exit_code == 2 and "error: --device cuda but this machine has no CUDA device" in r.output
+    assert not (tmp_path / "c").exists()

@@ -242,15 +242,34 @@ def data_prepare(manifest: Path = typer.Argument(..., help="CSV (header: video,c
                                                      "e.g. the toy world's)"),
                  shard_size: int = typer.Option(256, help="Clips per safetensors shard"),
                  batch_size: int = typer.Option(8, help="Clips encoded at once"),
+                 device: str = typer.Option("cpu", help="Where the encoders run: cpu or cuda (under torchrun: "
+                                            "cuda:LOCAL_RANK)"),
                  set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
-    """Videos + captions -> clips -> encoders -> the latent cache (bad videos skipped and listed in report.md)."""
-    from vpae.data.prepare import prepare
+    """Videos + captions -> clips -> encoders -> the latent cache (bad videos skipped and listed in report.md).
+    Under torchrun the ranks share the rows and write the cache one process writes."""
+    import torch
+
+    from vpae.data.prepare import PrepareError, prepare
+    from vpae.training.parallel import close_world, in_turns, init_world
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PrepareError(f"--device {device} but this machine has no CUDA device")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise PrepareError(f"--device must be cpu or cuda[:N], got {device!r}")
     cfg = _load(config, set_)
-    stack = _encoder_stack(cfg, base)
-    d = cfg.data
-    r = prepare(manifest, out, stack, d.frames, d.height, d.width, shard_size, batch_size)
-    typer.echo(f"{r['items']} clips from {r['rows']} rows ({len(r['skipped'])} skipped: {out / 'report.md'}); "
-               f"train with --set data.kind=cache --set data.cache_dir={out}")
+    # gloo on CPU, nccl on CUDA; only a few small objects travel, so a generous timeout costs nothing while
+    # ranks wait for the slowest one's last shard
+    world = init_world(device, timeout_s=6 * 3600)
+    try:
+        # one rank of a node at a time holds a freshly loaded stack in CPU memory before moving it
+        stack = in_turns(world, lambda: _encoder_stack(cfg, base).to(world.device))
+        d = cfg.data
+        r = prepare(manifest, out, stack, d.frames, d.height, d.width, shard_size, batch_size,
+                    progress=world.main, device=world.device, world=world)
+    finally:
+        close_world(world)
+    if world.main:
+        typer.echo(f"{r['items']} clips from {r['rows']} rows ({len(r['skipped'])} skipped: {out / 'report.md'}); "
+                   f"train with --set data.kind=cache --set data.cache_dir={out}")
 
 
 @_command(data_app, "synthesize")

@@ -33,8 +33,12 @@ class WanTextEncoder:
         t = self.tokenizer([prompt_clean(c) for c in captions], padding="max_length", max_length=self.max_tokens,
                            truncation=True, add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
         mask = t.attention_mask.gt(0)
-        h = self.model(t.input_ids, t.attention_mask).last_hidden_state.float()
-        return h * mask[..., None], mask
+        h = self.model(t.input_ids.to(self.model.device), t.attention_mask.to(self.model.device))
+        return h.last_hidden_state.float().cpu() * mask[..., None], mask
+
+    def to(self, device):
+        self.model.to(device)
+        return self
 
     def negative(self, batch_size: int | None = None):
         e = self.encode([""])[0]
@@ -53,8 +57,12 @@ class WanImageEncoder:
         """(B, 3, H, W) in [-1, 1] -> (B, N, D): the frames as uint8 RGB, then the processor, as for PIL input."""
         pixels = [((im.permute(1, 2, 0).float().cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
                   for im in image]
-        inputs = self.processor(images=pixels, return_tensors="pt")
-        return self.model(**inputs, output_hidden_states=True).hidden_states[-2].float()
+        inputs = self.processor(images=pixels, return_tensors="pt").to(self.model.device)
+        return self.model(**inputs, output_hidden_states=True).hidden_states[-2].float().to(image.device)
+
+    def to(self, device):
+        self.model.to(device)
+        return self
 
 
 def wan_stack(base_dir: str | Path) -> EncoderStack:

@@ -1,23 +1,10 @@
-"""ESTIMATED per-GPU memory of Wan2.1-I2V-14B phase I and phase II under FSDP2, built from MEASURED
-pieces: the bytes per parameter of each network (bench_distributed.py -> outputs/benchmarks/distributed.json), the
-bytes per video token of one 14B-shaped block (activation_cost.py -> outputs/benchmarks/activation_cost.json) and
-the 14B parameter counts (meta-device model, memory_arithmetic.scale_counts). Nothing here ran on a GPU: an
-estimate until benchmarks/gpu_wan_1_3b.py-style measurements at 14B exist.
+"""ESTIMATE: per-GPU memory of Wan2.1-I2V-14B phase I and phase II at 480p and 720p on one node of 8 x 80 GB and
+on the paper's 32 x 96 GB (4 nodes, HSDP), for the layout chosen by memory_arithmetic.choose_layout and a few
+alternatives (no context parallelism, accum_sync last, no checkpointing, CPU offload). Arithmetic from the
+dtypes and parameter counts, with the MEASURED (CPU) activation bytes per token of one 14B block
+(memory_arithmetic.ACT_PER_TOKEN); nothing here ran on a GPU.
 
-    .venv/bin/python benchmarks/memory_plan.py [--gpus 8 --gpu-gib 80] [--gpus 32 --gpu-gib 96]
-
-Model of the memory of one GPU (data parallel, every network sharded over all GPUs, batch b per GPU):
-  sharded state  = sum over networks of params x bytes/param (trained: weight + grad + Adam m, v; frozen: weight)
-                   / GPUs, with the networks the code holds (under torchrun the EMA exists from phase I on: the method
-                   makes it before sharding). The training loop releases phase I's optimizers (their Adam states and
-                   the fake LoRA's grads) when phase I ends, before phase II builds its own: the rows "II (phase I
-                   optimizers freed)" are what recipes.run_distill does; the rows "II" still hold them (an upper bound)
-  activations    = b x the peak over the phase's sub-steps of what the back-propagating networks keep (40 blocks x
-                   measured bytes/token x tokens + per-block constants), plus the transient of a no-grad teacher forward
-                   (bounded above by one block's 'input'-mode saved bytes) and of a checkpointed block's recomputation
-  other          = 3 x hidden (10 KiB/token) per network with grad (patch embedding, output norm/projection; estimate)
-  reserve        = 8 GiB (FSDP2 all-gather of 2 blocks in bf16 ~1.5 GiB, a block's unsharded fp32 grads ~1.5 GiB,
-                   reduce-scatter buffers, CUDA context, allocator fragmentation; estimate)
+    .venv/bin/python benchmarks/memory_plan.py [--margin 0.15] [--out outputs/benchmarks/memory_plan.json]
 """
 
 from __future__ import annotations
@@ -29,125 +16,112 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from memory_arithmetic import scale_counts  # noqa: E402
+from memory_arithmetic import (  # noqa: E402
+    ACT_CKPT_PER_TOKEN,
+    ACT_PER_TOKEN,
+    CLIPS,
+    CLUSTERS,
+    GIB,
+    KIB,
+    WAN14B,
+    choose_layout,
+    plan_case,
+    tokens,
+)
 from reporting import OUT_DIR, ROOT, md_table  # noqa: E402
 
-GIB, KIB, MIB = 2 ** 30, 1024, 2 ** 20
-CLIPS = {"480p (21x60x104 latent)": 21 * 30 * 52, "720p (21x90x160 latent)": 21 * 45 * 80}
-LAYERS = 40
-RESERVE = 8 * GIB
+# the layouts of the shipped configs and docs/DISTRIBUTED.md: (gpus, gpu GB, dp_replicate)
+SETUPS = {"1 node, 8 x 80 GB": (8, 80.0, 1), "4 nodes, 32 x 96 GB (H20), HSDP": (32, 96.0, 4)}
 
 
-def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--gpus", type=int, nargs="+", default=[8, 32])
-    p.add_argument("--gpu-gib", type=float, nargs="+", default=[80.0, 96.0])
-    p.add_argument("--distributed-json", default=str(OUT_DIR / "distributed.json"))
-    p.add_argument("--activation-json", default=str(OUT_DIR / "activation_cost.json"))
-    p.add_argument("--out", default="")
-    return p.parse_args(argv)
+def gib(b: float) -> str:
+    return f"{b / GIB:.1f}"
 
 
-def per_param(dist: dict) -> dict:
-    """Measured bytes per parameter relative to the weight's element size (fp32 run: w 4, grad 4, Adam 8)."""
-    b = dist["bytes_per_param_1_process"]
-    w = b["generator_weight"]
-    return {"grad": b["generator_grad"] / w, "adam": b["generator_adam_phase2"] / w}
+def split(state: dict) -> dict:
+    out = {"weights": 0.0, "Adam": 0.0, "grads": 0.0}
+    for k, v in state.items():
+        out["Adam" if "Adam" in k else "grads" if "grads" in k else "weights"] += v
+    return out
 
 
-def precisions(pp: dict) -> dict:
-    """bytes per trained / frozen parameter for the two precision set-ups."""
-    return {
-        "bf16 params (model.dtype bfloat16 + parallel.param_dtype bfloat16)":
-            {"trained": 2 * (1 + pp["grad"] + pp["adam"]), "frozen": 2, "phase1_adam_left": 2 * pp["adam"]},
-        "fp32 master + bf16 compute (model.dtype float32 + parallel.param_dtype bfloat16)":
-            {"trained": 4 * (1 + pp["grad"] + pp["adam"]), "frozen": 4, "phase1_adam_left": 4 * pp["adam"]},
-    }
+def row(label: str, c: dict) -> list:
+    p = c["parts"]
+    return [label, c["phase"], c["clip"], f"{c['dp_replicate']} x {c['dp_shard']} x {c['cp']}", c["grad_accum"],
+            c["micro_batch"], c["accum_sync"], "on" if c["checkpointing"] else "off",
+            "on" if c["cpu_offload"] else "off", *(gib(split(c["state"])[k]) for k in ("weights", "Adam", "grads")),
+            gib(p["FSDP2 gathered block"]),
+            gib(p["activations"]), gib(p["reserve (estimate)"]), f"**{gib(c['total_bytes'])}**",
+            f"{gib(c['budget_bytes'])}", "yes" if c["fits"] else "**no**"]
 
 
-def state_bytes(counts: dict, prec: dict, phase: str, free_phase1: bool = False) -> dict:
-    N, L, H = counts["transformer"], counts["fake_lora"], counts["heads"]["semantic"]
-    tr, fr = prec["trained"], prec["frozen"]
-    roles = {"generator (trained)": tr * N, "teacher (frozen)": fr * N, "EMA (frozen; made before sharding)": fr * N}
-    if phase == "I":
-        roles.update({"fake LoRA (trained)": tr * L, "heads (weights only)": fr * H})
-    else:
-        roles.update({"fake LoRA (weights)": fr * L, "heads (trained)": tr * H})
-        if not free_phase1:
-            roles["phase I generator Adam + fake LoRA Adam and grads (still held)"] = (prec["phase1_adam_left"] * N
-                                                                                       + (tr - fr) * L)
-    return roles
+HEAD = ["setup", "phase", "clip", "dp_rep x dp_shard x cp", "grad_accum", "micro", "accum_sync", "ckpt",
+        "offload", "weights", "Adam", "grads", "gathered", "activations", "reserve", "total GiB/GPU", "budget", "fits"]
 
 
-def activations(fit: dict, tokens: int, phase: str, ckpt: bool) -> dict:
-    """Peak activation bytes of one sample on one GPU, and what it is made of."""
-    def blk(mode):  # one block's saved bytes (no checkpointing) for this many tokens
-        f = fit[f"{mode}/no_ckpt"]
-        return f["per_token_bytes"] * tokens + f["constant_bytes"]
-    stored = ((lambda mode: LAYERS * fit[f"{mode}/ckpt"]["per_token_bytes"] * tokens) if ckpt
-              else (lambda mode: LAYERS * blk(mode)))
-    recompute = (lambda mode: blk(mode)) if ckpt else (lambda mode: 0.0)
-    teacher_nograd = blk("input")  # upper bound of a no-grad forward's live set
-    other = 3 * 10 * KIB * tokens
-    if phase == "I":
-        cands = {
-            "fake update: teacher+LoRA graph (+ recompute)": stored("lora") + recompute("lora") + other,
-            "generator update: generator graph + teacher no-grad forwards": stored("trained") + teacher_nograd + other,
-            "generator backward: generator graph (+ recompute)": stored("trained") + recompute("trained") + other,
-        }
-    else:
-        both = stored("trained") + stored("input") + 2 * other
-        cands = {
-            "generator graph + EMA features graph + C-SDS teacher no-grad forward": both + teacher_nograd,
-            "EMA backward (+ recompute)": both + recompute("input"),
-            "generator backward (+ recompute)": stored("trained") + other + recompute("trained"),
-        }
-    peak = max(cands, key=cands.get)
-    return {"peak_bytes": cands[peak], "peak_at": peak, "candidates": cands}
+def build(margin: float = 0.15) -> dict:
+    chosen, rows, alt = {}, [], []
+    for setup, (gpus, gb, rep) in SETUPS.items():
+        for clip in CLIPS:
+            lay = choose_layout(clip, gpus, gb, rep, margin=margin)
+            chosen[f"{setup} / {clip}"] = {k: v for k, v in lay.items() if k != "cases"} | {
+                "cases": {ph: {k: v for k, v in c.items()} for ph, c in lay["cases"].items()}}
+            for ph, c in lay["cases"].items():
+                rows.append(row(setup, c))
+            cp, acc = lay["cp"], lay["grad_accum"]
+            # what the chosen layout avoids (phase II, the larger one)
+            if cp > 1:
+                dp = gpus // 1
+                a1 = 32 // dp if 32 % dp == 0 else None
+                if a1:
+                    alt.append(row(setup + ": no context parallelism",
+                                   plan_case("II", clip, gpus, gb, rep, 1, a1, margin=margin)))
+            alt.append(row(setup + ": accum_sync last",
+                           plan_case("II", clip, gpus, gb, rep, cp, acc, accum_sync="last", margin=margin)))
+            alt.append(row(setup + ": no checkpointing",
+                           plan_case("II", clip, gpus, gb, rep, cp, acc, ckpt=False, margin=margin)))
+            alt.append(row(setup + ": + cpu_offload",
+                           plan_case("II", clip, gpus, gb, rep, cp, acc, cpu_offload=True, margin=margin)))
+        if rep > 1:  # the same GPUs with every role sharded over all of them (no replication)
+            for clip in CLIPS:
+                lay = choose_layout(clip, gpus, gb, 1, margin=margin)
+                for c in lay["cases"].values():
+                    alt.append(row(f"{gpus} x {gb:.0f} GB, FSDP over all (dp_replicate 1)", c))
+    return {"chosen": chosen, "rows": rows, "alternatives": alt}
+
+
+def report(plan: dict, margin: float) -> str:
+    t = {k: tokens(v) for k, v in CLIPS.items()}
+    return (
+        "# ESTIMATE: Wan2.1-I2V-14B memory per GPU (arithmetic; measured inputs labelled)\n\n"
+        f"Counts (meta-device model): transformer {WAN14B['transformer'] / 1e9:.2f} B params, one block "
+        f"{WAN14B['block'] / 1e6:.1f} M, fake LoRA rank 64 {WAN14B['fake_lora_rank64'] / 1e6:.1f} M, semantic heads "
+        f"{WAN14B['semantic_heads'] / 1e6:.1f} M. Tokens per sample: "
+        + ", ".join(f"{k} {v:,}" for k, v in t.items()) + ". Storage: trained roles fp32 weights + fp32 Adam m, v "
+        "(+ fp32 grads), teacher base bf16, EMA fp32 (mirrors the generator), compute bf16, reduce fp32. MEASURED "
+        "(CPU, activation_cost.py): per block and token " + ", ".join(f"{k} {v / KIB:.0f} KiB" for k, v in
+                                                                       ACT_PER_TOKEN.items())
+        + f" without checkpointing, {ACT_CKPT_PER_TOKEN / KIB:.0f} KiB with. Everything else is arithmetic. "
+        f"Budget = (1 - {margin}) x nominal GB taken as GiB. Global batch 32. GiB per GPU; dp_rep x dp_shard x cp "
+        "= parallel.dp_replicate x dp_shard x cp; micro = samples per micro-batch per data-parallel rank; weights "
+        "= every role's shard (generator, teacher, EMA, fake LoRA, heads); gathered = FSDP2's unsharded block(s) "
+        "and gradient buffers; cpu_offload moves weights, grads and Adam to host memory (not counted).\n\n"
+        "## Chosen layouts (both phases)\n\n" + md_table(HEAD, plan["rows"])
+        + "\n\n## Alternatives (phase II unless stated)\n\n" + md_table(HEAD, plan["alternatives"]) + "\n")
 
 
 def main(argv=None):
-    args = parse(argv)
-    dist = json.loads(Path(args.distributed_json).read_text())
-    act = json.loads(Path(args.activation_json).read_text())
-    fit = act["fits"]
-    counts = scale_counts()
-    pp = per_param(dist)
-    rows, plan = [], []
-    for gpus, gib in zip(args.gpus, args.gpu_gib):
-        for pname, prec in precisions(pp).items():
-            for phase, free in (("I", False), ("II", False), ("II", True)):
-                roles = state_bytes(counts, prec, phase, free)
-                st = sum(roles.values()) / gpus
-                for clip, tokens in CLIPS.items():
-                    for ckpt in (True, False):
-                        a = activations(fit, tokens, phase, ckpt)
-                        per_sample = a["peak_bytes"]
-                        free_b = gib * GIB - st - RESERVE
-                        batch = int(free_b // per_sample) if free_b > 0 else 0
-                        total1 = st + per_sample + RESERVE
-                        label = f"{phase}" + (" (phase I optimizers freed)" if free else "")
-                        rec = {"gpus": gpus, "gpu_gib": gib, "precision": pname, "phase": label, "clip": clip,
-                               "tokens": tokens, "checkpointing": ckpt, "state_gib_per_gpu": st / GIB,
-                               "activation_gib_per_sample": per_sample / GIB, "peak_at": a["peak_at"],
-                               "total_gib_batch1": total1 / GIB, "max_batch_per_gpu": batch,
-                               "roles_gib_total": {k: v / GIB for k, v in roles.items()}}
-                        plan.append(rec)
-                        rows.append([f"{gpus} x {gib:.0f}", pname.split(" (")[0], label, clip.split(" ")[0],
-                                     "on" if ckpt else "off", f"{st / GIB:.1f}", f"{per_sample / GIB:.1f}",
-                                     f"{total1 / GIB:.1f}", batch if batch else "**none**"])
-    text = ("# ESTIMATE: Wan2.1-I2V-14B memory per GPU under FSDP2 (from measured per-param and per-token costs)\n\n"
-            f"14B counts: transformer {counts['transformer'] / 1e9:.2f} B, fake LoRA {counts['fake_lora'] / 1e6:.1f} M, "
-            f"semantic heads {counts['heads']['semantic'] / 1e6:.1f} M. Measured bytes/param (relative to the weight): "
-            f"grad {pp['grad']:.2f}, Adam {pp['adam']:.2f}. Activation fits: "
-            + ", ".join(f"{k} {v['per_token_bytes'] / KIB:.0f} KiB/token/block" for k, v in fit.items()) + ".\n\n"
-            + md_table(["GPUs", "precision", "phase", "clip", "act. ckpt", "sharded state GiB/GPU",
-                          "activations GiB/sample", "total GiB at batch 1 (+8 reserve)", "max batch/GPU"], rows))
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--margin", type=float, default=0.15, help="fraction of each GPU kept free")
+    p.add_argument("--out", default="")
+    args = p.parse_args(argv)
+    plan = build(args.margin)
+    text = report(plan, args.margin)
     print(text)
     out = Path(args.out) if args.out else OUT_DIR / "memory_plan.json"
-    out.write_text(json.dumps({"counts": counts, "bytes_per_param_rel": pp, "precisions": precisions(pp),
-                               "clips": CLIPS, "reserve_gib": RESERVE / GIB, "plan": plan, "report_markdown": text},
-                              indent=1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"estimate": True, "margin": args.margin, "clusters": CLUSTERS, **plan,
+                               "report_markdown": text}, indent=1, default=str))
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
 
 

@@ -89,6 +89,7 @@ class ADDPhase(Phase):
 @register_method("add")
 class ADD(Method):
     name, paper, sampler, needs_heads = "add", "Sauer et al. 2024b, Adversarial Diffusion Distillation", "few_step", True
+    distributed = True
 
     def phases(self, nets: Networks) -> list[Phase]:
         return [ADDPhase(nets, self.cfg)]

@@ -82,7 +82,7 @@ class APTPhase(Phase):
 
 @register_method("apt")
 class APT(Method):
-    name, sampler, needs_heads = "apt", "few_step", True
+    name, sampler, needs_heads, distributed = "apt", "few_step", True, True
     paper = "Lin et al. 2025a, Diffusion Adversarial Post-Training for One-Step Video Generation (APT)"
 
     def add_roles(self, nets: Networks, before_sharding: bool) -> None:

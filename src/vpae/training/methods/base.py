@@ -105,7 +105,10 @@ class Method:
     steps over the phase edges (PCM, DCM)."""
     needs_heads: bool = False
     distributed: bool = False
-    """Whether the method runs under torchrun (its extra networks made before sharding and sharded)."""
+    """Whether the method runs under torchrun (else it is refused there): every network its phases read exists
+    before sharding (add_roles with before_sharding=True; a sharded module cannot be deep-copied) and is sharded
+    with the others, and nothing after sharding reads a network's whole tensors outside a collective. Every
+    registered method does; a new one is refused until it is checked (tests/test_distributed_methods.py)."""
 
     def __init__(self, cfg):
         self.cfg = cfg

@@ -114,7 +114,7 @@ class DMD2Phase(Phase):
 
 @register_method("dmd2")
 class DMD2(Method):
-    name, sampler, needs_heads = "dmd2", "few_step", True
+    name, sampler, needs_heads, distributed = "dmd2", "few_step", True, True
     paper = "Yin et al. 2024a, Improved Distribution Matching Distillation for Fast Image Synthesis (DMD2)"
 
     def phases(self, nets: Networks) -> list[Phase]:

@@ -15,7 +15,7 @@ from vpae.conditioning import Conditioning
 from vpae.losses import PhasedConsistencyLoss
 from vpae.registry import register_method
 from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, adam_on
-from vpae.training.model import Networks, generator_checkpoint_view, real_score, update_ema
+from vpae.training.model import Networks, copy_into, generator_checkpoint_view, real_score, update_ema
 
 Tensor = torch.Tensor
 
@@ -34,7 +34,12 @@ class ConsistencyPhase(Phase):
         self.loss = PhasedConsistencyLoss(edges, c.num_timesteps, c.skip, cfg.comparison.guidance, c.distance, c.huber_c)
 
     def start(self) -> None:
-        self.nets.make_ema()  # the EMA target (V-PAE's phase II later restarts it from this phase's generator)
+        """The EMA target starts as a copy of the generator (made now, or made before sharding and overwritten
+        now); V-PAE's phase II later restarts it from this phase's generator."""
+        if self.nets.ema is None:
+            self.nets.make_ema()
+        else:
+            copy_into(self.nets.ema, self.nets.generator)
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         return {"generator": adam_on(self.nets.generator, self.section)}
@@ -53,9 +58,14 @@ class ConsistencyPhase(Phase):
 @register_method("lcm")
 class LCM(Method):
     name, paper, sampler = "lcm", "Luo et al. 2023, Latent Consistency Models", "few_step"
+    distributed = True
 
     def consistency_phases(self) -> int:
         return 1
+
+    def add_roles(self, nets: Networks, before_sharding: bool) -> None:
+        if before_sharding:  # a sharded module cannot be deep-copied: the EMA target exists from the start
+            nets.make_ema()
 
     def phases(self, nets: Networks) -> list[Phase]:
         return [ConsistencyPhase(nets, self.cfg, self.consistency_phases(), self.name, 3, self.cfg.comparison)]

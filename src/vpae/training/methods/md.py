@@ -112,7 +112,7 @@ class MDPhase(Phase):
 
 @register_method("md")
 class MD(Method):
-    name, sampler = "md", "few_step"
+    name, sampler, distributed = "md", "few_step", True
     paper = "Shao et al. 2025, MagicDistillation: Weak-to-Strong Video Distillation for Large-Scale Few-Step Synthesis"
 
     def phases(self, nets: Networks) -> list[Phase]:

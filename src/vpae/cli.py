@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -53,6 +54,11 @@ app.add_typer(data_app, name="data")
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks of expected failures too")):
     _DEBUG["on"] = debug
+
+
+def torch_cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
 
 
 def _load(config: Optional[Path], overrides: List[str]):
@@ -132,14 +138,26 @@ def generate(model: str = typer.Option(..., help="Model folder (diffusers WanTra
              fps: float = typer.Option(8.0),
              negative_only: bool = typer.Option(False, help="Sample with the empty prompt on purpose (toy models "
                                                              "refuse a missing or empty --prompt otherwise)")):
-    """Generate one video (mp4 + GIF) and print NFE and wall time."""
+    """Generate one video (mp4 + GIF) and print NFE and wall time. Under `torchrun --nproc_per_node N` the model
+    runs with context parallelism over the N ranks (long videos: 720p), the same video as one process."""
     from vpae.generate import GenerateError, generate_video
+    from vpae.training import parallel
+    world = None
+    if parallel.launched_by_torchrun():
+        from vpae.config.schema import ParallelConfig
+        size = int(os.environ["WORLD_SIZE"])
+        world = parallel.init_world("cuda" if torch_cuda() else "cpu", parallel_cfg=ParallelConfig(cp=size))
     try:
         r = generate_video(model=model, out=out, prompt=prompt, embeddings=embeddings, image=image, sampler=sampler,
                            steps=steps, guidance=guidance, shift=shift, seed=seed, frames=frames, height=height,
-                           width=width, fps=fps, negative_only=negative_only)
+                           width=width, fps=fps, negative_only=negative_only, world=world)
     except GenerateError as e:
         _fail(str(e))
+    finally:
+        if world is not None:
+            parallel.close_world(world)
+    if world is not None and not world.main:
+        return
     typer.echo(f"wrote {r['mp4']} and {r['gif']}: NFE {r['nfe']}, diffusion {r['diffusion_s']:.3f}s, "
                f"total {r['total_s']:.3f}s")
 

@@ -219,8 +219,13 @@ def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddin
                    image: Optional[Path] = None, sampler: str = "euler", steps: int = 50,
                    guidance: Optional[float] = None, shift: float = 3.0, seed: int = 0, frames: int = 9,
                    height: int = 32, width: int = 32, fps: float = 8.0, device: Optional[str] = None,
-                   negative_only: bool = False) -> dict:
-    """Generate one video and write ``out/sample.mp4`` and ``out/sample.gif`` (native size).
+                   negative_only: bool = False, world=None) -> dict:
+    """Generate one video and write ``out/sample.mp4``, ``out/sample.gif`` (native size) and the sampled
+    latents ``out/latents.safetensors``.
+
+    world: a vpae.training.parallel.World with cp_size > 1 (`torchrun --nproc_per_node N vpae generate`): the
+    model runs with diffusers' context parallelism over the N ranks (each holds the whole model, the token
+    sequence is split), the same result as one process; rank 0 writes the files.
 
     sampler: 'euler' (the teacher baseline: `steps` Euler steps over shifted sigmas with CFG) or
     'few-step' (x0 prediction + re-noising over few_step_sigmas(steps, shift); steps=1 is one-step).
@@ -241,10 +246,13 @@ def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddin
         raise GenerateError(f"fps must be > 0, got {fps}")
     if guidance is None:
         guidance = 5.0 if sampler == "euler" else 1.0
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(world.device if world is not None else device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     t0 = time.perf_counter()
     backbone, folder, meta = load_model(model, dev)
+    if world is not None and world.cp_size > 1:
+        from vpae.training.parallel import enable_context_parallel
+        enable_context_parallel(backbone, world)
     stack = build_stack(backbone, meta, embeddings, folder)
     check_request(backbone, stack, sampler, steps, frames, height, width)
     load_s = time.perf_counter() - t0
@@ -270,16 +278,21 @@ def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddin
     t3 = time.perf_counter()
     out = Path(out)
     mp4, gif = out / "sample.mp4", out / "sample.gif"
+    result = dict(mp4=mp4, gif=gif, video=video, nfe=r.nfe, diffusion_s=diffusion_s, total_s=total_s, load_s=load_s,
+                  frames=frames, height=height, width=width, sampler=sampler, steps=steps, guidance=guidance,
+                  model=str(folder), device=str(dev), latents=out / "latents.safetensors")
+    if world is not None and not world.main:
+        return {**result, "write_s": 0.0}
+    from safetensors.torch import save_file
+
     from vpae.eval.video import write_video
     try:
         write_video(mp4, video, fps)
         write_video(gif, video, fps)
+        save_file({"x0": r.x0.detach().float().cpu().contiguous()}, str(out / "latents.safetensors"))
     except Exception as e:  # noqa: BLE001 - ffmpeg / Pillow / filesystem errors
         raise GenerateError(f"cannot write the video to {out}: {type(e).__name__}: {e}") from e
     for f in (mp4, gif):
         if not f.is_file() or f.stat().st_size == 0:
             raise GenerateError(f"writing {f} produced no file")
-    write_s = time.perf_counter() - t3
-    return dict(mp4=mp4, gif=gif, video=video, nfe=r.nfe, diffusion_s=diffusion_s, total_s=total_s, load_s=load_s,
-                write_s=write_s, frames=frames, height=height, width=width, sampler=sampler, steps=steps,
-                guidance=guidance, model=str(folder), device=str(dev))
+    return {**result, "write_s": time.perf_counter() - t3}

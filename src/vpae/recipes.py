@@ -199,7 +199,7 @@ def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progre
     run_dir = Path(run_dir)
     world = start_run(cfg, run_dir)
     if world.distributed and not method.distributed:
-        raise ConfigError(f"method {cfg.method} runs in one process (torchrun: method vpae only)")
+        raise ConfigError(f"method {cfg.method} runs in one process only (its Method.distributed is False)")
     data = build_data(cfg)
     nets = build_networks(cfg, data, method, world)
     phases = method.phases(nets)
@@ -231,16 +231,19 @@ def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progre
             load_checkpoint(ckpt, {"generator": ph.modules()["generator"]}, {})
     out.update({"generator": sampler_model, "sampler": method.sampler, "networks": nets, "teacher": nets.teacher,
                 "ema": nets.ema, "data": data, "world": world})
-    generator = nets.generator
-    if world.distributed:  # rank 0 exports an unsharded copy; the run's networks stay sharded
-        generator = consolidated(cfg, nets.generator, lambda: fresh_generator(cfg, "cpu"), world)
+    generator, extras = nets.generator, method.exports(nets, phases)
+    if world.distributed:  # rank 0 exports unsharded copies (collective); the run's networks stay sharded
+        def whole(backbone):
+            return consolidated(cfg, backbone, lambda: fresh_generator(cfg, "cpu"), world)
+        generator = whole(nets.generator)
+        extras = {folder: (whole(backbone), extra) for folder, (backbone, extra) in extras.items()}
         world.barrier()
         if not world.main:
             return out
     meta = {"role": "generator", "method": cfg.method, "phase": phase, "data": to_dict(cfg.data)}
     lora = run_dir / "generator_lora" if cfg.priming.generator_mode == "lora" else None
     export_backbone(generator, run_dir / "generator", meta, lora_dir=lora)
-    for folder, (backbone, extra) in method.exports(nets, phases).items():
+    for folder, (backbone, extra) in extras.items():
         export_backbone(backbone, run_dir / folder, {**meta, **extra})
     out["seconds"] = time.perf_counter() - t0
     return out

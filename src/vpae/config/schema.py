@@ -257,7 +257,7 @@ class EquilibriumConfig:
     disc_updates_per_generator: int = 1
     diversity_weight: float = 0.0
     """Weight of the mode-seeking term (losses/mode_seeking.py, MSGAN eq. 3) added to eq. 6; 0 = off (the paper).
-    Not in the paper: each generator update draws a second noise for half of the batch's conditions and pushes the
+    Not in the paper: each generator update draws a second noise for every condition of the batch and pushes the
     two samples of one condition apart, against one-step generators that pick the mode from the condition."""
     diversity_blur: float = 1.5
     """Gaussian blur (std in latent pixels, per frame) of both samples before the mode-seeking distance: the

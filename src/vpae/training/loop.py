@@ -30,7 +30,7 @@ from vpae.errors import DivergenceError, VpaeError
 from vpae.training import parallel
 from vpae.training.checkpoint import clean_stale_tmp, latest_checkpoint, load_checkpoint, save_checkpoint
 from vpae.training.collapse import finish_collapse
-from vpae.training.methods.base import OptimizerSpec, Phase, Update
+from vpae.training.methods.base import AfterUpdate, OptimizerSpec, Phase, Update
 from vpae.training.model import set_switches, switches
 from vpae.training.parallel import World
 
@@ -182,6 +182,8 @@ def take_step(phase: Phase, optimizers: Optimizers, step: int, x_data: torch.Ten
                     item = None
                 except DivergenceError as e:
                     item, error = None, e
+            if isinstance(item, AfterUpdate) and m == 0:
+                item.run()  # once per step: every micro-batch yields the same one
             if isinstance(item, Update) or error is not None:
                 _agree(world, error)
                 if m == 0:
@@ -194,6 +196,8 @@ def take_step(phase: Phase, optimizers: Optimizers, step: int, x_data: torch.Ten
         if all(item is None for item in items):
             break
         first = items[0]
+        if isinstance(first, AfterUpdate):
+            continue
         if isinstance(first, Update):
             stats[f"grad_norm/{first.name or first.optimizer}"] = optimizers.finish(first.optimizer)
         logs = [item.logs if isinstance(item, Update) else item for item in items]
@@ -216,6 +220,9 @@ def _single_step(phase: Phase, optimizers: Optimizers, step: int, x_data: torch.
             update, error = None, e
         if isinstance(update, dict):
             stats.update(update)
+            continue
+        if isinstance(update, AfterUpdate):
+            update.run()
             continue
         _agree(world, error)
         stats[f"grad_norm/{update.name or update.optimizer}"] = optimizers.apply(update, step)

@@ -68,6 +68,14 @@ class Update:
     name: str | None = None
 
 
+@dataclass
+class AfterUpdate:
+    """Work a step does after an optimizer step that must run once per training step, not once per micro-batch
+    of gradient accumulation (an EMA or target update): the phase yields it and the loop runs it once."""
+
+    run: Callable[[], None]
+
+
 class Phase:
     """One stage of a method (see the module doc). Subclasses set `name` (run folder and checkpoint tag),
     `steps`, `batch_size`, `stream` (the data stream's seed offset) and implement the methods below."""
@@ -91,7 +99,8 @@ class Phase:
         raise NotImplementedError
 
     def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update | dict]:
-        """Yield an Update per optimizer step, in order; a yielded dict is merged into the logs."""
+        """Yield an Update per optimizer step, in order; a yielded dict is merged into the logs; a yielded
+        AfterUpdate is run once (EMA and target updates)."""
         raise NotImplementedError
 
 

@@ -26,17 +26,10 @@ from vpae.losses import (
     temporal_coherence_loss,
 )
 from vpae.registry import register_method
-from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, adam_on, requires_grad
+from vpae.training.methods.base import AfterUpdate, Method, OptimizerSpec, Phase, Update, adam_on, requires_grad
 from vpae.training.model import Networks, generator_checkpoint_view, real_score, update_ema
-from vpae.training.parallel import full_state_dict
 
 Tensor = torch.Tensor
-
-
-def is_sharded(module: nn.Module) -> bool:
-    """Whether FSDP2 has sharded the module (under torchrun)."""
-    from torch.distributed.fsdp import FSDPModule
-    return any(isinstance(m, FSDPModule) for m in module.modules())
 
 
 class ExpertPair(nn.Module):
@@ -74,7 +67,6 @@ class DCMPhase(Phase):
         self.split = self.consistency.semantic_phases  # phases 0..split-1 semantic, split..M-1 detail
         self.boundary = edges[self.split]
         self.disc = FeatureDiscriminator(nets.heads, self.comparison.layers)
-        self.final_detail: dict | None = None  # the trained detail expert, whole, for rank 0's export (torchrun)
 
     def experts(self) -> list[tuple[str, nn.Module, nn.Module, tuple[int, int]]]:
         """(optimizer, student, EMA target, phases) of the semantic and the detail expert."""
@@ -132,13 +124,9 @@ class DCMPhase(Phase):
         with real_score(self.nets.teacher), requires_grad(self.nets.head_params(), False):
             loss, logs, out = self.expert_loss(which, x_data, cond)
             yield Update(name, loss, logs)
-        update_ema(target, student, self.consistency.ema_decay)
+        yield AfterUpdate(lambda: update_ema(target, student, self.consistency.ema_decay))
         if which == 1:  # the heads learn on the detail expert's steps
             yield Update("heads", *self.discriminator_loss(x_data, out, cond))
-        if step + 1 == self.steps and is_sharded(self.nets.others["detail_expert"]):
-            # rank 0 writes the exports alone, after the other ranks have left; the detail expert's shards are
-            # gathered now, while every rank still steps (collective)
-            self.final_detail = full_state_dict(self.nets.others["detail_expert"])
 
 
 @register_method("dcm")
@@ -158,11 +146,5 @@ class DCM(Method):
         return ExpertPair(nets.generator, nets.others["detail_expert"], phases[0].boundary)
 
     def exports(self, nets: Networks, phases: list[Phase]) -> dict[str, tuple[nn.Module, dict]]:
-        detail = nets.others["detail_expert"]
-        if is_sharded(detail):
-            if phases[0].final_detail is None:
-                return {}  # nothing trained in this call (a finished run rerun): the detail_expert folder stays
-            from vpae.recipes import fresh_generator
-            detail = fresh_generator(self.cfg, "cpu")  # same layout as the expert (a copy of the generator)
-            detail.load_state_dict(phases[0].final_detail)
-        return {"detail_expert": (detail, {"role": "detail_expert", "boundary": phases[0].boundary})}
+        extra = {"role": "detail_expert", "boundary": phases[0].boundary}
+        return {"detail_expert": (nets.others["detail_expert"], extra)}

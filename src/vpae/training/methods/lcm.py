@@ -14,7 +14,7 @@ from vpae import flow
 from vpae.conditioning import Conditioning
 from vpae.losses import PhasedConsistencyLoss
 from vpae.registry import register_method
-from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, adam_on
+from vpae.training.methods.base import AfterUpdate, Method, OptimizerSpec, Phase, Update, adam_on
 from vpae.training.model import Networks, copy_into, generator_checkpoint_view, real_score, update_ema
 
 Tensor = torch.Tensor
@@ -52,7 +52,7 @@ class ConsistencyPhase(Phase):
             loss = self.loss(self.nets.generator, self.nets.ema, self.nets.teacher, x_data, cond)["loss"].mean()
         yield Update("generator", loss, {"loss/consistency": loss.item()})
         # Update EMA (the consistency target).
-        update_ema(self.nets.ema, self.nets.generator, self.consistency.ema_decay)
+        yield AfterUpdate(lambda: update_ema(self.nets.ema, self.nets.generator, self.consistency.ema_decay))
 
 
 @register_method("lcm")

@@ -12,7 +12,7 @@ from torch import nn
 
 from vpae.conditioning import Conditioning
 from vpae.losses import FlowMatchingLoss
-from vpae.training.methods.base import OptimizerSpec, Phase, Update
+from vpae.training.methods.base import AfterUpdate, OptimizerSpec, Phase, Update
 from vpae.training.model import trainable_parameters, update_ema
 
 Tensor = torch.Tensor
@@ -44,4 +44,4 @@ class FlowMatchingPhase(Phase):
     def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update]:
         loss = self.loss(self.model, x_data, cond).mean()
         yield Update("model", loss, {"loss/flow": loss.item()})
-        update_ema(self.ema, self.model, min(self.pretrain.ema_decay, (1 + step) / (10 + step)))
+        yield AfterUpdate(lambda: update_ema(self.ema, self.model, min(self.pretrain.ema_decay, (1 + step) / (10 + step))))

@@ -29,7 +29,16 @@ from vpae.losses import (
 from vpae.registry import register_method
 from vpae.sampling import predict_x0
 from vpae.training.collapse import collapse_logs
-from vpae.training.methods.base import Method, OptimizerSpec, Phase, Update, adam_on, one_step_x0, requires_grad
+from vpae.training.methods.base import (
+    AfterUpdate,
+    Method,
+    OptimizerSpec,
+    Phase,
+    Update,
+    adam_on,
+    one_step_x0,
+    requires_grad,
+)
 from vpae.training.methods.lcm import ConsistencyPhase
 from vpae.training.model import (
     Networks,
@@ -138,7 +147,8 @@ class EquilibriumPhase(Phase):
                 "heads": OptimizerSpec(self.disc_params(), e.head_lr, e.head_betas, e.grad_clip)}
 
     def modules(self) -> dict[str, nn.Module]:
-        out = {"generator": self.nets.generator, "ema": self.nets.ema, "heads": self.nets.heads}
+        # a LoRA generator's checkpoint holds its adapter alone, as in phase I (its base is the teacher's)
+        out = {"generator": generator_checkpoint_view(self.nets.generator), "ema": self.nets.ema, "heads": self.nets.heads}
         if self.equilibrium.backbone == "trained":
             out["disc_backbone"] = self.nets.others["trained_backbone"]
         return out
@@ -157,13 +167,13 @@ class EquilibriumPhase(Phase):
         return blur_frames(x0, self.equilibrium.disc_blur)
 
     def mode_seeking(self, x0_gen: Tensor, z: Tensor, cond: Conditioning) -> Tensor:
-        """The optional diversity term: a second sample, from fresh noise, for the first half of the batch's
-        conditions, pushed away from the first (MSGAN eq. 3)."""
-        half = max(1, x0_gen.shape[0] // 2)
-        z2 = randomness.randn_like(z[:half])
-        x0_2 = one_step_x0(self.nets.generator, z2, cond[:half])
+        """The optional diversity term: a second sample, from fresh noise, for every condition of the batch,
+        pushed away from the first (MSGAN eq. 3). Every sample gets its pair (not a part of the batch), so the
+        term is the same however the batch is split over ranks and micro-batches."""
+        z2 = randomness.randn_like(z)
+        x0_2 = one_step_x0(self.nets.generator, z2, cond)
         blur = self.equilibrium.diversity_blur
-        return mode_seeking_loss(blur_frames(x0_gen[:half], blur), blur_frames(x0_2, blur), z[:half], z2).mean()
+        return mode_seeking_loss(blur_frames(x0_gen, blur), blur_frames(x0_2, blur), z, z2).mean()
 
     def generator_loss(self, x0_gen: Tensor, z: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
         """Eq. 6 (+ the optional mode-seeking term)."""
@@ -219,7 +229,7 @@ class EquilibriumPhase(Phase):
         with self.generator_update_state():
             yield Update("generator", *self.generator_loss(x0_gen, z, cond))
         # Update EMA (the unified discriminator backbone co-evolves with the generator).
-        update_ema(self.nets.ema, self.nets.generator, self.equilibrium.ema_decay)
+        yield AfterUpdate(lambda: update_ema(self.nets.ema, self.nets.generator, self.equilibrium.ema_decay))
         for _ in range(self.equilibrium.disc_updates_per_generator):
             yield Update("heads", *self.discriminator_loss(x_data, x0_gen.detach(), cond))
         yield collapse_logs(x0_gen, x_data)

@@ -475,7 +475,11 @@ class ParallelConfig:
     """Context-parallel degree: the ranks that share one sample, its token sequence split over them (diffusers'
     context parallelism; weights are sharded over them too)."""
     cp_kind: str = "ulysses"
-    """ulysses (all-to-all over heads: the head count must divide by cp) | ring (K/V passed around)."""
+    """ulysses (all-to-all over heads: the head count must divide by cp) | ring (K/V passed around; needs an
+    attention backend that returns the log-sum-exp: parallel.attention_backend)."""
+    attention_backend: str = ""
+    """diffusers attention backend of every network under torchrun (model.set_attention_backend), e.g. flash,
+    _native_flash, _native_cudnn; empty: diffusers' default (native SDPA, which Ulysses supports and ring does not)."""
     cpu_offload: bool = False
     """FSDP2 CPUOffloadPolicy: sharded parameters, gradients and optimizer states live in CPU memory."""
     accum_sync: str = "last"
@@ -492,6 +496,10 @@ class ParallelConfig:
         check_choice("parallel.reduce_dtype", self.reduce_dtype, ("float32", "bfloat16"))
         check_choice("parallel.backend", self.backend, ("auto", "gloo", "nccl"))
         check_choice("parallel.cp_kind", self.cp_kind, ("ulysses", "ring"))
+        if self.cp > 1 and self.cp_kind == "ring" and self.attention_backend in ("", "native"):
+            raise ConfigError("parallel.cp_kind=ring needs an attention backend that returns the log-sum-exp; set "
+                              "parallel.attention_backend (flash, _native_flash or _native_cudnn on GPUs), or use "
+                              "parallel.cp_kind=ulysses")
         check_choice("parallel.accum_sync", self.accum_sync, ("last", "every"))
         check_at_least("parallel.dp_replicate", self.dp_replicate, 1)
         check_at_least("parallel.cp", self.cp, 1)

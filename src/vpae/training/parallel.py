@@ -214,6 +214,9 @@ def mixed_precision(parallel_cfg):
 
 def _shard_kwargs(parallel_cfg, world: World) -> dict:
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
+    if parallel_cfg.cpu_offload and not world.device.startswith("cuda"):
+        raise VpaeError("parallel.cpu_offload moves the GPUs' shards to host memory, but this run is on the CPU "
+                        "(train.device=cpu); set parallel.cpu_offload=false or train on GPUs")
     return dict(mesh=world.fsdp_mesh, mp_policy=mixed_precision(parallel_cfg),
                 reshard_after_forward=parallel_cfg.reshard_after_forward,
                 offload_policy=CPUOffloadPolicy() if parallel_cfg.cpu_offload else OffloadPolicy())
@@ -302,6 +305,8 @@ def shard_backbone(backbone: nn.Module, parallel_cfg, world: World | None = None
     (features() calls them directly, without the root's forward), then the root model (output norm and
     projection, scale-shift table). With parallel.cp > 1, context parallelism first."""
     world = world or current_world()
+    if getattr(parallel_cfg, "attention_backend", ""):
+        backbone.model.set_attention_backend(parallel_cfg.attention_backend)
     if world.cp_size > 1:
         enable_context_parallel(backbone, world)
     kw = _shard_kwargs(parallel_cfg, world)

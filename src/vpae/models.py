@@ -139,4 +139,5 @@ def build_teacher(cfg: VPAEConfig, device: str | None = None, empty: bool = Fals
         bb = WanBackbone(model, cfg.model.text_len or 512)
     if cfg.model.gradient_checkpointing:
         bb.model.enable_gradient_checkpointing()
-    return bb.to(device or cfg.train.device)
+    from vpae.config.schema import resolve_device
+    return bb.to(device or resolve_device(cfg.train.device))

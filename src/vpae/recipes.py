@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from vpae import registry
 from vpae.backbones.base import resolve_layers
 from vpae.backbones.wan import WanBackbone
 from vpae.config import ConfigError, VPAEConfig, load_config, record_run_config, to_dict
+from vpae.config.schema import resolve_device
 from vpae.data.source import DataSource
 from vpae.discriminator import build_head
 from vpae.export import export_backbone
@@ -37,9 +39,23 @@ def build_method(cfg: VPAEConfig) -> Method:
     return registry.method(cfg.method)(cfg)
 
 
+def usable_device(device: str) -> str:
+    """train.device resolved (auto: CUDA when present, else the CPU, said in one line on stderr); cuda asked for on
+    a machine without CUDA is a ConfigError."""
+    import sys
+    resolved = resolve_device(device)
+    if resolved.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={device} but this machine has no CUDA device (torch {torch.__version__}); "
+                          f"set --set train.device=cpu or auto, or install a CUDA build of torch")
+    if device == "auto" and resolved == "cpu" and int(os.environ.get("RANK", "0")) == 0:
+        print("note: train.device=auto and no CUDA device: training on the CPU", file=sys.stderr)
+    return resolved
+
+
 def start_run(cfg: VPAEConfig, run_dir: Path) -> parallel.World:
     """This process's World (torchrun: the process group is initialised here) and the run directory with its
     recorded config; rank 0 writes, and a refused config stops every rank."""
+    cfg.train.device = usable_device(cfg.train.device)
     world = parallel.init_world(cfg.train.device, cfg.parallel.backend, parallel_cfg=cfg.parallel)
     error = None
     if world.main:

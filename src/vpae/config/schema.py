@@ -423,10 +423,22 @@ class MDConfig:
             raise ConfigError(f"md.weak_weight is in [0, 1], got {self.weak_weight}")
 
 
+def resolve_device(device: str) -> str:
+    """train.device as torch takes it: auto -> cuda when a CUDA device is present, else cpu."""
+    if device != "auto":
+        return device
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @dataclass
 class TrainConfig:
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
+    """auto (CUDA when present, else the CPU, said in one line), cuda, cuda:N or cpu."""
+    logger: str = "jsonl"
+    """Experiment tracking besides RUN/<phase>/log.jsonl (always written): jsonl (nothing else) | tensorboard |
+    wandb (offline unless WANDB_MODE says otherwise)."""
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -447,6 +459,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_at_least("train.eval_every", self.eval_every, 0)
         check_at_least("train.grad_accum", self.grad_accum, 1)
+        check_choice("train.logger", self.logger, ("jsonl", "tensorboard", "wandb"))
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for name in ("checkpoint_every", "log_every", "keep_checkpoints"):
             check_at_least(f"train.{name}", getattr(self, name), 1)
 

@@ -137,20 +137,26 @@ def generate(model: str = typer.Option(..., help="Model folder (diffusers WanTra
              height: int = typer.Option(32), width: int = typer.Option(32),
              fps: float = typer.Option(8.0),
              negative_only: bool = typer.Option(False, help="Sample with the empty prompt on purpose (toy models "
-                                                             "refuse a missing or empty --prompt otherwise)")):
+                                                             "refuse a missing or empty --prompt otherwise)"),
+             device: str = typer.Option("auto", help="auto (CUDA when present) | cpu | cuda | cuda:N: the model, "
+                                                      "VAE and text/image encoders all run there")):
     """Generate one video (mp4 + GIF) and print NFE and wall time. Under `torchrun --nproc_per_node N` the model
     runs with context parallelism over the N ranks (long videos: 720p), the same video as one process."""
+    from vpae.config.schema import resolve_device
     from vpae.generate import GenerateError, generate_video
     from vpae.training import parallel
+    device = resolve_device(device)
+    if device.startswith("cuda") and not torch_cuda():
+        _fail(f"--device {device} but this machine has no CUDA device; use --device cpu or auto")
     world = None
     if parallel.launched_by_torchrun():
         from vpae.config.schema import ParallelConfig
         size = int(os.environ["WORLD_SIZE"])
-        world = parallel.init_world("cuda" if torch_cuda() else "cpu", parallel_cfg=ParallelConfig(cp=size))
+        world = parallel.init_world(device, parallel_cfg=ParallelConfig(cp=size))
     try:
         r = generate_video(model=model, out=out, prompt=prompt, embeddings=embeddings, image=image, sampler=sampler,
                            steps=steps, guidance=guidance, shift=shift, seed=seed, frames=frames, height=height,
-                           width=width, fps=fps, negative_only=negative_only, world=world)
+                           width=width, fps=fps, negative_only=negative_only, world=world, device=device)
     except GenerateError as e:
         _fail(str(e))
     finally:

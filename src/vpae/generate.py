@@ -136,9 +136,12 @@ def check_request(backbone, stack: Stack, sampler: str, steps: int, frames: int,
         raise GenerateError(str(e)) from e
 
 
-def load_image(path: Path, height: int, width: int) -> torch.Tensor:
-    """png/jpg -> (1, 3, height, width) float32 in [-1, 1] (resized with bicubic filtering)."""
+def load_image(path: Path, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """png/jpg -> (as given (1, 3, h, w), resized (1, 3, height, width)), float32 in [-1, 1]. The resized one is
+    what diffusers' Wan pipelines give the VAE (their VideoProcessor.preprocess: PIL resize with its Lanczos
+    filter); an image encoder with its own processor (CLIP) gets the image as given, as the pipelines do."""
     import numpy as np
+    from diffusers.video_processor import VideoProcessor
     from PIL import Image
 
     from vpae.eval.video import VideoError, read_image
@@ -146,9 +149,11 @@ def load_image(path: Path, height: int, width: int) -> torch.Tensor:
         a = read_image(path)
     except VideoError as e:
         raise GenerateError(str(e)) from e
-    if a.shape[:2] != (height, width):
-        a = np.asarray(Image.fromarray(a).resize((width, height), Image.BICUBIC))
-    return torch.from_numpy(np.array(a, dtype=np.uint8)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+    original = torch.from_numpy(np.array(a, dtype=np.uint8)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+    if a.shape[:2] == (height, width):
+        return original, original
+    resized = VideoProcessor(vae_scale_factor=1).preprocess(Image.fromarray(a), height=height, width=width)
+    return original, resized.float()
 
 
 def load_embeddings(path: Path, backbone) -> dict:
@@ -180,20 +185,22 @@ def load_embeddings(path: Path, backbone) -> dict:
 
 
 def build_conditioning(backbone, stack: Stack, prompt: Optional[str], embeddings: Optional[Path],
-                       image: Optional[Path], frames: int, height: int, width: int, negative_only: bool = False):
+                       image: Optional[Path], frames: int, height: int, width: int, negative_only: bool = False,
+                       device: torch.device | str = "cpu"):
     from vpae.conditioning import Conditioning
-    img = None
+    img = original = None
     if backbone.i2v:
         if image is None:
             raise GenerateError("this is an image-to-video model: pass --image (png/jpg condition frame)")
-        img = load_image(image, height, width)
+        original, img = (x.to(device) for x in load_image(image, height, width))
     if stack.text_encoder is not None and not (prompt or "").strip() and not negative_only:
         raise GenerateError("no prompt (or an empty one): pass --prompt TEXT, or --negative-only to sample "
                             "with the empty prompt on purpose")
     if stack.text_encoder is not None:
         text, mask = stack.text_encoder.encode([prompt or ""])
         neg = stack.text_encoder.negative(1)
-        tokens = stack.image_encoder(img) if img is not None else None
+        own_processor = hasattr(stack.image_encoder, "processor")  # CLIP resizes and crops the image itself
+        tokens = stack.image_encoder(original if own_processor else img) if img is not None else None
     else:
         emb = load_embeddings(embeddings, backbone)
         text, mask, neg = emb["text"], None, emb.get("negative_text")
@@ -254,11 +261,15 @@ def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddin
         from vpae.training.parallel import enable_context_parallel
         enable_context_parallel(backbone, world)
     stack = build_stack(backbone, meta, embeddings, folder)
+    for part in (stack.codec, stack.text_encoder, stack.image_encoder):  # every component on the device
+        if part is not None and callable(getattr(part, "to", None)):
+            part.to(dev)
     check_request(backbone, stack, sampler, steps, frames, height, width)
     load_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    cond = build_conditioning(backbone, stack, prompt, embeddings, image, frames, height, width, negative_only).to(dev)
+    cond = build_conditioning(backbone, stack, prompt, embeddings, image, frames, height, width, negative_only,
+                              dev).to(dev)
     shape = (1, *stack.codec.latent_shape(frames, height, width))
     noise = initial_noise(shape, seed, dev)
     sync_device(dev)

@@ -187,3 +187,23 @@ def test_real_path_end_to_end_on_a_real_clip(wan_folder, tmp_path):
                      guidance_scale=1.0, latents=latents.clone(), output_type="pt").frames[0]  # (F, 3, H, W) in [0, 1]
     # float32 through the same VAE decoder; the pipeline post-processes to [0, 1] (x / 2 + 0.5, clamped)
     torch.testing.assert_close(g["video"], (video.permute(1, 0, 2, 3) * 2 - 1).float(), rtol=0, atol=1e-4)
+
+
+def test_generate_equals_the_pipeline_for_an_image_of_another_size(wan_folder, tmp_path):
+    """A condition image that is not H x W: `vpae generate` resizes it for the VAE as diffusers' pipeline does and
+    gives CLIP the image as is, so its video equals WanImageToVideoPipeline's (it differed by up to 0.4 when vpae
+    resized the image itself for both)."""
+    from PIL import Image
+
+    from vpae.generate import generate_video
+    from vpae.sampling import initial_noise
+    root, pipe = wan_folder
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (56, 40, 3), dtype=np.uint8))
+    image.save(tmp_path / "tall.png")
+    caption = "a small red circle moves left"
+    g = generate_video(model=str(root), out=tmp_path / "gen", prompt=caption, image=tmp_path / "tall.png",
+                       sampler="few-step", steps=1, guidance=1.0, seed=0, frames=5, height=32, width=32, device="cpu")
+    with torch.no_grad():
+        video = pipe(image=image, prompt=caption, height=32, width=32, num_frames=5, num_inference_steps=1,
+                     guidance_scale=1.0, latents=initial_noise((1, 16, 2, 4, 4), 0), output_type="pt").frames[0]
+    torch.testing.assert_close(g["video"], (video.permute(1, 0, 2, 3) * 2 - 1).float(), rtol=0, atol=1e-4)

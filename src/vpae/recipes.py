@@ -99,7 +99,7 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
                    max_seconds=cfg.pretrain.max_seconds, divergence=divergence_check(cfg),
                    eval_fn=probe(ema, cfg.train.eval_videos) if probe else None,
                    eval_every=cfg.train.eval_every, world=world, micro_batches=cfg.train.grad_accum,
-                   accum_sync=cfg.parallel.accum_sync)
+                   accum_sync=cfg.parallel.accum_sync, logger=cfg.train.logger)
     result["world"] = world
     if world.distributed:
         # rank 0 gathers unsharded copies in CPU memory for the export (the GPUs keep only their shards)
@@ -224,7 +224,8 @@ def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progre
     tc = cfg.train
     common = dict(seed=tc.seed, checkpoint_every=tc.checkpoint_every, keep=tc.keep_checkpoints,
                   log_every=tc.log_every, progress=progress, eval_every=tc.eval_every, world=world,
-                  divergence=divergence_check(cfg), micro_batches=tc.grad_accum, accum_sync=cfg.parallel.accum_sync)
+                  divergence=divergence_check(cfg), micro_batches=tc.grad_accum, accum_sync=cfg.parallel.accum_sync,
+                  logger=tc.logger)
     sampler_model = method.sampler_model(nets, phases)
     for i, ph in enumerate(phases):
         pdir = run_dir / ph.name

@@ -14,7 +14,6 @@ progress bar.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 import zlib
@@ -33,27 +32,12 @@ from vpae.training.collapse import finish_collapse
 from vpae.training.methods.base import AfterUpdate, OptimizerSpec, Phase, Update
 from vpae.training.model import set_switches, switches
 from vpae.training.parallel import World
+from vpae.training.tracking import Tracker, patch_size, peak_memory, require, throughput
+from vpae.training.tracking import read_log as read_log  # re-exported: readers of log.jsonl import it from here
 
 
 def step_seed(seed: int, phase: str, step: int) -> int:
     return zlib.crc32(f"{seed}/{phase}/{step}".encode())
-
-
-class JsonlLogger:
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def log(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def read_log(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class DivergenceCheck:
@@ -245,9 +229,13 @@ class PhaseStepper:
 
 
 def progress_fields(stats: dict[str, float], most: int = 4) -> dict[str, str]:
-    """The progress bar's postfix: the step's losses by name (loss/dmd -> dmd), the first `most` of them."""
+    """The progress bar's postfix: the first `most` of the step's losses by name (loss/dmd -> dmd; grad norms
+    are left out, their names would clash with the losses'), then samples/s."""
     losses = [(k[len("loss/"):], v) for k, v in stats.items() if k.startswith("loss/")]
-    return {k: f"{v:.3g}" for k, v in losses[:most]}
+    fields = {k: f"{v:.3g}" for k, v in losses[:most]}
+    if "throughput/samples_per_s" in stats:
+        fields["samples/s"] = f"{stats['throughput/samples_per_s']:.3g}"
+    return fields
 
 
 def train(phase: Phase, batch_fn: Callable[[int], tuple[torch.Tensor, Conditioning]], *,
@@ -255,7 +243,7 @@ def train(phase: Phase, batch_fn: Callable[[int], tuple[torch.Tensor, Conditioni
           log_every: int = 10, meta: dict | None = None,
           eval_fn: Callable[[int], dict[str, float]] | None = None, eval_every: int = 0,
           progress: bool = True, max_seconds: float = 0.0, divergence: DivergenceCheck | None = None,
-          world: World | None = None, micro_batches: int = 1, accum_sync: str = "last") -> dict:
+          world: World | None = None, micro_batches: int = 1, accum_sync: str = "last", logger: str = "jsonl") -> dict:
     """Run `steps` (default phase.steps) steps of one phase in `run_dir`, resuming from its latest checkpoint.
 The phase's optimizers are built here and released at the end.
 
@@ -266,8 +254,11 @@ The phase's optimizers are built here and released at the end.
     the whole training), "last", "resumed_from"}.
     world: this process under torchrun (batch_fn must then return this rank's share of the global batch).
     micro_batches, accum_sync: gradient accumulation (take_step).
+    logger: where rank 0 logs besides run_dir/log.jsonl (vpae.training.tracking); records logged after the
+    checkpoint this call resumes from are dropped first, so each step is recorded once.
     """
     world = world or World()
+    require(logger)  # on every rank, before anything trains: a missing package is one error line
     steps = phase.steps if steps is None else steps
     optimizers = Optimizers(phase.optimizers())
     modules = phase.modules()
@@ -291,46 +282,59 @@ The phase's optimizers are built here and released at the end.
         start, before = int(loaded["step"]), float(loaded.get("train_seconds", 0.0))
     divergence = divergence or DivergenceCheck()
     saved = ckpt
-    logger = JsonlLogger(run_dir / "log.jsonl") if world.main else None
+    tracker = (Tracker(run_dir, logger, resume_step=start, name=f"{run_dir.parent.name}/{run_dir.name}")
+               if world.main else None)
+    # tokens/s needs the backbone's patch; a phase without a Wan-style backbone logs samples/s only
+    patch = patch_size(modules.values())
+    device = next((p.device for m in modules.values() for p in m.parameters()), torch.device("cpu"))
     last: dict[str, float] = {}
     t0 = time.perf_counter()
     bar = tqdm(range(start, steps), desc=name, initial=start, total=steps, disable=not (progress and world.main),
                dynamic_ncols=True)
-    for step in bar:
-        torch.manual_seed(step_seed(seed, name, step))
-        t_data = time.perf_counter()
-        with randomness.batch_stream(step_seed(seed, name, step), world.dp_rank):
-            x_data, cond = batch_fn(step)
-            t_step = time.perf_counter()
-            try:
-                stats, why = take_step(phase, optimizers, step, x_data, cond, world, micro_batches, accum_sync), None
-            except DivergenceError as e:  # every rank raises it together (take_step agrees before each backward)
-                stats, why = {}, str(e)
-        if why is None:
-            stats = finish_collapse(world.mean(stats))
-            why = divergence(stats)
-        # Divergence guard: stop before a diverged update can reach a checkpoint.
-        if why:
-            where = (f"the last checkpoint before it is {saved} (resume from it with a lower learning rate: "
-                     f"rerun with --set {name}.lr=...)" if saved else "no checkpoint of this phase was written yet")
-            raise DivergenceError(f"{name} diverged at step {step + 1}: {why}; {where}")
-        stats["time/data_s"], stats["time/step_s"] = t_step - t_data, time.perf_counter() - t_step
-        last = stats
-        if eval_fn is not None and eval_every > 0 and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            stats = {**stats, **{f"eval/{k}": v for k, v in eval_fn(step + 1).items()}}
-        if logger and ((step + 1) % log_every == 0 or step + 1 == steps or any(k.startswith("eval/") for k in stats)):
-            logger.log({"step": step + 1, "time": time.perf_counter() - t0, **stats})
-            bar.set_postfix(progress_fields(stats))
-        # every rank must stop at the same step: rank 0's clock decides
-        out_of_time = max_seconds > 0 and world.broadcast(time.perf_counter() - t0 > max_seconds)
-        if (step + 1) % checkpoint_every == 0 or step + 1 == steps or out_of_time:
-            saved = save_checkpoint(run_dir, step + 1, modules, optimizers.optimizers,
-                                    {**meta, "train_seconds": before + time.perf_counter() - t0}, keep=keep)
-        if out_of_time and logger:
-            logger.log({"step": step + 1, "time": time.perf_counter() - t0, **stats})
-        if out_of_time:
-            steps = step + 1
-            break
+    try:
+        for step in bar:
+            torch.manual_seed(step_seed(seed, name, step))
+            t_data = time.perf_counter()
+            with randomness.batch_stream(step_seed(seed, name, step), world.dp_rank):
+                x_data, cond = batch_fn(step)
+                t_step = time.perf_counter()
+                try:
+                    stats, why = take_step(phase, optimizers, step, x_data, cond, world, micro_batches, accum_sync), None
+                except DivergenceError as e:  # every rank raises it together (take_step agrees before each backward)
+                    stats, why = {}, str(e)
+            if why is None:
+                stats = finish_collapse(world.mean(stats))
+                why = divergence(stats)
+            # Divergence guard: stop before a diverged update can reach a checkpoint.
+            if why:
+                where = (f"the last checkpoint before it is {saved} (resume from it with a lower learning rate: "
+                         f"rerun with --set {name}.lr=...)" if saved else "no checkpoint of this phase was written yet")
+                raise DivergenceError(f"{name} diverged at step {step + 1}: {why}; {where}")
+            t_end = time.perf_counter()
+            stats["time/data_s"], stats["time/step_s"] = t_step - t_data, t_end - t_step
+            stats.update({f"lr/{k}": o.param_groups[0]["lr"] for k, o in optimizers.optimizers.items()})
+            stats.update(throughput(x_data, t_end - t_data, world.dp_size, patch))
+            stats.update(peak_memory(device))
+            last = stats
+            if eval_fn is not None and eval_every > 0 and ((step + 1) % eval_every == 0 or step + 1 == steps):
+                stats = {**stats, **{f"eval/{k}": v for k, v in eval_fn(step + 1).items()}}
+            logged = (step + 1) % log_every == 0 or step + 1 == steps or any(k.startswith("eval/") for k in stats)
+            if tracker and logged:
+                tracker.log({"step": step + 1, "time": time.perf_counter() - t0, **stats})
+                bar.set_postfix(progress_fields(stats))
+            # every rank must stop at the same step: rank 0's clock decides
+            out_of_time = max_seconds > 0 and world.broadcast(time.perf_counter() - t0 > max_seconds)
+            if (step + 1) % checkpoint_every == 0 or step + 1 == steps or out_of_time:
+                saved = save_checkpoint(run_dir, step + 1, modules, optimizers.optimizers,
+                                        {**meta, "train_seconds": before + time.perf_counter() - t0}, keep=keep)
+            if out_of_time and tracker and not logged:
+                tracker.log({"step": step + 1, "time": time.perf_counter() - t0, **stats})
+            if out_of_time:
+                steps = step + 1
+                break
+    finally:
+        if tracker:  # flushed and closed on a divergence too
+            tracker.close()
     seconds = time.perf_counter() - t0
     optimizers.release()
     return {"step": steps, "seconds": seconds, "train_seconds": before + seconds, "last": last, "resumed_from": start}

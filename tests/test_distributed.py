@@ -29,11 +29,18 @@ ROLES = {"priming": ("generator", "fake_lora"), "equilibrium": ("generator", "em
 
 
 def _torchrun(out: Path, overrides: list[str], nproc: int = 2, kind: str = "distill", config: Path = DEMO,
-              kill_at_publish: str = "", kill_mid_step: str = "", diverge_at: str = "") -> subprocess.CompletedProcess:
-    """`torchrun --nproc_per_node N -m vpae.cli KIND ...` (the documented command), or with kill_at_publish the
-    same run through tests/dist_worker.py, which SIGKILLs itself just before publishing that checkpoint."""
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-                if nproc > 1 else [sys.executable])
+              kill_at_publish: str = "", kill_mid_step: str = "", diverge_at: str = "",
+              fork: bool = True) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node N -m vpae.cli KIND ...` (the documented command; fork=True: the same through
+    torch's elastic launcher with workers forked after the imports, tests/fork_launch.py, which saves each rank's
+    ~10 s of imports on this 2-core machine), or with kill_* / diverge_at the same run through
+    tests/dist_worker.py (which SIGKILLs itself at that point, or makes one rank diverge)."""
+    if nproc == 1:
+        launcher = [sys.executable]
+    elif fork:
+        launcher = [sys.executable, str(ROOT / "tests/fork_launch.py"), str(nproc)]
+    else:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     sets = [a for s in overrides for a in ("--set", s)]
     if kill_at_publish or kill_mid_step or diverge_at:
         cmd = launcher + [str(ROOT / "tests/dist_worker.py"), kind, str(out), "--config", str(config), *sets,
@@ -61,7 +68,7 @@ def _log(run: Path, phase: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("dist") / "two"
-    _ok(_torchrun(run, TINY))
+    _ok(_torchrun(run, TINY, fork=False))  # the documented command itself
     return run
 
 

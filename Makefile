@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned, so pip takes the local CPU build instead of a multi-GB CUDA wheel
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test,eval]"
+	$(BIN)/pip install -q -e ".[test,eval,tracking]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -6,7 +6,7 @@ RUN/<phase>/log.jsonl is always written; `tensorboard` adds a SummaryWriter in R
 
 On resume from checkpoint step k, records with step > k (logged after that checkpoint, before the run stopped)
 are dropped so the rerun's records are the only ones: log.jsonl is rewritten, TensorBoard purges them itself
-(purge_step), and the W&B run keeps one run id across resumes (W&B ignores steps it already has).
+(purge_step), and the W&B run keeps one run id across resumes (W&B ignores a step below the one it has).
 """
 
 from __future__ import annotations

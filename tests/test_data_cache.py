@@ -15,7 +15,7 @@ from vpae.recipes import build_data, run_distill
 @pytest.fixture(scope="module")
 def toy_cache(tmp_path_factory):
     """12 toy training items written in shards of 5 (5, 5, 2), and the batches they came from."""
-    data = build_data(load_config("configs/toy/demo.yaml"))
+    data = build_data(load_config("configs/toy/demo.yaml", ["train.device=cpu"]))
     root = tmp_path_factory.mktemp("cache")
     w = CacheWriter(root, data.sizes, shard_size=5)
     batches = [data.batch_fn(4, 5)(k) for k in range(3)]
@@ -26,7 +26,7 @@ def toy_cache(tmp_path_factory):
 
 
 def _cache_cfg(root, *extra):
-    return load_config("configs/toy/demo.yaml", ["data.kind=cache", f"data.cache_dir={root}", *extra])
+    return load_config("configs/toy/demo.yaml", ["train.device=cpu", "data.kind=cache", f"data.cache_dir={root}", *extra])
 
 
 def test_items_come_back_exactly(toy_cache):
@@ -54,7 +54,7 @@ def test_batches_are_pure_functions_of_seed_and_step_and_cover_each_epoch(toy_ca
 
 
 def test_a_killed_writer_leaves_a_readable_cache_and_resumes(tmp_path, toy_cache):
-    data = build_data(load_config("configs/toy/demo.yaml"))
+    data = build_data(load_config("configs/toy/demo.yaml", ["train.device=cpu"]))
     x, c = data.batch_fn(4, 5)(0)
     w = CacheWriter(tmp_path, data.sizes, shard_size=2)
     w.add(x[:3], c[:3], c.text_mask[:3].sum(1))  # one shard written, one item pending: "killed" here

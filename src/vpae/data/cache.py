@@ -4,7 +4,8 @@ loop). Layout of a cache folder:
     index.json                {"version": 1, "sizes": ConditionSizes fields, "shards": [{"file", "count"}, ...]}
     shard_00000.safetensors   latents (n, C, F, H, W); text (n, L_max, D) zero-padded past each item's
                               text_len (n,); negative_text (1, L_neg, D) [optional]; image (n, N, D_img)
-                              [I2V]; cond_latent (n, C, F, H, W) and cond_mask (n, M, F, H, W) [I2V]
+                              [I2V]; cond_latent (n, C, F, H, W) and cond_mask (n, M, F, H, W) [I2V];
+                              a text-to-video cache has none of the three, read back as None
 
 `CacheWriter` appends shards atomically (a shard is written to a temporary name and renamed, then the index is
 replaced), so a killed writer leaves a readable cache of the shards it finished. Text is stored with its real

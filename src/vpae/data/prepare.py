@@ -1,14 +1,17 @@
 """`vpae data prepare`: a manifest of videos -> the latent cache that training reads (vpae.data.cache).
 
-Manifest: CSV with a header, or JSONL; fields `video` (path, relative to the manifest's folder), `caption`,
-optional `image` (a condition image; default: the clip's first frame). Each video gives one clip: its first
-`frames` frames, resized so the short side fits and centre-cropped to (height, width), in [-1, 1]; then the
-stack's codec, text and image encoders make (latents, Conditioning) and CacheWriter stores them.
+Manifest: CSV with a header, or JSONL; fields `video` (path, relative to the manifest's folder; any container
+PyAV opens, or a GIF), `caption`, optional `image` (the image-to-video condition, resized and cropped as the
+clip; default: the clip's first frame; unused by a text-to-video stack). Each video gives one clip: its first
+`frames` frames (decoding stops there), resized so the short side fits and centre-cropped to (height, width),
+in [-1, 1]; then the stack's codec, text and image encoders make (latents, Conditioning) and CacheWriter
+stores them (a text-to-video stack, with no image encoder, stores no image condition).
 
-Robust by construction: an unreadable, corrupt or too-short video (or a missing condition image) is skipped
-and listed with its reason in `report.json` / `report.md`, never fatal; shards are published atomically with
-the number of manifest rows they cover, so a killed run resumes after the last complete shard and never
-leaves a half-written one.
+Robust by construction: an unreadable, corrupt or too-short video (or a missing or unreadable condition image)
+is skipped and listed with its reason in `report.json` / `report.md` (and in `skipped.jsonl` as soon as it is
+found), never fatal; shards are published atomically with the number of manifest rows they cover, so a killed
+run resumes after the last complete shard, never leaves a half-written one, and its report still lists the rows
+skipped before the kill. A manifest with no usable row is an error.
 
 Under torchrun (WORLD_SIZE > 1) the ranks split the work and write the cache one process would write: first
 every rank loads its share of the rows (i = rank, rank + N, ...) only to learn which are skipped; from the
@@ -116,6 +119,7 @@ def fill_cache(rows: list[dict], out: str | Path, sizes: ConditionSizes, load: C
     # the shard files past the index.
     (out / PLAN).unlink(missing_ok=True)
     start, skipped = _resume_point(out, writer.index)
+    skips = _SkipLog(out, skipped)
     pending: list = []
 
     def encode_pending():
@@ -127,7 +131,7 @@ def fill_cache(rows: list[dict], out: str | Path, sizes: ConditionSizes, load: C
         try:
             pending.append(load(i, rows[i]))
         except VpaeError as e:  # unreadable, corrupt, too short, missing: listed, never fatal
-            skipped.append({"row": i, "file": rows[i].get("video") or rows[i].get("image"), "reason": str(e)})
+            skips.add({"row": i, "file": _row_file(rows[i]), "reason": str(e)})
             continue
         writer.rows_done = i + 1
         if len(pending) == batch_size or len(writer.pending) + len(pending) >= shard_size:
@@ -135,7 +139,31 @@ def fill_cache(rows: list[dict], out: str | Path, sizes: ConditionSizes, load: C
     encode_pending()
     writer.rows_done = len(rows)
     writer.flush()
-    return _write_report(out, desc, writer.items, len(rows), skipped)
+    return _write_report(out, desc, writer.items, len(rows), skips.skipped)
+
+
+def _row_file(row: dict) -> str | None:
+    return row.get("video") or row.get("image")
+
+
+SKIPS = "skipped.jsonl"
+
+
+class _SkipLog:
+    """The skipped rows of a cache, one JSON line each in skipped.jsonl, appended as they are found, so a killed
+    run's rerun reports the rows skipped before the kill (it resumes after them and never sees them again).
+    Opening keeps `skipped` (the skips of the rows already covered) and drops the rest, which are checked again."""
+
+    def __init__(self, out: Path, skipped: list[dict]):
+        self.path, self.skipped = out / SKIPS, list(skipped)
+        tmp = self.path.with_name(SKIPS + f".tmp-{os.getpid()}")
+        tmp.write_text("".join(json.dumps(s) + "\n" for s in self.skipped))
+        os.replace(tmp, self.path)
+
+    def add(self, skip: dict) -> None:
+        self.skipped.append(skip)
+        with self.path.open("a") as f:
+            f.write(json.dumps(skip) + "\n")
 
 
 def _write_report(out: Path, desc: str, items: int, rows: int, skipped: list[dict]) -> dict:
@@ -152,10 +180,17 @@ PLAN = "plan.json"
 
 
 def _resume_point(out: Path, index: dict) -> tuple[int, list[dict]]:
-    """The manifest rows the cache's complete shards cover, and the skips reported for those rows."""
+    """The manifest rows the cache's complete shards cover, and the skips recorded for those rows."""
     start = index["shards"][-1].get("rows", 0) if index["shards"] else 0
-    report_file = out / "report.json"
-    skipped = json.loads(report_file.read_text())["skipped"] if report_file.is_file() and start else []
+    skipped = []
+    if start and (out / SKIPS).is_file():
+        for line in (out / SKIPS).read_text().splitlines():
+            try:
+                skipped.append(json.loads(line))
+            except ValueError:  # the line a kill cut short: its row is past `start` and is checked again
+                continue
+    elif start and (out / "report.json").is_file():
+        skipped = json.loads((out / "report.json").read_text())["skipped"]
     return start, [s for s in skipped if s["row"] < start]
 
 
@@ -201,9 +236,11 @@ def fill_cache_ranks(rows: list[dict], out: str | Path, sizes: ConditionSizes, l
         try:
             load(i, rows[i])
         except VpaeError as e:
-            found.append({"row": i, "file": rows[i].get("video") or rows[i].get("image"), "reason": str(e)})
+            found.append({"row": i, "file": _row_file(rows[i]), "reason": str(e)})
     found = [s for part in _gather(world, found) for s in part]
     skipped += sorted(found, key=lambda s: s["row"])
+    if world.main:  # the skips a later run resumes from, as a one-process run keeps them
+        _SkipLog(out, skipped)
     bad = {s["row"] for s in skipped}
     shards = plan_shards([i for i in range(start, len(rows)) if i not in bad], len(rows), shard_size, batch_size)
     first = len(index["shards"])
@@ -273,17 +310,36 @@ def prepare(manifest: str | Path, out: str | Path, stack: EncoderStack, frames: 
             read_video: Callable | None = None, device: str | torch.device = "cpu", world=None) -> dict:
     """Encode every usable manifest row into the cache at `out` (resuming after its last complete shard), the
     clips on `device` (where the stack's encoders are). Under a distributed `world` the ranks share the rows
-    and write the same cache (fill_cache_ranks).
-    Returns {"items", "rows", "skipped": [{"row", "file", "reason"}]}; writes report.json and report.md."""
+    and write the same cache (fill_cache_ranks). With an image encoder (image-to-video) a row's condition is its
+    `image` (resized and cropped as the clip) or else the clip's first frame; a text-to-video stack stores no
+    condition and reads no image. read_video(path, max_frames) -> (uint8 (F, H, W, 3), fps).
+    Returns {"items", "rows", "skipped": [{"row", "file", "reason"}]}; writes report.json and report.md.
+    Raises PrepareError when no row is usable (the report lists why)."""
+    from vpae.eval.video import read_image
     from vpae.eval.video import read_video as _read
     read_video = read_video or _read
+    i2v = stack.image_encoder is not None
 
     def load(_i, r):
-        return clip_tensor(read_video(r["video"])[0], frames, height, width), str(r["caption"])
+        clip = clip_tensor(read_video(r["video"], max_frames=frames)[0], frames, height, width)
+        image = None
+        if i2v and r.get("image"):
+            image = clip_tensor(read_image(r["image"])[None], 1, height, width)[:, 0]
+        return clip, str(r["caption"]), image
 
     def encode(items):
-        video = torch.stack([v for v, _ in items]).to(device)
-        return stack.codec.encode(video), make_conditioning(video, [c for _, c in items], stack.text_encoder,
+        video = torch.stack([v for v, _, _ in items]).to(device)
+        captions = [c for _, c, _ in items]
+        if not i2v:  # text-to-video: no image tokens, no first-frame latent
+            return stack.codec.encode(video), make_conditioning(None, captions, stack.text_encoder)
+        condition = torch.stack([v[:, 0] if im is None else im for v, _, im in items]).to(device)
+        return stack.codec.encode(video), make_conditioning(condition, captions, stack.text_encoder,
                                                             stack.image_encoder, stack.codec, frames)
-    return fill_cache(read_manifest(manifest), out, stack.sizes, load, encode, shard_size, batch_size, "prepare",
-                      progress, world)
+    rows = read_manifest(manifest)
+    result = fill_cache(rows, out, stack.sizes, load, encode, shard_size, batch_size, "prepare", progress, world)
+    if result["items"] == 0:
+        reasons = "; ".join(f"row {s['row'] + 1}: {s['reason']}" for s in result["skipped"][:3])
+        more = f" (and {len(result['skipped']) - 3} more)" if len(result["skipped"]) > 3 else ""
+        raise PrepareError(f"no usable clip in {manifest} ({len(rows)} rows): {reasons or 'the manifest is empty'}"
+                           f"{more}; every skip is listed in {Path(out) / 'report.md'}")
+    return result

@@ -5,8 +5,9 @@ Two in-memory conventions are used across the project:
 * torch float32 ``(3, F, H, W)`` in ``[-1, 1]`` (what samplers/codecs produce), and
 * numpy uint8 ``(F, H, W, 3)`` (what files hold and what every metric here consumes).
 
-``to_uint8`` / ``to_tensor`` convert between them. ``read_video`` / ``write_video`` handle mp4 and gif
-files and raise :class:`VideoError` (a ``ValueError``) with the offending path on anything unreadable.
+``to_uint8`` / ``to_tensor`` convert between them. ``read_video`` reads GIFs and the containers PyAV opens
+(mp4, mov, mkv, webm, avi, ...), ``write_video`` writes mp4 and gif; both raise :class:`VideoError` (a
+``ValueError``) with the offending path on anything unreadable.
 Metrics resize the uint8 frames as float tensors, as VBench's ``load_video`` does (``torch.Tensor`` of the
 uint8 frames is float32), without rounding them back (see ``vpae.eval.preprocess``).
 """
@@ -106,16 +107,18 @@ def read_image(path) -> np.ndarray:
         raise VideoError(f"cannot read image {path}: {e}") from e
 
 
-def read_video(path) -> tuple[np.ndarray, float]:
-    """Read an mp4 (PyAV) or gif (Pillow) file -> (uint8 (F, H, W, 3), fps)."""
+def read_video(path, max_frames: int | None = None) -> tuple[np.ndarray, float]:
+    """Read a video file -> (uint8 (F, H, W, 3), fps): a GIF through Pillow, any other container FFmpeg
+    knows (.mp4, .mov, .mkv, .webm, .avi, ...) through PyAV. With `max_frames`, decoding stops after that many
+    frames (a long clip is never held whole in memory)."""
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"video file not found: {path}")
-    ext = path.suffix.lower()
-    if ext not in VIDEO_EXTS:
-        raise VideoError(f"unsupported video extension {ext!r} for {path} (use one of {VIDEO_EXTS})")
     try:
-        frames, fps = _read_gif(path) if ext == ".gif" else _read_mp4(path)
+        if path.suffix.lower() == ".gif":
+            frames, fps = _read_gif(path, max_frames)
+        else:
+            frames, fps = _read_av(path, max_frames)
     except VideoError:
         raise
     except Exception as e:  # noqa: BLE001 - decoders raise many types
@@ -128,32 +131,43 @@ def read_video(path) -> tuple[np.ndarray, float]:
     return np.stack(frames), fps
 
 
-def _read_mp4(path: Path) -> tuple[list[np.ndarray], float]:
+def _read_av(path: Path, max_frames: int | None) -> tuple[list[np.ndarray], float]:
     import av
 
-    with av.open(str(path)) as container:
+    try:
+        container = av.open(str(path))
+    except Exception as e:  # noqa: BLE001 - av.error.* for unknown formats, invalid data, ...
+        raise VideoError(f"PyAV (FFmpeg) cannot open {path} as a video: {type(e).__name__}: {e}") from e
+    with container:
         if not container.streams.video:
             raise VideoError(f"{path} has no video stream")
         stream = container.streams.video[0]
         fps = float(stream.average_rate) if stream.average_rate else 8.0
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        frames = []
+        for f in container.decode(stream):
+            frames.append(f.to_ndarray(format="rgb24"))
+            if max_frames is not None and len(frames) >= max_frames:
+                break  # the rest is never decoded
     return frames, fps
 
 
-def _read_gif(path: Path) -> tuple[list[np.ndarray], float]:
+def _read_gif(path: Path, max_frames: int | None = None) -> tuple[list[np.ndarray], float]:
     from PIL import Image, ImageSequence
 
     with Image.open(path) as im:
         default = im.info.get("duration") or 125
         frames, durations = [], []
         for f in ImageSequence.Iterator(im):
-            frames.append(np.asarray(f.convert("RGB")).copy())
+            # every duration sets the frame rate, but each stored frame gives at least one frame, so only the
+            # first max_frames are kept as arrays (Pillow decodes one frame at a time)
+            if max_frames is None or len(frames) < max_frames:
+                frames.append(np.asarray(f.convert("RGB")).copy())
             durations.append(float(f.info.get("duration") or default))
     # GIF writers (Pillow) merge identical consecutive frames into one frame shown longer: expand them back,
     # so a video with a repeated frame reads with its frame count
     base = min(durations)
     frames = [fr for fr, d in zip(frames, durations) for _ in range(max(1, round(d / base)))]
-    return frames, 1000.0 / base
+    return frames[:max_frames], 1000.0 / base
 
 
 def write_video(path, video, fps: float = 8.0) -> Path:

@@ -284,3 +284,21 @@ def test_after_update_work_runs_once_per_step_whatever_the_micro_batches():
         assert phase.after == 1, micro
         assert stats["grad_norm/w"] == pytest.approx(float(x.mean(0).norm()), rel=1e-6), micro
         assert stats["loss/x"] == pytest.approx(float(x.mean())), micro
+
+
+def test_a_run_that_cannot_fit_is_refused_before_loading(tmp_path):
+    """Wan2.1-I2V-14B's shape in one process on this CPU: refused with one error line naming the GiB it needs and
+    the GiB free, before any weight is read (the shape is counted on the meta device)."""
+    from typer.testing import CliRunner
+
+    from vpae.cli import app
+    wan14b = ("{patch_size: [1, 2, 2], num_attention_heads: 40, attention_head_dim: 128, in_channels: 36, "
+              "out_channels: 16, text_dim: 4096, freq_dim: 256, ffn_dim: 13824, num_layers: 40, cross_attn_norm: true, "
+              "qk_norm: rms_norm_across_heads, eps: 1.0e-6, image_dim: 1280, added_kv_proj_dim: 5120}")
+    t0 = time.perf_counter()
+    r = CliRunner().invoke(app, ["distill", "--config", "configs/wan/i2v_14b_480p.yaml", "--out", str(tmp_path / "r"),
+                                 "--set", 'model.teacher=""', "--set", f"model.wan_config={wan14b}",
+                                 "--set", "train.device=cpu"])
+    assert r.exit_code == 2, r.output
+    assert "needs at least" in r.output and "16.39 B parameters" in r.output and "GiB are free" in r.output
+    assert time.perf_counter() - t0 < 60

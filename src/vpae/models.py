@@ -119,7 +119,9 @@ def build_teacher(cfg: VPAEConfig, device: str | None = None, empty: bool = Fals
         else:
             config, text_len = _random_wan_config(cfg), cfg.model.text_len or 512
         with torch.device("meta"):
-            model = WanTransformer3DModel.from_config(config).to(dtype_of(cfg))
+            model = WanTransformer3DModel.from_config(config)
+        if dtype_of(cfg) != torch.float32:
+            model = model.to(dtype_of(cfg))
         bb = WanBackbone(model, text_len)
         if cfg.model.gradient_checkpointing:
             bb.model.enable_gradient_checkpointing()

@@ -118,6 +118,61 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
 # ----------------------------------------------------------------------------------------------
 # Distillation: any method's phases
 
+GIB = 2**30
+_BYTES = {"float32": 4, "bfloat16": 2}
+
+
+def _available_bytes(device: str) -> tuple[int, str]:
+    """Free memory of `device` (CUDA: the driver's free bytes; CPU: MemAvailable) and its name."""
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return free, f"{torch.cuda.get_device_name(torch.device(device))} ({device})"
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024, "host memory"
+    except OSError:
+        pass
+    return 0, "host memory"
+
+
+def memory_estimate(cfg: VPAEConfig, method: Method, world: parallel.World) -> dict[str, float]:
+    """A lower bound of the bytes a run needs before its first activation (weights, gradients, Adam states),
+    from the teacher's parameter count read on the meta device: {"host": rank 0's CPU memory while the networks
+    are built (teacher, generator, EMA, whole), "device": one rank's share of the trained state}."""
+    n = sum(p.numel() for p in build_teacher(cfg, "meta", empty=True).parameters())
+    trained, frozen = _BYTES[cfg.model.dtype], _BYTES[cfg.model.frozen_dtype or cfg.model.dtype]
+    if not world.distributed:
+        frozen = trained  # one process stores every role in model.dtype
+    full = cfg.priming.generator_mode == "full"
+    ema = method.needs_heads  # the methods with a discriminator read an EMA / trained copy
+    generator = n * (trained * 4 if full else frozen)  # weights + gradients + Adam m, v
+    total = generator + n * frozen + (n * trained if ema else 0)
+    host = n * (frozen + (trained if full else frozen) + (trained if ema else 0))
+    shards = world.fsdp_mesh.shape[-1] if world.fsdp_mesh is not None else world.size  # dp_shard x cp
+    return {"host": host if world.distributed else total, "device": total / shards, "params": n}
+
+
+def check_memory(cfg: VPAEConfig, method: Method, world: parallel.World) -> None:
+    """Refuse a run, before anything is loaded, whose weights and optimizer states alone exceed the free memory
+    of this machine (one process: the training device; torchrun: rank 0's host, which builds the networks whole,
+    and each GPU's share). Activations come on top: passing this check does not promise the run fits."""
+    est = memory_estimate(cfg, method, world)
+    checks = [("device", cfg.train.device)] if not world.distributed else [("host", "cpu")]
+    if world.distributed and cfg.train.device.startswith("cuda"):
+        checks.append(("device", cfg.train.device))
+    for what, device in checks:
+        if what == "host" and not world.main:
+            continue
+        free, name = _available_bytes(device)
+        if free and est[what] > free:
+            raise ConfigError(
+                f"this run needs at least {est[what] / GIB:.1f} GiB of {name} for its networks' weights and optimizer "
+                f"states ({est['params'] / 1e9:.2f} B parameters per network, model.dtype={cfg.model.dtype}), and "
+                f"{free / GIB:.1f} GiB are free; use GPUs (torchrun: docs/DISTRIBUTED.md and the 8-GPU configs), a "
+                f"LoRA generator (priming.generator_mode=lora) or a smaller model")
+
+
 def build_networks(cfg: VPAEConfig, data: DataSource, method: Method, world: parallel.World | None = None) -> Networks:
     """The teacher (+ its zero-initialised fake adapter), the generator, the heads when the method reads them and
     the method's own networks; under torchrun every network sharded (training.parallel.shard_networks): rank 0
@@ -216,6 +271,7 @@ def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progre
     world = start_run(cfg, run_dir)
     if world.distributed and not method.distributed:
         raise ConfigError(f"method {cfg.method} runs in one process only (its Method.distributed is False)")
+    check_memory(cfg, method, world)
     data = build_data(cfg)
     nets = build_networks(cfg, data, method, world)
     phases = method.phases(nets)

@@ -74,13 +74,27 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def find_config(path: str | Path) -> Path:
+    """A config file: the path as given (relative to the working directory), else the copy shipped in the package
+    (`configs/toy/demo.yaml` works from any folder, and after `pip install vpae`)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    shipped = PACKAGE / path
+    if not path.is_absolute() and path.parts[:1] == ("configs",) and shipped.is_file():
+        return shipped
+    raise ConfigError(f"config file not found: {path}" + ("" if path.is_absolute() else
+                      f" (nor among the shipped configs in {PACKAGE / 'configs'})"))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> VPAEConfig:
     """Load a YAML config (missing keys take defaults) and apply `a.b=value` overrides (YAML values)."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = find_config(path)
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping")

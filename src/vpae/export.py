@@ -1,5 +1,7 @@
 """Export: a generator or teacher as a diffusers WanTransformer3DModel folder (safetensors, config.json,
-vpae.json), a LoRA generator merged plus its adapter alone in diffusers' LoRA format; published atomically."""
+vpae.json), a LoRA generator merged plus its adapter alone in diffusers' LoRA format (the file and keys that
+`pipe.load_lora_weights` and `transformer.load_lora_adapter` look for); a diffusers pipeline folder whose
+scheduler reproduces vpae's one- and few-step sampling; published atomically."""
 
 from __future__ import annotations
 
@@ -16,14 +18,15 @@ def export_backbone(backbone: WanBackbone, out_dir: str | Path, extra: dict | No
     """Write a diffusers WanTransformer3DModel folder (safetensors), loadable by `vpae generate` and by
     diffusers' WanTransformer3DModel.from_pretrained. A LoRA generator is written merged (diffusers'
     fuse_lora + unload_lora on a copy; the live model keeps its adapter); with `lora_dir`, its adapter is
-    also written alone in diffusers' LoRA format (load_lora_adapter on the teacher restores the generator)."""
+    also written alone in diffusers' LoRA format (load_lora_weights / load_lora_adapter on the teacher restore
+    the generator)."""
     out = Path(out_dir)
     model = backbone.model
     if getattr(model, "_hf_peft_config_loaded", False):
         if lora_dir is not None:
             for name in model.peft_config:
                 _atomic_dir(Path(lora_dir) if len(model.peft_config) == 1 else Path(lora_dir) / name,
-                            lambda tmp, name=name: model.save_lora_adapter(str(tmp), adapter_name=name))
+                            lambda tmp, name=name: save_lora(model, name, tmp))
         model = copy.deepcopy(model)
         model.fuse_lora()
         model.unload_lora()
@@ -32,6 +35,18 @@ def export_backbone(backbone: WanBackbone, out_dir: str | Path, extra: dict | No
         model.save_pretrained(str(tmp), safe_serialization=True)
         (tmp / "vpae.json").write_text(json.dumps({"text_len": backbone.text_len, **(extra or {})}, indent=1))
     return _atomic_dir(out, write)
+
+
+def save_lora(model, adapter_name: str, out: Path) -> None:
+    """One adapter as the Wan pipelines' own LoRA file: `pytorch_lora_weights.safetensors` with keys
+    `transformer.<module>.lora_A/B.weight` and the LoraConfig in its metadata (so rank, alpha and targets load as
+    trained). That is what `pipe.load_lora_weights(dir)` and `transformer.load_lora_adapter(dir)` look for by
+    default; `model.save_lora_adapter` writes the keys without the `transformer.` prefix, which both skip."""
+    from diffusers.loaders import WanLoraLoaderMixin
+    from peft.utils import get_peft_model_state_dict
+    WanLoraLoaderMixin.save_lora_weights(
+        str(out), transformer_lora_layers=get_peft_model_state_dict(model, adapter_name=adapter_name),
+        transformer_lora_adapter_metadata=model.peft_config[adapter_name].to_dict())
 
 
 def _atomic_dir(out: Path, write) -> Path:
@@ -54,33 +69,43 @@ def _atomic_dir(out: Path, write) -> Path:
     return out
 
 
-PIPELINE_README = """# One-step V-PAE generator (diffusers pipeline folder)
+PIPELINE_README = """# Distilled V-PAE generator (diffusers pipeline folder)
 
 Written by `vpae export`: the base pipeline's components with the distilled transformer in `transformer/`
-and a flow-matching Euler scheduler (shift {shift}). Sample in ONE step, without CFG:
+and vpae's few-step sampler as the scheduler: FlowMatchEulerDiscreteScheduler(shift={shift},
+stochastic_sampling=True) predicts x0 at each sigma and re-noises it with fresh noise to the next one. Sample
+in {steps} step(s), without CFG:
 
 ```python
 import torch
 from diffusers import {pipeline}
 pipe = {pipeline}.from_pretrained("{out}", torch_dtype=torch.bfloat16).to("cuda")
-video = pipe(..., num_inference_steps=1, guidance_scale=1.0).frames[0]
+video = pipe(..., num_inference_steps={steps}, guidance_scale=1.0).frames[0]
 ```
+`vpae generate --sampler few-step --steps N --shift {shift} --seed S` gives the same latents as this pipeline
+with `latents=torch.randn(shape, generator=torch.Generator().manual_seed(S))` and
+`generator=torch.Generator().manual_seed(S + 1)` (vpae draws the start noise and the re-noising from two
+seeds).
 """
 
 
 def export_pipeline(generator_dir: str | Path, base_dir: str | Path, out_dir: str | Path, shift: float = 3.0,
-                    link: bool = False) -> Path:
-    """A diffusers pipeline folder that runs the distilled generator in one step: every component of the
+                    link: bool = False, steps: int = 1) -> Path:
+    """A diffusers pipeline folder that runs the distilled generator in `steps` steps: every component of the
     local base pipeline `base_dir` (VAE, text encoder + tokenizer, image encoder + processor), the generator's
     transformer folder (`vpae distill` writes RUN/generator) as `transformer/`, and a
-    FlowMatchEulerDiscreteScheduler(shift) as `scheduler/`: with num_inference_steps=1 and guidance_scale=1 the
-    pipeline computes x0 = z - v(z, 1), our one-step sample. A LoRA run's adapter (RUN/generator_lora, diffusers'
-    LoRA format) is copied as `transformer_lora/` (`pipe.transformer.load_lora_adapter` on the teacher's
-    transformer gives the generator again). `link` symlinks the base components instead of
-    copying them (14B: the UMT5 encoder alone is ~11 GB). Published atomically."""
+    FlowMatchEulerDiscreteScheduler(shift, stochastic_sampling=True) as `scheduler/`, which is vpae's few-step
+    sampler (x0 prediction at each of few_step_sigmas(N, shift), re-noised with fresh noise to the next): with
+    num_inference_steps=N and guidance_scale=1 the pipeline computes `vpae generate --sampler few-step --steps N`
+    (N = 1: x0 = z - v(z, 1), the one-step sample). `steps` is the N the README and vpae.json recommend.
+    A LoRA run's adapter (RUN/generator_lora) is copied as `transformer_lora/` (`pipe.load_lora_weights` on
+    the teacher's pipeline gives the generator again). `link` symlinks the base components instead of copying
+    them (14B: the UMT5 encoder alone is ~11 GB). Published atomically."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from vpae.errors import VpaeError
+    if steps < 1:
+        raise VpaeError(f"--steps must be >= 1, got {steps}")
     generator_dir, base_dir = Path(generator_dir), Path(base_dir)
     index_file = base_dir / "model_index.json"
     if not index_file.is_file():
@@ -108,11 +133,12 @@ def export_pipeline(generator_dir: str | Path, base_dir: str | Path, out_dir: st
         lora = generator_dir.parent / "generator_lora"  # a LoRA run's adapter alone, in diffusers' LoRA keys
         if lora.is_dir():
             shutil.copytree(lora, tmp / "transformer_lora")
-        FlowMatchEulerDiscreteScheduler(shift=shift).save_pretrained(str(tmp / "scheduler"))
+        FlowMatchEulerDiscreteScheduler(shift=shift, stochastic_sampling=True).save_pretrained(str(tmp / "scheduler"))
         index["scheduler"] = ["diffusers", "FlowMatchEulerDiscreteScheduler"]
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-        (tmp / "README.md").write_text(PIPELINE_README.format(shift=shift, pipeline=index.get("_class_name", "WanPipeline"),
-                                                              out=out))
-        (tmp / "vpae.json").write_text(json.dumps({"sampling": {"num_inference_steps": 1, "guidance_scale": 1.0},
+        (tmp / "README.md").write_text(PIPELINE_README.format(
+            shift=shift, steps=steps, pipeline=index.get("_class_name", "WanPipeline"), out=out))
+        (tmp / "vpae.json").write_text(json.dumps({"sampling": {"num_inference_steps": steps, "guidance_scale": 1.0,
+                                                                "shift": shift},
                                                    "generator": str(generator_dir.resolve())}, indent=1))
     return _atomic_dir(out, write)

@@ -153,3 +153,17 @@ def test_native_export_is_read_by_diffusers_single_file_and_lora_converter(lora_
 def test_native_export_refuses_what_is_not_a_transformer_folder(tmp_path):
     with pytest.raises(VpaeError, match="not a transformer folder"):
         export_native(tmp_path, tmp_path / "native")
+
+
+def test_export_command_native_and_its_refusals(lora_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from vpae.cli import app
+    r = CliRunner().invoke(app, ["export", "--generator", str(lora_run / "generator"), "--out", str(tmp_path / "n"),
+                                 "--format", "native"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "n" / NATIVE_MODEL_FILE).is_file() and (tmp_path / "n" / NATIVE_LORA_FILE).is_file()
+    for args, msg in ((["--format", "comfy"], "--format must be"), ([], "needs --base")):
+        r = CliRunner().invoke(app, ["export", "--generator", str(lora_run / "generator"), "--out",
+                                     str(tmp_path / "x"), *args])
+        assert r.exit_code == 2 and "error:" in r.output and msg in r.output, r.output

@@ -236,14 +236,29 @@ def ablate(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Base
 
 @_command(app)
 def export(generator: Path = typer.Option(..., help="Transformer folder of the distilled generator (RUN/generator)"),
-           base: Path = typer.Option(..., help="Local diffusers pipeline folder of the teacher "
-                                               "(e.g. Wan2.1-I2V-14B-480P-Diffusers)"),
-           out: Path = typer.Option(..., help="Output pipeline folder"),
-           shift: float = typer.Option(3.0, help="Scheduler shift (one step from sigma 1 does not depend on it)"),
+           base: Optional[Path] = typer.Option(None, help="Local diffusers pipeline folder of the teacher "
+                                               "(e.g. Wan2.1-I2V-14B-480P-Diffusers); needed for --format diffusers"),
+           out: Path = typer.Option(..., help="Output folder"),
+           shift: float = typer.Option(3.0, help="Scheduler shift (as vpae generate --shift; one step from sigma 1 "
+                                       "does not depend on it)"),
+           steps: int = typer.Option(1, help="Steps the pipeline's README recommends (its scheduler is vpae's "
+                                     "few-step sampler at any num_inference_steps)"),
+           format_: str = typer.Option("diffusers", "--format", help="diffusers (a pipeline folder) or native "
+                                       "(Wan-native safetensors + ComfyUI/LightX2V LoRA)"),
            link: bool = typer.Option(False, help="Symlink the base components instead of copying them")):
-    """A diffusers pipeline folder that runs the generator in one step (num_inference_steps=1, guidance_scale=1)."""
+    """A diffusers pipeline folder that runs the generator (num_inference_steps=steps, guidance_scale=1), or with
+    --format native the generator in Wan's own key names and its LoRA in ComfyUI's."""
+    from vpae.errors import VpaeError
+    if format_ == "native":
+        from vpae.export_native import export_native
+        typer.echo(f"wrote {export_native(generator, out)}")
+        return
+    if format_ != "diffusers":
+        raise VpaeError(f"--format must be diffusers or native, got {format_!r}")
+    if base is None:
+        raise VpaeError("--format diffusers needs --base, the teacher's local diffusers pipeline folder")
     from vpae.export import export_pipeline
-    typer.echo(f"wrote {export_pipeline(generator, base, out, shift, link)}")
+    typer.echo(f"wrote {export_pipeline(generator, base, out, shift, link, steps)}")
 
 
 def _encoder_stack(cfg, base: Optional[Path]):

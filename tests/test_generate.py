@@ -161,3 +161,18 @@ def test_the_condition_stack_comes_from_the_folder_not_from_its_sizes(tmp_path, 
     (bare / "vpae.json").unlink()
     with pytest.raises(GenerateError, match="no vpae.json.*--embeddings"):
         _gen(bare, tmp_path / "o", image=cond_image)
+
+
+def test_builtin_toy_defaults_come_from_the_model(tmp_path):
+    """`vpae generate --model builtin:toy --prompt ...` with no size and no image: the size the teacher was trained
+    at (vpae.json: 5 x 16 x 16) and the example condition it ships."""
+    from vpae.generate import generate_video
+    caption = "a large yellow circle moves left over a checkered background"
+    r = generate_video(model="builtin:toy", out=tmp_path, prompt=caption, sampler="few-step", steps=1, device="cpu")
+    assert (r["frames"], r["height"], r["width"]) == (5, 16, 16)
+    assert tuple(r["video"].shape) == (3, 5, 16, 16)
+    # not noise: the first frame keeps the example condition's picture
+    from vpae.eval.video import read_image
+    from vpae.toy.family import BUILTIN_TEACHER
+    first = torch.from_numpy(read_image(BUILTIN_TEACHER / "example_condition.png")).permute(2, 0, 1).float() / 127.5 - 1
+    assert (r["video"][:, 0] - first).abs().mean() < 0.1

@@ -126,15 +126,18 @@ def generate(model: str = typer.Option(..., help="Model folder (diffusers WanTra
              embeddings: Optional[Path] = typer.Option(None, help="safetensors with 'text' (L,D) [+ 'negative_text', "
                                                                   "'image'] "
                                                                   "for models without a bundled text encoder"),
-             image: Optional[Path] = typer.Option(None, help="Condition image for image-to-video"),
+             image: Optional[Path] = typer.Option(None, help="Condition image for image-to-video (default: the "
+                                                  "model's example condition, if it ships one: builtin:toy does)"),
              sampler: str = typer.Option("euler", help="euler (teacher baseline, CFG) | few-step (distilled generators)"),
              steps: int = typer.Option(50, help="Euler steps, or few-step steps (1 = one-step generation)"),
              guidance: Optional[float] = typer.Option(None, help="CFG scale (standard convention); 1 disables the "
                                                       "negative branch. Default: 5 for euler, 1 for few-step"),
              shift: float = typer.Option(3.0, help="Timestep shift k"),
              seed: int = typer.Option(0),
-             frames: int = typer.Option(9, help="Pixel frames (4n+1)"),
-             height: int = typer.Option(32), width: int = typer.Option(32),
+             frames: Optional[int] = typer.Option(None, help="Pixel frames (4n+1); default: the model's training size "
+                                                             "(vpae.json), else 9"),
+             height: Optional[int] = typer.Option(None, help="default: the training size, else 32"),
+             width: Optional[int] = typer.Option(None, help="default: the training size, else 32"),
              fps: float = typer.Option(8.0),
              negative_only: bool = typer.Option(False, help="Sample with the empty prompt on purpose (toy models "
                                                              "refuse a missing or empty --prompt otherwise)"),

@@ -109,6 +109,28 @@ def build_stack(backbone, meta: dict, embeddings: Optional[Path], folder: Option
 # ----------------------------------------------------------------------------------------------
 # Inputs
 
+DEFAULT_SIZE = (9, 32, 32)
+
+
+def size_and_image(meta: dict, folder: Path, backbone, frames, height, width, image):
+    """Unset sizes from the size the model was trained at (vpae.json's data.frames / height / width), else 9 x 32
+    x 32; an image-to-video model without --image takes the example condition its folder ships (example.json),
+    said on stderr."""
+    import json
+    import sys
+    data = meta.get("data", {}) if isinstance(meta.get("data"), dict) else {}
+    trained = [data.get(k) for k in ("frames", "height", "width")]
+    frames, height, width = (given if given is not None else (t if isinstance(t, int) else d)
+                             for given, t, d in zip((frames, height, width), trained, DEFAULT_SIZE))
+    example = Path(folder) / "example.json" if folder is not None else None
+    if image is None and backbone.i2v and example is not None and example.is_file():
+        spec = json.loads(example.read_text())
+        image = Path(folder) / spec["image"]
+        print(f"note: no --image: using the model's example condition {image} (its caption: {spec.get('prompt')!r})",
+              file=sys.stderr)
+    return frames, height, width, image
+
+
 def check_request(backbone, stack: Stack, sampler: str, steps: int, frames: int, height: int, width: int) -> None:
     if sampler not in SAMPLERS:
         raise GenerateError(f"unknown sampler {sampler!r}; use one of: {', '.join(SAMPLERS)}")
@@ -224,8 +246,9 @@ def build_conditioning(backbone, stack: Stack, prompt: Optional[str], embeddings
 @torch.no_grad()
 def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddings: Optional[Path] = None,
                    image: Optional[Path] = None, sampler: str = "euler", steps: int = 50,
-                   guidance: Optional[float] = None, shift: float = 3.0, seed: int = 0, frames: int = 9,
-                   height: int = 32, width: int = 32, fps: float = 8.0, device: Optional[str] = None,
+                   guidance: Optional[float] = None, shift: float = 3.0, seed: int = 0, frames: Optional[int] = None,
+                   height: Optional[int] = None, width: Optional[int] = None, fps: float = 8.0,
+                   device: Optional[str] = None,
                    negative_only: bool = False, world=None) -> dict:
     """Generate one video and write ``out/sample.mp4``, ``out/sample.gif`` (native size) and the sampled
     latents ``out/latents.safetensors``.
@@ -257,6 +280,7 @@ def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddin
 
     t0 = time.perf_counter()
     backbone, folder, meta = load_model(model, dev)
+    frames, height, width, image = size_and_image(meta, folder, backbone, frames, height, width, image)
     if world is not None and world.cp_size > 1:
         from vpae.training.parallel import enable_context_parallel
         enable_context_parallel(backbone, world)

@@ -32,7 +32,7 @@ from vpae.training.model import Networks, copy_generator, generator_checkpoint_v
 
 def build_data(cfg: VPAEConfig) -> DataSource:
     """The data source named by data.kind (vpae.registry), built from the config."""
-    return registry.data_source(cfg.data.kind)(cfg, cfg.train.device)
+    return registry.data_source(cfg.data.kind)(cfg, resolve_device(cfg.train.device))
 
 
 def build_method(cfg: VPAEConfig) -> Method:

@@ -246,3 +246,9 @@ def test_nest_data_sections_reads_both_layouts():
     assert nest_data_sections(flat) == {"kind": "toy", "frames": 5, "toy": {"image_patch": 4, "bounce": True}}
     nested = {"kind": "toy", "frames": 5, "toy": {"image_patch": 4}}
     assert nest_data_sections(nested) == nested
+
+
+@pytest.mark.parametrize("override", ["priming.lr=.nan", "equilibrium.betas=[0.0, .inf]", "train.max_loss=-.inf"])
+def test_non_finite_numbers_are_refused(override):
+    with pytest.raises(ConfigError, match="must be finite"):
+        load_config(overrides=[override])

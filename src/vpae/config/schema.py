@@ -547,8 +547,30 @@ class VPAEConfig:
         validate(self)
 
 
+def _non_finite(obj, where: str = ""):
+    """The first float (or float in a tuple/list) of a config that is NaN or infinite, as (key, value)."""
+    import math
+    from dataclasses import fields, is_dataclass
+    if is_dataclass(obj):
+        for f in fields(obj):
+            found = _non_finite(getattr(obj, f.name), f"{where}.{f.name}".lstrip("."))
+            if found:
+                return found
+    elif isinstance(obj, (tuple, list)):
+        for v in obj:
+            found = _non_finite(v, where)
+            if found:
+                return found
+    elif isinstance(obj, float) and not math.isfinite(obj):
+        return where, obj
+    return None
+
+
 def validate(cfg: VPAEConfig) -> None:
     """What spans sections (each section checks its own values when it is built)."""
+    bad = _non_finite(cfg)
+    if bad:
+        raise ConfigError(f"{bad[0]} is {bad[1]}; every number in a config must be finite")
     check_choice("method", cfg.method, METHODS)
     c, nfe = cfg.consistency, cfg.comparison.nfe
     if c.num_timesteps % nfe:

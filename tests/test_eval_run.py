@@ -116,7 +116,7 @@ def test_bad_inputs(tmp_path):
         read_video(tmp_path / "mixed.gif")   # Pillow may pad frames to the canvas; if not, a clear error
     except VideoError as e:
         assert "mismatched" in str(e)
-    with pytest.raises(VideoError, match="unsupported"):
+    with pytest.raises(VideoError, match="cannot open .* as a video"):  # any container PyAV reads; this is none
         read_video(tmp_path / "x.avi") if (tmp_path / "x.avi").write_bytes(b"0") else None
 
 

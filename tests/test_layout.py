@@ -12,7 +12,7 @@ LAYERS = [
     ("vpae", "vpae.errors", "vpae.flow", "vpae.randomness", "vpae.conditioning", "vpae.registry"),
     ("vpae.config", "vpae.backbones", "vpae.codecs", "vpae.sampling", "vpae.discriminator", "vpae.data"),
     ("vpae.losses",),
-    ("vpae.models", "vpae.export", "vpae.training", "vpae.eval"),
+    ("vpae.models", "vpae.export", "vpae.export_native", "vpae.training", "vpae.eval"),
     ("vpae.recipes", "vpae.generate", "vpae.data.prepare", "vpae.data.synthesize", "vpae.data.wan_stack"),
     ("vpae.cli",),
     ("vpae.toy",),

@@ -118,7 +118,8 @@ def test_lora_generator_export_merges_the_adapter_and_saves_it_separately(tmp_pa
     assert torch.equal(gen.velocity(x, s, cond), want)
     # The adapter alone, in diffusers' LoRA format, on top of the teacher gives the generator again.
     base = copy.deepcopy(teacher.model)
-    base.load_lora_adapter(str(tmp_path / "g_lora"), prefix=None, adapter_name=GENERATOR_ADAPTER, use_safetensors=True)
+    base.load_lora_adapter(str(tmp_path / "g_lora"), weight_name="pytorch_lora_weights.safetensors",
+                           adapter_name=GENERATOR_ADAPTER)
     torch.testing.assert_close(WanBackbone(base, text_len=24).velocity(x, s, cond), want, rtol=1e-4, atol=1e-5)
     assert isinstance(merged.model, WanTransformer3DModel)
 

@@ -252,3 +252,21 @@ def test_nest_data_sections_reads_both_layouts():
 def test_non_finite_numbers_are_refused(override):
     with pytest.raises(ConfigError, match="must be finite"):
         load_config(overrides=[override])
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00binary", b"- a\n- list\n"])
+def test_a_damaged_recorded_config_is_one_error_on_resume(tmp_path, content):
+    record_run_config(load_config(None, []), tmp_path)
+    (tmp_path / "priming" / "checkpoints" / "step_0000001").mkdir(parents=True)  # a run with a checkpoint
+    (tmp_path / "config.yaml").write_bytes(content)
+    with pytest.raises(ConfigError, match="the config this run was started with"):
+        record_run_config(load_config(None, []), tmp_path)
+    assert (tmp_path / "config.yaml").read_bytes() == content  # nothing was rewritten
+
+
+def test_a_missing_eval_folder_is_one_error_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from vpae.cli import app
+    r = CliRunner().invoke(app, ["eval", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "None" not in r.output and "not found" in r.output

@@ -36,7 +36,7 @@ def _expected_failures(fn):
         except (VpaeError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
             if _DEBUG["on"]:
                 raise
-            msg = str(e) if isinstance(e, VpaeError) else f"{e.strerror or e}: {e.filename}"
+            msg = str(e) if isinstance(e, VpaeError) or not e.filename else f"{e.strerror or e}: {e.filename}"
             _fail(msg)
     return run
 

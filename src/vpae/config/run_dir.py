@@ -87,8 +87,12 @@ def record_run_config(cfg: VPAEConfig, run_dir: str | Path) -> dict:
     if path.is_file() and any(run_dir.glob("**/checkpoints/step_*")):
         try:
             recorded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} (the config this run was started with) is not valid YAML: {e}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path} (the config this run was started with) is not valid YAML: "
+                              f"{type(e).__name__}: {str(e)[:200]}; restore it, or use a new run directory") from None
+        if not isinstance(recorded, dict):
+            raise ConfigError(f"{path} (the config this run was started with) is not a mapping of sections but a "
+                              f"{type(recorded).__name__}; restore it, or use a new run directory")
         allowed, refused = resume_changes(recorded, cfg)
         if refused:
             keys = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in refused.items()))

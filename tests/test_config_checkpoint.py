@@ -324,3 +324,51 @@ def test_stale_tmp_folders_of_killed_saves_are_removed_on_the_next_start(tmp_pat
     (root / f"step_0000008.tmp-{os.getpid()}").mkdir()        # ours, from an interrupted save: stale too
     train(_LinearStep(lr=0.1), batch, steps=1, run_dir=tmp_path, progress=False)
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000001"]
+
+
+def _big_net_and_adam():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 256), torch.nn.Linear(256, 256))  # ~0.8 MiB with Adam's moments
+    opt = torch.optim.Adam(net.parameters())
+    _opt_step(net, opt)
+    return net, opt
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1.2 MiB tmpfs: room for one checkpoint of _big_net_and_adam, not two (needs root: mount)."""
+    import subprocess
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root); the injected failure below still runs")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_full_disk_during_a_save_is_one_clear_error_and_loses_nothing(small_disk):
+    net, opt = _big_net_and_adam()
+    save_checkpoint(small_disk, 1, {"net": net}, {"opt": opt}, {"phase": "x"})
+    _opt_step(net, opt)
+    with pytest.raises(CheckpointError, match=r"step_0000002 failed: the disk holding .* is full .*"
+                                              r"the previous checkpoint .*step_0000001 is intact"):
+        save_checkpoint(small_disk, 2, {"net": net}, {"opt": opt}, {"phase": "x"})
+    assert [p.name for p in (small_disk / "checkpoints").iterdir() if p.is_dir()] == ["step_0000001"]  # no tmp left
+    fresh, fresh_opt = _big_net_and_adam()
+    load_checkpoint(latest_checkpoint(small_disk), {"net": fresh}, {"opt": fresh_opt})
+
+
+def test_a_failing_write_during_a_save_names_the_cause_and_removes_the_incomplete_folder(tmp_path, monkeypatch):
+    """Any other write failure (here DCP's writer raising PermissionError) is one CheckpointError with the cause,
+    and the incomplete folder is gone."""
+    import torch.distributed.checkpoint.filesystem as fs
+    net, opt = _big_net_and_adam()
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied", "__0_0.distcp")
+    monkeypatch.setattr(fs, "_write_item", refuse)
+    with pytest.raises(CheckpointError, match=r"step_0000001 failed: writing it failed \(.*Permission denied.*"
+                                              r"no earlier checkpoint of this phase exists"):
+        save_checkpoint(tmp_path, 1, {"net": net}, {"opt": opt}, {"phase": "x"})
+    assert list((tmp_path / "checkpoints").iterdir()) == []

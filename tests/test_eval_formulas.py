@@ -52,6 +52,20 @@ def test_vfi_score_and_dynamic_params():
     flow[0, :5, 0] = 3.0    # top 5 of 100 magnitudes are 3, 4 rest 0
     assert vbench.top_flow_magnitude(flow) == pytest.approx(3.0)
     assert vbench.is_dynamic([7, 1, 7], 6.0, 2) and not vbench.is_dynamic([7, 1, 1], 6.0, 2)
+    # upstream compares the count after each pair: count_num 0 is dynamic once there is a pair, never without one
+    assert vbench.is_dynamic([0.0], 6.0, 0) and not vbench.is_dynamic([], 6.0, 0)
+
+
+def test_dynamic_degree_one_kept_frame_is_not_dynamic():
+    """3 frames at 24 fps keep one frame (interval round(24 / 8) = 3): no pair, count_num = round(4 / 16) = 0.
+    VBench's check_move never enters its loop and answers False; the flow model is never called."""
+    video = np.zeros((3, 32, 32, 3), np.uint8)
+
+    def flow(a, b):
+        raise AssertionError("no pair to score")
+
+    value, per, pairs = dynamic_degree([video], flow, [24.0])
+    assert value == 0.0 and per == [0.0] and pairs == [[]]
 
 
 def test_dynamic_degree_threshold_ignores_fps():

@@ -216,3 +216,16 @@ def test_gif_roundtrip_keeps_repeated_frames(tmp_path):
     v[:, 2] = v[:, 1]  # a repeated frame, which GIF writers merge into one longer frame
     out, fps = read_video(write_video(tmp_path / "r.gif", v, fps=8))
     assert out.shape[0] == 5 and fps == pytest.approx(8.0, rel=0.05)  # GIF durations are whole centiseconds
+
+
+def test_discover_takes_the_common_containers(tmp_path):
+    """`vpae eval` lists .mov/.mkv/.webm/.avi/.m4v beside .mp4/.gif (read through PyAV), and skips other files."""
+    src = write_video(tmp_path / "src.mp4", _video(0), fps=8)
+    method = tmp_path / "videos" / "m"
+    method.mkdir(parents=True)
+    for name in ("a.mp4", "b.MOV", "c.mkv", "d.m4v"):
+        (method / name).write_bytes(src.read_bytes())
+    (method / "notes.txt").write_text("not a video")
+    methods, _, _ = discover(tmp_path / "videos")
+    assert [p.name for p in methods["m"]] == ["a.mp4", "b.MOV", "c.mkv", "d.m4v"]
+    assert read_video(method / "c.mkv")[0].shape == read_video(method / "a.mp4")[0].shape

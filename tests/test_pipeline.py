@@ -1,7 +1,9 @@
 """Wiring pieces: the text-length attention processor, the caption bank, model export, timed training."""
 
 import copy
+import json
 
+import pytest
 import torch
 
 from vpae.backbones.wan import WanBackbone, tiny_wan_config
@@ -70,14 +72,12 @@ def test_export_round_trip_keeps_outputs_and_text_len(tmp_path):
     assert torch.equal(bb.velocity(x, s, cond), loaded.velocity(x, s, cond))
 
 
-def test_pretrain_max_seconds_stops_with_checkpoint(tmp_path):
+def _tiny_pretrain_config(extra):
     from vpae.config import load_config
-    from vpae.recipes import run_pretrain
-    from vpae.training.checkpoint import latest_checkpoint
     wc = tiny_wan_config(True, 3, 1, text_dim=384, image_dim=192, num_layers=1)
     over = ["model.teacher=''", "model.text_len=24", "data.frames=5", "data.height=16", "data.width=16",
-            "pretrain.steps=100000", "pretrain.batch_size=2", "pretrain.max_seconds=0.5",
-            "train.checkpoint_every=100000", "data.toy.caption_bank=.cache/toy_captions.safetensors"]
+            "pretrain.batch_size=2", "data.toy.caption_bank=.cache/toy_captions.safetensors"]
+
     def yaml_value(v):
         if isinstance(v, tuple):
             return str(list(v))
@@ -85,11 +85,43 @@ def test_pretrain_max_seconds_stops_with_checkpoint(tmp_path):
             return f"{v:.6e}"  # YAML 1.1 needs the dot to read a float
         return "null" if v is None else str(v)
     over += [f"model.wan_config.{k}={yaml_value(v)}" for k, v in wc.items()]
-    cfg = load_config("configs/toy/teacher.yaml", over)
+    return load_config("configs/toy/teacher.yaml", over + extra)
+
+
+def test_pretrain_max_seconds_stops_with_checkpoint(tmp_path):
+    from vpae.recipes import run_pretrain
+    from vpae.training.checkpoint import latest_checkpoint
+    cfg = _tiny_pretrain_config(["pretrain.steps=100000", "pretrain.max_seconds=0.5", "train.checkpoint_every=100000"])
     r = run_pretrain(cfg, tmp_path / "run", tmp_path / "teacher", progress=False)
     assert 0 < r["step"] < 100000
     assert latest_checkpoint(tmp_path / "run").name == f"step_{r['step']:07d}"
     assert (tmp_path / "teacher" / "vpae.json").is_file()
+
+
+def test_a_failed_resume_changes_nothing_on_disk(tmp_path):
+    """A resume with a changed lr that fails on a damaged checkpoint leaves config.yaml, config_changes.jsonl and
+    log.jsonl as they were; the same resume from an intact checkpoint records the change once it has saved."""
+    import shutil
+
+    from vpae.recipes import run_pretrain
+    from vpae.training.checkpoint import CheckpointError
+    run = tmp_path / "run"
+    run_pretrain(_tiny_pretrain_config(["pretrain.steps=2", "train.checkpoint_every=1", "train.log_every=1"]), run,
+                 progress=False)
+    ckpt = next(run.glob("**/checkpoints/step_0000002"))
+    data = next(ckpt.glob("*.distcp"))
+    data.write_bytes(data.read_bytes()[:100])
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    resumed = _tiny_pretrain_config(["pretrain.steps=3", "train.checkpoint_every=1", "train.log_every=1",
+                                     "pretrain.lr=2e-5"])
+    with pytest.raises(CheckpointError, match="step_0000002"):
+        run_pretrain(resumed, run, progress=False)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    shutil.rmtree(ckpt)
+    run_pretrain(resumed, run, progress=False)
+    changes = [json.loads(line)["changes"] for line in (run / "config_changes.jsonl").read_text().splitlines()]
+    assert changes == [{"pretrain.steps": [2, 3], "pretrain.lr": [1e-3, 2e-5]}]
+    assert "lr: 2.0e-05" in (run / "config.yaml").read_text()
 
 
 def test_lora_generator_export_merges_the_adapter_and_saves_it_separately(tmp_path):

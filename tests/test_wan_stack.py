@@ -6,6 +6,7 @@ the folder's transformer from the cache."""
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -13,9 +14,10 @@ import torch
 from conftest import TEXT_DIM, make_wan, tiny_wan_vae_and_clip
 
 from vpae.config import load_config
-from vpae.data.prepare import prepare
+from vpae.data.prepare import PrepareError, prepare
 from vpae.data.wan_stack import wan_stack
 from vpae.eval.video import read_video, write_video
+from vpae.export import export_pipeline
 from vpae.recipes import build_data, run_distill
 
 WORDS = "a small large red green blue square circle moves left right up down over background <pad> </s> <unk>".split()
@@ -85,8 +87,22 @@ def test_distill_trains_the_wan_folder_from_the_cache(wan_folder, cache, tmp_pat
                              "priming.steps=1", "equilibrium.steps=1", "priming.batch_size=1", "equilibrium.batch_size=1",
                              "priming.lora_rank=4", "priming.lora_alpha=4", "equilibrium.layers=[0.5, 1.0]",
                              "equilibrium.head_dim=16", "equilibrium.head_queries=2", "equilibrium.head_attn_heads=2"])
+    cfg.data.frames, cfg.data.height, cfg.data.width = 81, 480, 832  # the config's size is not the trained one
     r = run_distill(cfg, tmp_path / "run", progress=False)
     assert r["equilibrium"]["step"] == 1 and (tmp_path / "run" / "generator" / "config.json").is_file()
+    # vpae.json records the size the cache was prepared at, and the exported pipeline passes it on
+    trained = json.loads((tmp_path / "run" / "generator" / "vpae.json").read_text())["data"]
+    assert (trained["frames"], trained["height"], trained["width"]) == (5, 32, 32)
+    export_pipeline(tmp_path / "run" / "generator", root, tmp_path / "pipe")
+    sampling = json.loads((tmp_path / "pipe" / "vpae.json").read_text())["sampling"]
+    assert (sampling["num_frames"], sampling["height"], sampling["width"]) == (5, 32, 32)
+
+
+def test_a_cache_refuses_clips_of_another_size(cache):
+    d, _, stack = cache
+    assert json.loads((d / "cache" / "index.json").read_text())["clip"] == {"frames": 5, "height": 32, "width": 32}
+    with pytest.raises(PrepareError, match="holds clips of 5 x 32 x 32, not 9 x 32 x 32"):
+        prepare(d / "m.csv", d / "cache", stack, 9, 32, 32, progress=False)
 
 
 def test_data_prepare_command_with_a_wan_folder(wan_folder, cache, tmp_path):

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from vpae.backbones.wan import WanBackbone
+from vpae.models import read_model_meta
 
 
 def export_backbone(backbone: WanBackbone, out_dir: str | Path, extra: dict | None = None,
@@ -138,7 +139,10 @@ def export_pipeline(generator_dir: str | Path, base_dir: str | Path, out_dir: st
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
         (tmp / "README.md").write_text(PIPELINE_README.format(
             shift=shift, steps=steps, pipeline=index.get("_class_name", "WanPipeline"), out=out))
+        trained = read_model_meta(generator_dir).get("data", {})  # the clip size the generator was trained at
+        size = {k: trained[f] for k, f in (("num_frames", "frames"), ("height", "height"), ("width", "width"))
+                if f in trained}
         (tmp / "vpae.json").write_text(json.dumps({"sampling": {"num_inference_steps": steps, "guidance_scale": 1.0,
-                                                                "shift": shift},
+                                                                "shift": shift, **size},
                                                    "generator": str(generator_dir.resolve())}, indent=1))
     return _atomic_dir(out, write)

@@ -5,6 +5,7 @@ CLI, the demo and the ablation call it."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import torch
 from vpae import registry
 from vpae.backbones.base import resolve_layers
 from vpae.backbones.wan import WanBackbone
-from vpae.config import ConfigError, VPAEConfig, load_config, record_run_config, to_dict
+from vpae.config import ConfigError, VPAEConfig, check_run_config, load_config, to_dict
 from vpae.config.schema import resolve_device
 from vpae.data.source import DataSource
 from vpae.discriminator import build_head
@@ -33,6 +34,15 @@ from vpae.training.model import Networks, copy_generator, generator_checkpoint_v
 def build_data(cfg: VPAEConfig) -> DataSource:
     """The data source named by data.kind (vpae.registry), built from the config."""
     return registry.data_source(cfg.data.kind)(cfg, resolve_device(cfg.train.device))
+
+
+def exported_data(cfg: VPAEConfig) -> dict:
+    """The data section a model's vpae.json records: the config's, with the clip size the training data really
+    had where the data source knows it (a latent cache records the size vpae data prepare used), so `vpae
+    generate` and the exported pipeline default to the trained size."""
+    data = to_dict(cfg.data)
+    clip_size = getattr(registry.data_source(cfg.data.kind), "clip_size", None)
+    return {**data, **((clip_size(cfg) or {}) if clip_size else {})}
 
 
 def build_method(cfg: VPAEConfig) -> Method:
@@ -54,14 +64,18 @@ def usable_device(device: str) -> str:
 
 def start_run(cfg: VPAEConfig, run_dir: Path) -> parallel.World:
     """This process's World (torchrun: the process group is initialised here) and the run directory with its
-    recorded config; rank 0 writes, and a refused config stops every rank."""
+    recorded config; rank 0 writes, and a refused config stops every rank. A resume records its config only
+    once it has saved a checkpoint, so a resume that fails leaves the run folder as it was."""
     cfg.train.device = usable_device(cfg.train.device)
     world = parallel.init_world(cfg.train.device, cfg.parallel.backend, parallel_cfg=cfg.parallel)
     error = None
     if world.main:
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            record_run_config(cfg, run_dir)  # refuses config changes a resume cannot honour
+            record = check_run_config(cfg, run_dir)  # refuses config changes a resume cannot honour
+            if record.resuming:
+                world = dataclasses.replace(world, config_record=record)  # train writes it after its first save
+            else:
+                record.write()
         except ConfigError as e:
             error = str(e)
     error = world.first(error)
@@ -108,8 +122,8 @@ def run_pretrain(cfg: VPAEConfig, run_dir: str | Path, export_dir: str | Path | 
             return result
     if export_dir is not None:
         # the raw (non-EMA) weights stay in the run folder, so exporting into the package ships the EMA only
-        export_backbone(model, run_dir / "export_raw", {"role": "toy_teacher_raw", "data": to_dict(cfg.data)})
-        export_backbone(ema, export_dir, {"role": "toy_teacher", "data": to_dict(cfg.data),
+        export_backbone(model, run_dir / "export_raw", {"role": "toy_teacher_raw", "data": exported_data(cfg)})
+        export_backbone(ema, export_dir, {"role": "toy_teacher", "data": exported_data(cfg),
                                           "pretrain": to_dict(cfg.pretrain), "seconds": result["train_seconds"]})
         shutil.copyfile(run_dir / "log.jsonl", Path(export_dir) / "train_log.jsonl")
     return result
@@ -233,7 +247,7 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None,
     lora = out.with_name(out.name + "_lora") if cfg.priming.generator_mode == "lora" else None
     meta = json.loads((Path(checkpoint) / "meta.json").read_text())
     return export_backbone(generator, out, {"role": "generator", "phase": meta.get("phase"), "step": meta.get("step"),
-                                            "checkpoint": str(checkpoint), "data": to_dict(cfg.data)}, lora_dir=lora)
+                                            "checkpoint": str(checkpoint), "data": exported_data(cfg)}, lora_dir=lora)
 
 
 def consolidated(cfg: VPAEConfig, sharded: WanBackbone, build, world: parallel.World) -> WanBackbone | None:
@@ -313,7 +327,7 @@ def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progre
         world.barrier()
         if not world.main:
             return out
-    meta = {"role": "generator", "method": cfg.method, "phase": phase, "data": to_dict(cfg.data)}
+    meta = {"role": "generator", "method": cfg.method, "phase": phase, "data": exported_data(cfg)}
     lora = run_dir / "generator_lora" if cfg.priming.generator_mode == "lora" else None
     export_backbone(generator, run_dir / "generator", meta, lora_dir=lora)
     for folder, (backbone, extra) in extras.items():

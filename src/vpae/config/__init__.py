@@ -10,6 +10,8 @@ from vpae.config.run_dir import (
                                  RESUME_FIXED_KEYS,
                                  RESUME_FIXED_SECTIONS,
                                  RESUME_FREE_KEYS,
+                                 RunConfigRecord,
+                                 check_run_config,
                                  current_layout,
                                  record_run_config,
                                  resume_changes,
@@ -39,6 +41,6 @@ __all__ = [
     "ADDConfig", "APTConfig", "ComparisonConfig", "ConfigError", "ConsistencyConfig", "DataConfig", "DMD2Config",
     "EquilibriumConfig", "MDConfig", "METHODS", "ModelConfig", "ParallelConfig", "PretrainConfig", "PrimingConfig",
     "RESUME_FIXED_KEYS", "RESUME_FIXED_SECTIONS", "RESUME_FREE_KEYS", "SamplingConfig", "TrainConfig", "VPAEConfig",
-    "build", "current_layout", "load_config", "nest_data_sections", "record_run_config", "resume_changes",
-    "save_config", "to_dict", "validate",
+    "RunConfigRecord", "build", "check_run_config", "current_layout", "load_config", "nest_data_sections",
+    "record_run_config", "resume_changes", "save_config", "to_dict", "validate",
 ]

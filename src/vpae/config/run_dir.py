@@ -77,14 +77,39 @@ def resume_changes(recorded: dict, cfg: VPAEConfig) -> tuple[dict, dict]:
     return allowed, refused
 
 
-def record_run_config(cfg: VPAEConfig, run_dir: str | Path) -> dict:
-    """Write cfg to run_dir/config.yaml, first checking it against the recorded one when the run has
-    checkpoints (a resume): refused changes raise ConfigError naming the keys (nothing is written), allowed
-    ones are recorded in run_dir/config_changes.jsonl, reported on stderr and returned."""
+class RunConfigRecord:
+    """The config a run folder will record (config.yaml, and on a resume the allowed changes in
+    config_changes.jsonl), checked but not yet written: a resume writes it only once a checkpoint of the new
+    config exists (`vpae.training.loop.train` calls `write` after a save), so a resume that fails on a damaged
+    checkpoint leaves the folder as it was."""
+
+    def __init__(self, cfg: VPAEConfig, run_dir: Path, allowed: dict, resuming: bool):
+        self.cfg, self.run_dir, self.allowed, self.resuming = cfg, run_dir, allowed, resuming
+        self.written = False
+
+    def write(self) -> None:
+        if self.written:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.allowed:
+            with (self.run_dir / "config_changes.jsonl").open("a") as f:
+                f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                    "changes": {k: list(v) for k, v in self.allowed.items()}}) + "\n")
+        path = self.run_dir / "config.yaml"
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        tmp.write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        os.replace(tmp, path)
+        self.written = True
+
+
+def check_run_config(cfg: VPAEConfig, run_dir: str | Path) -> RunConfigRecord:
+    """Check cfg against the config recorded in run_dir when the run has checkpoints (a resume): refused
+    changes raise ConfigError naming the keys, allowed ones are reported on stderr. Writes nothing."""
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
     allowed: dict = {}
-    if path.is_file() and any(run_dir.glob("**/checkpoints/step_*")):
+    resuming = path.is_file() and any(run_dir.glob("**/checkpoints/step_*"))
+    if resuming:
         try:
             recorded = yaml.safe_load(path.read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:
@@ -100,13 +125,13 @@ def record_run_config(cfg: VPAEConfig, run_dir: str | Path) -> dict:
                               f"these keys cannot change on resume: {keys}. Use a new run directory (--out), "
                               f"or rerun with the values recorded in {path}")
         if allowed:
-            with (run_dir / "config_changes.jsonl").open("a") as f:
-                f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                    "changes": {k: list(v) for k, v in allowed.items()}}) + "\n")
             print("note: resuming " + str(run_dir) + " with changed " +
                   ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in allowed.items()), file=sys.stderr)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
-    return allowed
+    return RunConfigRecord(cfg, run_dir, allowed, resuming)
+
+
+def record_run_config(cfg: VPAEConfig, run_dir: str | Path) -> dict:
+    """check_run_config, then write the record at once; returns the allowed changes."""
+    record = check_run_config(cfg, run_dir)
+    record.write()
+    return record.allowed

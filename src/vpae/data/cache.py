@@ -1,7 +1,8 @@
 """The real data source: a latent cache. Training reads only this (no video decoding, no encoders in the
 loop). Layout of a cache folder:
 
-    index.json                {"version": 1, "sizes": ConditionSizes fields, "shards": [{"file", "count"}, ...]}
+    index.json                {"version": 1, "sizes": ConditionSizes fields, "shards": [{"file", "count"}, ...],
+                               "clip": {"frames", "height", "width"} (the pixel size vpae data prepare used)}
     shard_00000.safetensors   latents (n, C, F, H, W); text (n, L_max, D) zero-padded past each item's
                               text_len (n,); negative_text (1, L_neg, D) [optional]; image (n, N, D_img)
                               [I2V]; cond_latent (n, C, F, H, W) and cond_mask (n, M, F, H, W) [I2V];
@@ -110,6 +111,12 @@ class CacheSource:
         if not data.cache_dir:
             from vpae.config import ConfigError
             raise ConfigError("data.kind cache needs data.cache_dir (a folder written by vpae data prepare)")
+
+    @staticmethod
+    def clip_size(cfg) -> dict | None:
+        """{"frames", "height", "width"} the cache was prepared at (vpae data prepare records it), or None."""
+        index = Path(cfg.data.cache_dir) / "index.json"
+        return json.loads(index.read_text()).get("clip") if index.is_file() else None
 
     def __init__(self, cfg, device: str = "cpu"):
         self.root = Path(cfg.data.cache_dir)

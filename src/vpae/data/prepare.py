@@ -336,7 +336,15 @@ def prepare(manifest: str | Path, out: str | Path, stack: EncoderStack, frames: 
         return stack.codec.encode(video), make_conditioning(condition, captions, stack.text_encoder,
                                                             stack.image_encoder, stack.codec, frames)
     rows = read_manifest(manifest)
+    clip = {"frames": frames, "height": height, "width": width}
+    index_file = Path(out) / "index.json"
+    held = json.loads(index_file.read_text()).get("clip") if index_file.is_file() else None
+    if held is not None and held != clip:
+        raise PrepareError(f"{out} holds clips of {held['frames']} x {held['height']} x {held['width']}, not "
+                           f"{frames} x {height} x {width}; prepare into a new folder, or use the cache's size")
     result = fill_cache(rows, out, stack.sizes, load, encode, shard_size, batch_size, "prepare", progress, world)
+    if (world is None or world.main) and index_file.is_file():  # the clip size a trained model's vpae.json records
+        _write_json(index_file, {**json.loads(index_file.read_text()), "clip": clip})
     if result["items"] == 0:
         reasons = "; ".join(f"row {s['row'] + 1}: {s['reason']}" for s in result["skipped"][:3])
         more = f" (and {len(result['skipped']) - 3} more)" if len(result["skipped"]) > 3 else ""

@@ -143,10 +143,10 @@ def top_flow_magnitude(flow: np.ndarray, fraction: float = 0.05) -> float:
 
 
 def is_dynamic(pair_scores: Sequence[float], thres: float, count_num: int) -> bool:
-    """VBench `check_move`: dynamic once `count_num` pair scores exceed `thres` (count_num 0 -> True)."""
+    """VBench `check_move`: dynamic once `count_num` pair scores exceed `thres`. The count is compared after
+    each pair, as upstream does: count_num 0 is dynamic as soon as there is one pair, and a video with no pair
+    (one kept frame) is not dynamic whatever count_num is."""
     count = 0
-    if count_num <= 0:
-        return True
     for s in pair_scores:
         if s > thres:
             count += 1

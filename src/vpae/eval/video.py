@@ -22,7 +22,8 @@ import torch
 
 from vpae.errors import VpaeError
 
-VIDEO_EXTS = (".mp4", ".gif")
+# the file names `vpae eval` takes for videos in a method's folder: GIF, and the common containers PyAV reads
+VIDEO_EXTS = (".mp4", ".gif", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 

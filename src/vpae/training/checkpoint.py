@@ -164,18 +164,29 @@ def save_checkpoint(run_dir: str | Path, step: int, modules: dict[str, nn.Module
     owner = _param_owner(modules)
     state = {"model": {k: m.state_dict() for k, m in modules.items()},
              "optim": {k: _optimizer_state(owner, o, k) for k, o in optimizers.items()}}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*single process.*")
-        dcp.save(state, storage_writer=FileSystemWriter(tmp), no_dist=not world.distributed)
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    torch.save(rng, tmp / f"rng_rank{world.rank}.pt")
-    world.barrier()
+    failure = None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*single process.*")
+            dcp.save(state, storage_writer=FileSystemWriter(tmp), no_dist=not world.distributed)
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        torch.save(rng, tmp / f"rng_rank{world.rank}.pt")
+    except (OSError, RuntimeError, CheckpointException) as e:  # DCP reports a full disk as a RuntimeError
+        failure = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}"
+    failure = world.first(failure)  # every rank stops together, none waits at a barrier for a failed one
+    if failure is None and world.main:
+        try:
+            (tmp / "meta.json").write_text(json.dumps({**meta, "step": step, "data_position": step,
+                                                       "world_size": world.size, "modules": sorted(modules),
+                                                       "optimizers": sorted(optimizers)}, indent=1))
+        except OSError as e:
+            failure = f"{type(e).__name__}: {e}"
+    failure = world.broadcast(failure)
+    if failure is not None:
+        raise _save_failed(final, tmp, failure, _state_bytes(state), world)
     if world.main:
-        (tmp / "meta.json").write_text(json.dumps({**meta, "step": step, "data_position": step, "world_size": world.size,
-                                                   "modules": sorted(modules), "optimizers": sorted(optimizers)},
-                                                  indent=1))
         os.replace(tmp, final)
         _atomic_write_text(root / "latest", name)
         # Prune older complete checkpoints, keeping `keep` including the one just written. Only names before
@@ -187,6 +198,38 @@ def save_checkpoint(run_dir: str | Path, step: int, modules: dict[str, nn.Module
             shutil.rmtree(old, ignore_errors=True)
     world.barrier()
     return final
+
+
+def _state_bytes(state) -> int:
+    """Bytes of the tensors this rank writes (about its share of the checkpoint)."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_state_bytes(v) for v in state)
+    return 0
+
+
+def _save_failed(final: Path, tmp: Path, failure: str, need: int, world) -> CheckpointError:
+    """The error of a failed save, after removing its incomplete folder: says when the disk is full (DCP's own
+    error for that is "unexpected pos"), and that the previous checkpoint is intact."""
+    free = shutil.disk_usage(tmp.parent if tmp.parent.exists() else final.parent.parent).free
+    world.barrier()
+    if world.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    world.barrier()
+    mib = 2 ** 20
+    prev = latest_checkpoint(final.parent.parent)
+    kept = (f"the previous checkpoint {prev} is intact" if prev else "no earlier checkpoint of this phase exists")
+    if free < need or "No space left" in failure:
+        why = (f"the disk holding {final.parent} is full ({free / mib:.0f} MiB free; this checkpoint needs about "
+               f"{need / mib:.0f} MiB per rank)")
+        fix = "free space (or lower train.keep_checkpoints, or use --out on a larger disk)"
+    else:
+        why, fix = f"writing it failed ({failure})", "fix the cause"
+    return CheckpointError(f"saving checkpoint {final.name} failed: {why}. The incomplete checkpoint was removed and "
+                           f"{kept}; {fix}, then rerun the same command to resume")
 
 
 def complete_checkpoints(run_dir: str | Path) -> list[Path]:

@@ -327,6 +327,8 @@ The phase's optimizers are built here and released at the end.
             if (step + 1) % checkpoint_every == 0 or step + 1 == steps or out_of_time:
                 saved = save_checkpoint(run_dir, step + 1, modules, optimizers.optimizers,
                                         {**meta, "train_seconds": before + time.perf_counter() - t0}, keep=keep)
+                if world.main and world.config_record is not None:
+                    world.config_record.write()  # the resumed config now has a checkpoint of its own
             if out_of_time and tracker and not logged:
                 tracker.log({"step": step + 1, "time": time.perf_counter() - t0, **stats})
             if out_of_time:

@@ -55,6 +55,7 @@ class World:
     fsdp_mesh: Any = None
     cp_mesh: Any = None
     cp_kind: str = "ulysses"
+    config_record: Any = None  # a resume's config record (vpae.config.RunConfigRecord), written after a save
 
     @property
     def main(self) -> bool:

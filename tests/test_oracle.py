@@ -296,3 +296,17 @@ def test_persistence_and_sharpness_on_the_shipped_world():
     assert oracle_report(recoloured, b.params)["persistence"] < 0.5
     blurred = torch.stack([corrupt(v, "blur", seed=i) for i, v in enumerate(b.video)])
     assert oracle_report(blurred, b.params)["sharpness"] < 0.6
+
+
+def test_a_blend_of_two_modes_does_not_follow_an_axis_only_caption():
+    """On captions that name only the axis, caption following counts a sample only in one mode: the 50/50 blend
+    of the two directions' videos follows none, each direction's own video follows."""
+    from vpae.toy.oracle import assign_mode
+    b = ToyWorld(AXIS).heldout(64)
+    two = [p for p in b.params if len(caption_modes(p, AXIS)) == 2]
+    assert len(two) > 10
+    for p in two:
+        a, c = (render(m, AXIS) for m in caption_modes(p, AXIS))
+        blend = (a + c) / 2
+        assert assign_mode(blend, p, AXIS) is None and not caption_following(blend, p, AXIS)["follows"]
+        assert caption_following(a, p, AXIS)["follows"] and caption_following(c, p, AXIS)["follows"]

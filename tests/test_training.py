@@ -685,3 +685,83 @@ def test_gradient_checkpointing_gives_the_same_phase_two_step(backbone):
     # the same arithmetic run twice: equal up to the float32 rounding of a re-ordered reduction, if any
     assert ckpt["grad_norm/generator"] == pytest.approx(plain["grad_norm/generator"], rel=1e-5)
     assert all(torch.allclose(plain_w[k], ckpt_w[k], rtol=0, atol=1e-6) for k in plain_w)
+
+
+def test_pair_accuracy_reads_the_order_of_the_logits_not_their_sign():
+    """d/accuracy is P(D(real) > D(fake)) over every pair (ties half): logits that share a sign but rank every pair
+    right read 1 (the former sign-based definition read 0.5 here)."""
+    from vpae.losses import discriminator_accuracy, pair_counts_by_bin
+    assert discriminator_accuracy(torch.tensor([.3, .2]), torch.tensor([.1, .05])).item() == 1.0
+    assert discriminator_accuracy(torch.tensor([.3, .1]), torch.tensor([.2, .1])).item() == (1 + 0.5 + 1 + 0) / 4
+    # per-bin counts over the band [0.1, 0.9] cut into quarters: [0.1, 0.3), [0.3, 0.5), [0.5, 0.7), [0.7, 0.9]
+    lr, tr = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.15, 0.2, 0.9])
+    lf, tf = torch.tensor([0.5, 3.0, 1.0]), torch.tensor([0.25, 0.6, 0.75])
+    c = pair_counts_by_bin(lr, tr, lf, tf, (0.1, 0.9))
+    assert (c["d/bin0_ranked"], c["d/bin0_pairs"]) == (1.0, 2.0)    # 1.0 > 0.5 right, 0.0 > 0.5 wrong
+    assert (c["d/bin1_pairs"], c["d/bin2_pairs"]) == (0.0, 0.0)     # no real sample in these bins
+    assert (c["d/bin3_ranked"], c["d/bin3_pairs"]) == (1.0, 1.0)    # t = 0.9 (the band's top) is in the last bin
+
+
+def test_disc_band_power_weights_the_draws_toward_low_noise():
+    from vpae import randomness
+    from vpae.losses import AdversarialLoss
+    with randomness.batch_stream(0, 0):
+        uniform = AdversarialLoss(band=(0.1, 0.9)).draw_t(4000)
+    with randomness.batch_stream(0, 0):
+        plain = randomness.uniform(4000, (0.1, 0.9))
+    with randomness.batch_stream(0, 0):
+        low = AdversarialLoss(band=(0.1, 0.9), power=3.0).draw_t(4000)
+    assert torch.equal(uniform, plain)     # power 1 draws exactly what the uniform band always drew
+    assert low.min() >= 0.1 and low.max() < 0.9
+    # P(t < 0.1 + 0.8 * q) = q^(1/3): half the draws below 0.1 + 0.8 / 8 = 0.2 (binomial sd of the share 0.008)
+    assert abs((low < 0.2).float().mean().item() - 0.5) < 0.04
+
+
+def test_gradient_norm_balancing_is_the_gradient_of_the_rescaled_eq6():
+    """balanced_terms' surrogate has exactly the weight gradient of s L_adv + lambda C-SDS with s = balance |g_sds| /
+    |g_adv| (float64), and s g_adv has balance x the C-SDS gradient's norm."""
+    from vpae.training.methods.vpae import balanced_terms
+    torch.manual_seed(0)
+    w = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    x0 = w * torch.linspace(1, 2, 6, dtype=torch.float64)  # the "generator": x0 depends on w
+    target = torch.randn(6, dtype=torch.float64)
+
+    def adversarial(x):
+        return -(x.sin() * 3).sum()
+
+    def sds(x):
+        return ((x - target) ** 2).mean()
+    loss, terms, logs = balanced_terms(x0, adversarial, sds, balance=0.5, sds_lambda=10.0)
+    (got,) = torch.autograd.grad(loss, w)
+    x = w * torch.linspace(1, 2, 6, dtype=torch.float64)
+    s = logs["adv/scale"]
+    (want,) = torch.autograd.grad(s * adversarial(x) + 10.0 * sds(x), w)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    assert abs(s * logs["adv/grad_norm_adv"] - 0.5 * logs["adv/grad_norm_sds"]) < 1e-12
+    assert logs["loss/g_total"] == pytest.approx(s * terms["g_adv"].item() + 10.0 * terms["c_sds"].item(), rel=1e-12)
+
+
+def test_the_discriminator_probe_scores_paired_held_out_videos_per_bin_and_leaves_the_rng_alone():
+    stepper = _eq(disc_band=(0.1, 0.9))
+    phase = stepper.phase
+    x, c = make_latent(), make_cond()
+
+    def stub(x_t, t, cond, grad):   # ranks a video by its mean: real videos (mean +3) above generated ones
+        return x_t.mean(dim=(1, 2, 3, 4))
+    phase.discriminate = stub
+    state = torch.get_rng_state()
+    out = phase.discriminator_probe(x * 0 + 3.0, c, seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert [k for k in out if k.startswith("probe_acc_bin")] == [f"probe_acc_bin{k}" for k in range(4)]
+    assert out["probe_acc"] == 1.0 and all(out[f"probe_gap_bin{k}"] > 0 for k in range(4))
+    # the gap shrinks with the noise level: (1 - t) x (mean real - mean generated), paired noise cancels
+    gaps = [out[f"probe_gap_bin{k}"] for k in range(4)]
+    assert gaps == sorted(gaps, reverse=True)
+    assert phase.discriminator_probe(x * 0 + 3.0, c, seed=5) == out
+
+
+def test_a_balanced_phase_two_step_logs_the_two_gradient_norms_and_the_bins():
+    stepper = _eq(adv_balance=0.5, sds_lambda=10.0, disc_band=(0.1, 0.9))
+    logs = stepper.step(0, make_latent(), make_cond())
+    assert logs["adv/scale"] * logs["adv/grad_norm_adv"] == pytest.approx(0.5 * logs["adv/grad_norm_sds"], rel=1e-5)
+    assert sum(logs[f"d/bin{k}_pairs"] for k in range(4)) <= 4 and 0 <= logs["d/accuracy"] <= 1

@@ -67,6 +67,13 @@ class Conditioning:
     def __getitem__(self, idx) -> "Conditioning":
         return self.map(lambda t: t[idx])
 
+    @staticmethod
+    def cat(parts: "list[Conditioning]") -> "Conditioning":
+        """The batches of `parts` as one batch (every part has the same fields set)."""
+        first = parts[0]
+        return replace(first, **{f.name: (torch.cat([getattr(p, f.name) for p in parts])
+                                          if getattr(first, f.name) is not None else None) for f in fields(first)})
+
 
 def first_frame_condition(cond_frame_latent: Tensor, num_frames: int, mask_channels: int) -> tuple[Tensor, Tensor]:
     """Build Wan's I2V condition latent and mask from a latent of the first frame.

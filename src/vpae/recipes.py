@@ -17,6 +17,7 @@ import torch
 from vpae import registry
 from vpae.backbones.base import resolve_layers
 from vpae.backbones.wan import WanBackbone
+from vpae.conditioning import Conditioning
 from vpae.config import ConfigError, VPAEConfig, check_run_config, load_config, to_dict
 from vpae.config.schema import resolve_device
 from vpae.data.source import DataSource
@@ -267,6 +268,21 @@ def phase_done(run_dir: Path, steps: int) -> bool:
     return json.loads((ckpt / "meta.json").read_text())["step"] >= steps
 
 
+def with_discriminator_probe(eval_fn, phase, data: DataSource, stream_seed: int, world: parallel.World,
+                             batches: int = 4):
+    """eval_fn plus the phase's held-out discriminator probe (EquilibriumPhase.discriminator_probe) on `batches`
+    training-size batches of a stream of their own, the same at every evaluation (rank shares averaged)."""
+    fn = data.batch_fn(phase.batch_size, stream_seed, world.dp_rank, world.dp_size)
+    held = [fn(k) for k in range(batches)]
+    x = torch.cat([b[0] for b in held])
+    cond = Conditioning.cat([b[1] for b in held])
+
+    def evaluate(step: int) -> dict[str, float]:
+        out = eval_fn(step) if eval_fn else {}
+        return {**out, **world.mean(phase.discriminator_probe(x, cond, seed=stream_seed))}
+    return evaluate
+
+
 def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progress: bool = True,
                 eval_fn_factory=None) -> dict:
     """Train cfg.method in run_dir: its phases in order ('all') or one of them by name (V-PAE: 'priming' or
@@ -305,6 +321,8 @@ def run_distill(cfg: VPAEConfig, run_dir: str | Path, phase: str = "all", progre
                                       f"rerun the same command to resume it")
             ph.start()  # the phase's copies (EMA, targets) from the generator as the previous phase left it
             evf = eval_fn_factory(sampler_model) if eval_fn_factory else None
+            if hasattr(ph, "discriminator_probe") and tc.eval_every > 0:
+                evf = with_discriminator_probe(evf, ph, data, tc.seed + 100 + ph.stream, world)
             r = train(ph, data.batch_fn(ph.batch_size, tc.seed + ph.stream, world.dp_rank, world.dp_size), run_dir=pdir,
                       eval_fn=evf, **common)
             out["timings"][ph.name] = r["seconds"]

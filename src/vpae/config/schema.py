@@ -231,7 +231,10 @@ class EquilibriumConfig:
     head_queries: int = 4
     head_attn_heads: int = 4
     disc_band: tuple = (0.9, 1.0)
-    """Real and generated videos are re-noised with t ~ U(band) before the discriminator (low SNR)."""
+    """Real and generated videos are re-noised with t from this band before the discriminator (low SNR)."""
+    disc_band_power: float = 1.0
+    """How t is drawn from disc_band: lo + (hi - lo) u^power, u ~ U[0, 1). 1 = uniform (the paper); > 1 weights
+    the draws toward the band's low end, where real and generated videos differ most (docs/RESULTS.md)."""
     disc_blur: float = 0.0
     """Gaussian blur (std in latent pixels, per frame over H and W) of real and generated videos before they are
     re-noised for the discriminator; 0 = off (the paper). Not in the paper: a layout-only discriminator for the toy
@@ -249,6 +252,11 @@ class EquilibriumConfig:
     adv_weight: float = 1.0
     """Weight of the generator's adversarial term in eq. 6 (the paper: 1). 0 = C-SDS only, an ablation that
     isolates what the adversarial term contributes (the discriminator is then not read by the generator)."""
+    adv_balance: float = 0.0
+    """Gradient-norm balancing of eq. 6, whose adversarial weight the paper leaves open: > 0 rescales, every step,
+    the adversarial term's gradient on the generated videos to adv_balance x the norm of the C-SDS term's
+    (sds_lambda x grad C-SDS), and adv_weight is not used; 0 = off (adv_weight x the adversarial term). Logged:
+    adv/grad_norm_adv, adv/grad_norm_sds, adv/scale."""
     sds_lambda: float = 10.0
     sds_band: tuple = (0.02, 0.98)
     """t' ~ U(band) for the conditional SDS re-noising."""
@@ -273,6 +281,9 @@ class EquilibriumConfig:
         if self.disc_blur < 0:
             raise ConfigError(f"equilibrium.disc_blur must be >= 0 (0 = off), got {self.disc_blur}")
         check_band("equilibrium.sds_band", self.sds_band)
+        if not self.disc_band_power > 0 or self.adv_balance < 0:
+            raise ConfigError(f"equilibrium.disc_band_power must be > 0 and equilibrium.adv_balance >= 0 (0 = off), "
+                              f"got {self.disc_band_power}, {self.adv_balance}")
         check_choice("equilibrium.backbone", self.backbone, ("unified", "frozen", "trained"))
         check_choice("equilibrium.head", self.head, HEADS)
         check_choice("equilibrium.loss", self.loss, ("hinge", "non_saturating"))

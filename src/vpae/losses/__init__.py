@@ -14,7 +14,14 @@ vpae.training.methods weight and reduce them, the training loop owns backward an
 """
 
 from vpae.losses.add import ADDDistillationLoss, add_distillation_loss
-from vpae.losses.adversarial import AdversarialLoss, discriminator_accuracy, discriminator_loss, generator_adversarial_loss
+from vpae.losses.adversarial import (
+    AdversarialLoss,
+    band_bins,
+    discriminator_accuracy,
+    discriminator_loss,
+    generator_adversarial_loss,
+    pair_counts_by_bin,
+)
 from vpae.losses.approx_r1 import ApproximatedR1, approximated_r1_penalty, gaussian_perturbation
 from vpae.losses.consistency import PhasedConsistencyLoss
 from vpae.losses.dmd import DistributionMatchingLoss, FakeScoreLoss, ScorePair, dmd_gradient, dmd_loss, fake_score_loss
@@ -26,7 +33,8 @@ from vpae.losses.regularizers import SpatiotemporalR1, spatiotemporal_perturbati
 from vpae.losses.sds import ConditionalSDSLoss, conditional_sds_loss
 from vpae.losses.temporal import temporal_coherence_loss
 
-__all__ = ["AdversarialLoss", "discriminator_accuracy", "discriminator_loss", "generator_adversarial_loss",
+__all__ = ["AdversarialLoss", "band_bins", "pair_counts_by_bin", "discriminator_accuracy", "discriminator_loss",
+           "generator_adversarial_loss",
            "DistributionMatchingLoss", "FakeScoreLoss", "ScorePair", "dmd_gradient", "dmd_loss", "fake_score_loss",
            "FlowMatchingLoss", "mode_seeking_loss", "SpatiotemporalR1", "spatiotemporal_perturbation",
            "st_r1_penalty", "ConditionalSDSLoss", "conditional_sds_loss", "ADDDistillationLoss",

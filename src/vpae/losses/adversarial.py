@@ -29,10 +29,40 @@ def discriminator_loss(logits_real: Tensor, logits_fake: Tensor, kind: str = "hi
 
 
 def discriminator_accuracy(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
-    """Share of real videos scored > 0 and of generated ones < 0, averaged (0.5 = chance): a discriminator that
-    never leaves chance gives the generator no adversarial signal (a logged statistic, not a loss)."""
+    """Pair accuracy P(D(real) > D(fake)) over every (real, generated) pair, ties counted half: the AUC of the
+    logits as a real/fake score (0.5 = chance, 1 = every pair ranked right). It reads the order of the logits,
+    not their sign, so a head whose logits all share a sign but rank every pair right reads 1 (a logged
+    statistic, not a loss)."""
     with torch.no_grad():
-        return 0.5 * ((logits_real > 0).float().mean() + (logits_fake < 0).float().mean())
+        diff = logits_real.detach().flatten()[:, None] - logits_fake.detach().flatten()[None, :]
+        return (diff > 0).float().mean() + 0.5 * (diff == 0).float().mean()
+
+
+def band_bins(band, bins: int = 4) -> list[tuple[float, float]]:
+    """The noise band cut into `bins` equal parts, lowest t first (the bins the discriminator signals use)."""
+    lo, hi = (float(b) for b in band)
+    return [(lo + (hi - lo) * k / bins, lo + (hi - lo) * (k + 1) / bins) for k in range(bins)]
+
+
+def pair_counts_by_bin(logits_real: Tensor, t_real: Tensor, logits_fake: Tensor, t_fake: Tensor, band,
+                       bins: int = 4) -> dict[str, float]:
+    """Per noise-level bin k of the band: "d/bin{k}_ranked" (real-generated pairs with both t in the bin that
+    the discriminator ranks right, ties half) and "d/bin{k}_pairs" (how many such pairs). Counts, not ratios, so
+    that a bin without samples in a step is a 0, and the pair accuracy of a bin over any window of steps (or
+    ranks) is sum(ranked) / sum(pairs) (vpae.training.tracking.binned_accuracy)."""
+    out = {}
+    with torch.no_grad():
+        lr, lf = logits_real.detach().flatten().float(), logits_fake.detach().flatten().float()
+        tr, tf = t_real.detach().flatten().float(), t_fake.detach().flatten().float()
+        edges = band_bins(band, bins)
+        for k, (a, b) in enumerate(edges):
+            last = k == bins - 1
+            in_r = (tr >= a) & ((tr <= b) if last else (tr < b))
+            in_f = (tf >= a) & ((tf <= b) if last else (tf < b))
+            diff = lr[in_r][:, None] - lf[in_f][None, :]
+            out[f"d/bin{k}_ranked"] = float((diff > 0).sum() + 0.5 * (diff == 0).sum())
+            out[f"d/bin{k}_pairs"] = float(diff.numel())
+    return out
 
 
 class AdversarialLoss:
@@ -40,13 +70,20 @@ class AdversarialLoss:
     (`discriminate(x_t, t)` -> logits (B,)). `generator` keeps the graph to the generated video (eq. 6's
     adversarial term); `discriminator` returns eq. 7's per-sample loss and what ST-R1 and the logs need."""
 
-    def __init__(self, kind: str = "hinge", band=(0.0, 1.0)):
+    def __init__(self, kind: str = "hinge", band=(0.0, 1.0), power: float = 1.0):
         if kind not in ("hinge", "non_saturating"):
             raise ValueError(f"unknown adversarial loss {kind!r}")
-        self.kind, self.band = kind, tuple(band)
+        self.kind, self.band, self.power = kind, tuple(band), float(power)
+
+    def draw_t(self, n: int, device=None) -> Tensor:
+        """t = lo + (hi - lo) u^power, u ~ U[0, 1): uniform over the band at power 1 (the paper), weighted toward
+        its low end at power > 1 (power 3: half the draws in the lowest eighth)."""
+        lo, hi = self.band
+        u = randomness.uniform(n, (0.0, 1.0), device)
+        return lo + (hi - lo) * u.pow(self.power) if self.power != 1.0 else lo + (hi - lo) * u
 
     def renoise(self, x0: Tensor) -> tuple[Tensor, Tensor]:
-        t = randomness.uniform(x0.shape[0], self.band, x0.device)
+        t = self.draw_t(x0.shape[0], x0.device)
         return flow.add_noise(x0, randomness.randn_like(x0), t), t
 
     def generator(self, discriminate, x0_fake: Tensor) -> Tensor:

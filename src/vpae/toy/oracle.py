@@ -94,7 +94,8 @@ def caption_following(video, params: ToyVideoParams, cfg: ToyWorldConfig | None 
     to frame 0 (m_t = M_t - M_0, e_t = E_t - E_0): score = clip(1 - sum_t |m_t - e_t| / sum_t |e_t|, 0, 1)
     over t >= 1; a frame where the object is not found (soft area < 25% of the ground truth's) counts
     as error 2|e_t|. `follows` = object found in every frame, score >= 0.6, and the net displacement
-    has a positive component along the captioned direction. A frozen, reversed or time-shuffled video
+    has a positive component along the captioned direction; where the caption has two or more modes, also in
+    one mode by assign_mode's rule (a half-way blend of two modes does not follow). A frozen, reversed or time-shuffled video
     scores ~0; moving at half the captioned speed scores 0.5 (fails), at double speed 0 (fails).
     `direction_ok` is the looser check that ignores speed: the object was found in the last frame and its
     net displacement covers at least 40% of the captioned one along the captioned direction
@@ -107,9 +108,15 @@ def caption_following(video, params: ToyVideoParams, cfg: ToyWorldConfig | None 
     v = _np_video(video)
     cfg = _cfg_for(v, cfg)
     tr, found = _track(v, params, cfg)
-    rows = [_follow_one(tr, found, mode, cfg) for mode in caption_modes(params, cfg)]
+    modes = caption_modes(params, cfg)
+    rows = [_follow_one(tr, found, mode, cfg) for mode in modes]
     best = max(range(len(rows)), key=lambda i: (rows[i]["follows"], rows[i]["direction_ok"], rows[i]["score"]))
-    return {**rows[best], "mode": best}
+    row = {**rows[best], "mode": best}
+    if len(modes) > 1 and row["follows"] and _nearest_mode(tr, found, modes, cfg) != best:
+        # a caption that leaves the direction open is followed by a sample in one of its modes, not by a blend
+        # of two that scores >= FOLLOW_THRESHOLD against both
+        row["follows"] = row["direction_ok"] = False
+    return row
 
 
 def _track(v: np.ndarray, params: ToyVideoParams, cfg: ToyWorldConfig) -> tuple[dict, np.ndarray]:
@@ -165,6 +172,11 @@ def assign_mode(video, params: ToyVideoParams, cfg: ToyWorldConfig | None = None
     if len(modes) == 1:
         return 0 if caption_following(v, params, cfg)["follows"] else None
     tr, found = _track(v, params, cfg)
+    return _nearest_mode(tr, found, modes, cfg)
+
+
+def _nearest_mode(tr: dict, found: np.ndarray, modes: Sequence[ToyVideoParams], cfg: ToyWorldConfig) -> int | None:
+    """assign_mode's rule on a tracked video with two or more modes."""
     if not found.all():
         return None
     m = tr["centroids"] - tr["centroids"][0]

@@ -23,8 +23,10 @@ from vpae.losses import (
     DistributionMatchingLoss,
     FakeScoreLoss,
     SpatiotemporalR1,
+    band_bins,
     discriminator_accuracy,
     mode_seeking_loss,
+    pair_counts_by_bin,
 )
 from vpae.registry import register_method
 from vpae.sampling import predict_x0
@@ -114,7 +116,7 @@ class EquilibriumPhase(Phase):
         e = self.equilibrium = cfg.equilibrium
         self.steps, self.batch_size = e.steps, e.batch_size
         self.disc = FeatureDiscriminator(nets.heads, e.layers)
-        self.adversarial = AdversarialLoss(e.loss, e.disc_band)
+        self.adversarial = AdversarialLoss(e.loss, e.disc_band, e.disc_band_power)
         self.r1 = SpatiotemporalR1(e.sigma_s, e.sigma_t)
         self.sds = ConditionalSDSLoss(e.sds_band, e.sds_guidance)
 
@@ -176,19 +178,31 @@ class EquilibriumPhase(Phase):
         return mode_seeking_loss(blur_frames(x0_gen, blur), blur_frames(x0_2, blur), z, z2).mean()
 
     def generator_loss(self, x0_gen: Tensor, z: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
-        """Eq. 6 (+ the optional mode-seeking term)."""
+        """Eq. 6 (+ the optional mode-seeking term); with adv_balance, the adversarial gradient rescaled to
+        adv_balance x the C-SDS gradient's norm (balanced_terms)."""
         e, terms = self.equilibrium, {}
+        logs = {}
         with requires_grad(self.disc_params(), False):  # no wasted gradients for heads / a trained backbone
-            if e.adv_weight > 0:
-                terms["g_adv"] = self.adversarial.generator(
-                    lambda x_t, t: self.discriminate(x_t, t, cond, backbone_grad=True), self.disc_view(x0_gen, cond)).mean()
-            if e.sds_lambda > 0:
-                terms["c_sds"] = self.sds(x0_gen, cond, self.nets).mean()
-            loss = e.adv_weight * terms.get("g_adv", 0.0) + e.sds_lambda * terms.get("c_sds", 0.0)
+            def adversarial(x0):
+                return self.adversarial.generator(
+                    lambda x_t, t: self.discriminate(x_t, t, cond, backbone_grad=True), self.disc_view(x0, cond)).mean()
+
+            def sds(x0):
+                return self.sds(x0, cond, self.nets).mean()
+            if e.adv_balance > 0 and e.adv_weight > 0 and e.sds_lambda > 0:
+                loss, terms, logs = balanced_terms(x0_gen, adversarial, sds, e.adv_balance, e.sds_lambda)
+            else:
+                if e.adv_weight > 0:
+                    terms["g_adv"] = adversarial(x0_gen)
+                if e.sds_lambda > 0:
+                    terms["c_sds"] = sds(x0_gen)
+                loss = e.adv_weight * terms.get("g_adv", 0.0) + e.sds_lambda * terms.get("c_sds", 0.0)
+                logs["loss/g_total"] = float(loss)
             if e.diversity_weight > 0:
                 terms["mode_seeking"] = self.mode_seeking(x0_gen, z, cond)
                 loss = loss + e.diversity_weight * terms["mode_seeking"]
-        return loss, {"loss/g_total": loss.item(), **{f"loss/{k}": v.item() for k, v in terms.items()}}
+                logs["loss/g_total"] += e.diversity_weight * terms["mode_seeking"].item()
+        return loss, {**logs, **{f"loss/{k}": float(v) for k, v in terms.items()}}
 
     def discriminator_loss(self, x_data: Tensor, x0_fake: Tensor, cond: Conditioning) -> tuple[Tensor, dict]:
         """Eq. 7: the discriminator loss on re-noised real and generated videos, + r1_weight x ST-R1 (eq. 4)."""
@@ -199,10 +213,12 @@ class EquilibriumPhase(Phase):
             return self.discriminate(x_t, t, cond, grad_bb)
         d = self.adversarial.discriminator(discriminate, blur_frames(x_data, e.disc_blur), self.disc_view(x0_fake, cond))
         disc = d["loss"].mean()
-        logits_real, logits_fake = d["real"][2], d["fake"][2]
+        (_, t_real, logits_real), (_, t_fake, logits_fake) = d["real"], d["fake"]
         logs = {"loss/d": disc.item(), "d/logits_real": logits_real.detach().mean().item(),
                 "d/logits_fake": logits_fake.detach().mean().item(),
-                "d/accuracy": discriminator_accuracy(logits_real, logits_fake).item()}
+                "d/logit_gap": (logits_real.detach().mean() - logits_fake.detach().mean()).item(),
+                "d/accuracy": discriminator_accuracy(logits_real, logits_fake).item(),
+                **pair_counts_by_bin(logits_real, t_real, logits_fake, t_fake, e.disc_band)}
         loss = disc
         if e.r1_weight > 0:
             r1 = 0.0
@@ -213,6 +229,29 @@ class EquilibriumPhase(Phase):
             logs["loss/st_r1"] = r1.item()
         logs["loss/d_total"] = loss.item()
         return loss, logs
+
+    def discriminator_probe(self, x_real: Tensor, cond: Conditioning, seed: int) -> dict[str, float]:
+        """The heads as they are, scored on held-out pairs: the i-th real video and a generated one for the same
+        condition, re-noised with the same noise at the middle t of each bin of disc_band. Per bin k:
+        probe_acc_bin{k} = P(D(real_i) > D(generated_i)) (ties half) and probe_gap_bin{k} = mean D(real) -
+        D(generated); probe_acc = their mean over bins. Uses its own generator of random numbers (seed), so
+        training draws the same numbers with or without it."""
+        e = self.equilibrium
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(x_real.shape, generator=g).to(x_real)
+        eps = torch.randn(x_real.shape, generator=g).to(x_real)
+        out: dict[str, float] = {}
+        with torch.no_grad():
+            fake = self.disc_view(one_step_x0(self.nets.generator, z, cond), cond)
+            real = blur_frames(x_real, e.disc_blur)
+            for k, (a, b) in enumerate(band_bins(e.disc_band)):
+                t = torch.full((x_real.shape[0],), (a + b) / 2, device=x_real.device)
+                lr = self.discriminate(flow.add_noise(real, eps, t), t, cond, False).float()
+                lf = self.discriminate(flow.add_noise(fake, eps, t), t, cond, False).float()
+                out[f"probe_acc_bin{k}"] = float((lr > lf).float().mean() + 0.5 * (lr == lf).float().mean())
+                out[f"probe_gap_bin{k}"] = float((lr - lf).mean())
+        out["probe_acc"] = sum(v for k, v in out.items() if k.startswith("probe_acc_bin")) / len(band_bins(e.disc_band))
+        return out
 
     def generator_update_state(self) -> contextlib.ExitStack:
         """Held from the generator loss's forward through its backward: the discriminator's weights frozen, and
@@ -233,6 +272,24 @@ class EquilibriumPhase(Phase):
         for _ in range(self.equilibrium.disc_updates_per_generator):
             yield Update("heads", *self.discriminator_loss(x_data, x0_gen.detach(), cond))
         yield collapse_logs(x0_gen, x_data)
+
+
+def balanced_terms(x0: Tensor, adversarial, sds, balance: float, sds_lambda: float) -> tuple[Tensor, dict, dict]:
+    """Eq. 6 with the adversarial weight set each step by gradient norms: g_adv = d L_adv / d x0 and g_sds =
+    sds_lambda x d C-SDS / d x0 are taken on detached copies of the generated videos, and the generator's loss is
+    the surrogate <x0, s g_adv + g_sds> with s = balance x |g_sds| / |g_adv|, whose gradient on the generator's
+    weights is exactly that of s L_adv + sds_lambda C-SDS (one backward through the generator, as without
+    balancing). -> (surrogate loss, {"g_adv", "c_sds"} values, logs)."""
+    xa, xs = x0.detach().requires_grad_(), x0.detach().requires_grad_()
+    g_adv_loss, c_sds = adversarial(xa), sds(xs)
+    (g_adv,) = torch.autograd.grad(g_adv_loss, xa)
+    (g_sds,) = torch.autograd.grad(sds_lambda * c_sds, xs)
+    n_adv, n_sds = g_adv.norm(), g_sds.norm()
+    scale = balance * n_sds / n_adv.clamp_min(1e-12)
+    surrogate = (x0 * (scale * g_adv + g_sds).detach()).sum()
+    logs = {"loss/g_total": float(scale * g_adv_loss + sds_lambda * c_sds), "adv/grad_norm_adv": float(n_adv),
+            "adv/grad_norm_sds": float(n_sds), "adv/scale": float(scale)}
+    return surrogate, {"g_adv": g_adv_loss.detach(), "c_sds": c_sds.detach()}, logs
 
 
 @register_method("vpae")

@@ -37,6 +37,28 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "no adversarial term": ("control", ["equilibrium.adv_weight=0"]),
 }
 DEFAULT = "UAE + V-PAE-I (default)"
+CONTROL = "no adversarial term"
+
+# The adversarial-equilibrium study (docs/RESULTS.md): the levers the GAN literature and the paper offer for a
+# discriminator that keeps up online, each against the default and the C-SDS-alone control (run with --variant;
+# not part of the default ablation list).
+STUDY: dict[str, tuple[str, list[str]]] = {
+    "study: paper band [0.9, 1]": ("study band", ["equilibrium.disc_band=[0.9, 1.0]"]),
+    "study: low band [0.02, 0.2]": ("study band", ["equilibrium.disc_band=[0.02, 0.2]"]),
+    "study: band [0.02, 0.9] power 3": ("study band", ["equilibrium.disc_band=[0.02, 0.9]",
+                                                      "equilibrium.disc_band_power=3"]),
+    "study: balance 0.3": ("study weight", ["equilibrium.adv_balance=0.3"]),
+    "study: low band + balance 0.3": ("study band + weight", ["equilibrium.disc_band=[0.02, 0.2]",
+                                                             "equilibrium.adv_balance=0.3"]),
+    "study: power 3 + balance 0.3": ("study band + weight", ["equilibrium.disc_band=[0.02, 0.9]",
+                                                            "equilibrium.disc_band_power=3",
+                                                            "equilibrium.adv_balance=0.3"]),
+    "study: TTUR head lr 3e-3 x 3 updates": ("study two time-scale", ["equilibrium.head_lr=3e-3",
+                                                                     "equilibrium.disc_updates_per_generator=3"]),
+    "study: heads 128 wide, 4 queries": ("study capacity", ["equilibrium.head_dim=128", "equilibrium.head_queries=4"]),
+    "study: 4 depths read": ("study depths", ["equilibrium.layers=[0.25, 0.5, 0.75, 1.0]"]),
+    "study: R1 weight 0.1": ("study R1", ["equilibrium.r1_weight=0.1"]),
+}
 
 # The paper's claims: (claim, variant A, variant B, kind). kind "better": A beats B; "match": A is as good as B
 # (the unified backbone against a trained copy, which costs a second set of weights). Judged on JUDGED_METRICS.
@@ -50,8 +72,8 @@ CLAIMS: list[tuple[str, str, str, str]] = [
     ("Table 3: lambda 10 over 0", DEFAULT, "lambda 0", "better"),
     ("Table 3: lambda 10 over 2.5", DEFAULT, "lambda 2.5", "better"),
     ("Table 3: lambda 10 over 100", DEFAULT, "lambda 100", "better"),
-    ("Control: the adversarial term improves on C-SDS alone", DEFAULT, "no adversarial term", "better"),
-]
+    ("Control: the adversarial term improves on C-SDS alone", DEFAULT, CONTROL, "better"),
+] + [(f"Study: {n[len('study: '):]} over C-SDS alone", n, CONTROL, "better") for n in STUDY]
 JUDGED_METRICS = ("oracle/caption_following", "oracle/persistence", "oracle/first_frame_psnr", "oracle/mode_coverage",
                   "oracle/sharpness_error")
 
@@ -87,11 +109,83 @@ def _variant_worker(config_path, base_overrides, overrides, run_dir, shared_prim
     row = ablation_columns(rep)
     if proxies:
         row.update(proxy_metrics(vids, batch, cfg.data.proxy_videos))
+    if cfg.equilibrium.steps > 0:
+        row.update(discriminator_signals(run_dir / "equilibrium"))
+        row["probe/low_noise_acc"] = low_noise_separability(r["generator"], r["teacher"], data, cfg)
     row["train_s"] = train_s
     row["peak_rss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tmp = run_dir / "row.json.tmp"
     tmp.write_text(json.dumps(row))
     tmp.replace(run_dir / "row.json")
+
+
+def discriminator_signals(phase_dir: Path) -> dict:
+    """What phase II's discriminator did, from its log: over the second half of the logged steps, the mean pair
+    accuracy (d/accuracy), the pair accuracy of the lowest-noise bin (sum of ranked pairs / sum of pairs), the
+    mean adversarial scale of gradient-norm balancing (when on); and the last held-out probe accuracy."""
+    from vpae.training.loop import read_log
+    log = [r for r in read_log(phase_dir / "log.jsonl") if "d/accuracy" in r]
+    late = log[len(log) // 2:]
+    out = {}
+    if late:
+        out["d/accuracy_late"] = float(np.mean([r["d/accuracy"] for r in late]))
+        pairs = sum(r.get("d/bin0_pairs", 0.0) for r in late)
+        if pairs:
+            out["d/bin0_accuracy_late"] = sum(r.get("d/bin0_ranked", 0.0) for r in late) / pairs
+        if "adv/scale" in late[0]:
+            out["adv/scale_late"] = float(np.mean([r["adv/scale"] for r in late]))
+    probes = [r for r in read_log(phase_dir / "log.jsonl") if "eval/probe_acc" in r]
+    if probes:
+        out["probe/acc_last"] = probes[-1]["eval/probe_acc"]
+    return out
+
+
+def low_noise_separability(generator, teacher, data, cfg, steps: int = 200, band=(0.02, 0.2), seed: int = 1234) -> float:
+    """How far the generator's 1-NFE videos are from real ones as a discriminator sees them at low noise: a fresh
+    semantic head (the demo's size) on the frozen teacher's features (the same reference for every run) is
+    trained `steps` steps at batch 8 on real vs generated videos re-noised with t ~ U(band), then scored on the
+    held-out split: pair accuracy P(D(real_i) > D(generated_i)) at the band's middle t with paired noise.
+    0.5 = the head cannot tell them apart; 1 = perfectly separable. Its own random numbers (seed)."""
+    import torch
+
+    from vpae import flow
+    from vpae.backbones.base import resolve_layers
+    from vpae.discriminator import FeatureDiscriminator, build_head
+    from vpae.losses import discriminator_loss
+    from vpae.training.methods.base import one_step_x0
+    from vpae.training.model import real_score
+    layers = (0.5, 1.0)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    head = build_head("semantic", feature_dim=teacher.feature_dim,
+                      num_layers=len(resolve_layers(layers, teacher.num_layers)), text_dim=data.sizes.text_dim,
+                      image_dim=data.sizes.image_dim, hidden_dim=64, num_queries=2, num_heads=4)
+    disc = FeatureDiscriminator(head, layers)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    lo, hi = band
+    batches = data.batch_fn(8, seed)
+    generator.eval()
+    with real_score(teacher):
+        for step in range(steps):
+            x, cond = batches(step)
+            with torch.no_grad():
+                fake = one_step_x0(generator, torch.randn(x.shape, generator=g), cond)
+            t_r, t_f = (lo + (hi - lo) * torch.rand(x.shape[0], generator=g) for _ in range(2))
+            xr = flow.add_noise(x, torch.randn(x.shape, generator=g), t_r)
+            xf = flow.add_noise(fake, torch.randn(x.shape, generator=g), t_f)
+            loss = discriminator_loss(disc(teacher, xr, t_r, cond, False), disc(teacher, xf, t_f, cond, False)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        held = data.heldout(cfg.data.heldout_size)
+        x, cond = data.encode(held)
+        with torch.no_grad():
+            fake = one_step_x0(generator, torch.randn(x.shape, generator=g), cond)
+            t = torch.full((x.shape[0],), (lo + hi) / 2)
+            eps = torch.randn(x.shape, generator=g)
+            lr = disc(teacher, flow.add_noise(x, eps, t), t, cond, False)
+            lf = disc(teacher, flow.add_noise(fake, eps, t), t, cond, False)
+    return float((lr > lf).float().mean() + 0.5 * (lr == lf).float().mean())
 
 
 def _phase1_worker(config_path, overrides, run_dir):
@@ -182,11 +276,12 @@ def run_ablation(config_path: str | Path, out_dir: str | Path, overrides: list[s
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     overrides = list(overrides or [])
+    known = {**VARIANTS, **STUDY}
     names = variants or list(VARIANTS)
     seeds = list(seeds if seeds is not None else [0])
-    unknown = [n for n in names if n not in VARIANTS]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ConfigError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+        raise ConfigError(f"unknown variants {unknown}; choose from {list(known)}")
     if not seeds or workers < 1:
         raise ConfigError("need at least one seed and workers >= 1")
     t0 = time.perf_counter()
@@ -194,7 +289,7 @@ def run_ablation(config_path: str | Path, out_dir: str | Path, overrides: list[s
     # Phase I once per seed (shared by every variant that uses it), then every (variant, seed) run.
     phase1 = [(_phase1_worker, (str(config_path), overrides + [f"train.seed={s}", "equilibrium.steps=0"],
                                 str(out / f"shared_phase1_seed_{s}")), f"phase I seed {s}") for s in seeds]
-    variants_jobs = [(_variant_worker, (str(config_path), overrides + [f"train.seed={s}"], VARIANTS[n][1],
+    variants_jobs = [(_variant_worker, (str(config_path), overrides + [f"train.seed={s}"], known[n][1],
                                         str(out / _slug(n) / f"seed_{s}"), str(out / f"shared_phase1_seed_{s}" / "priming"),
                                         proxies), f"{n!r} seed {s}")
                      for s in seeds for n in names if not (out / _slug(n) / f"seed_{s}" / "row.json").is_file()]
@@ -203,7 +298,7 @@ def run_ablation(config_path: str | Path, out_dir: str | Path, overrides: list[s
     per_seed = {n: [json.loads((out / _slug(n) / f"seed_{s}" / "row.json").read_text()) for s in seeds] for n in names}
     agg = aggregate(per_seed)
     verdicts = judge(agg)
-    rows = {n: {"table": VARIANTS[n][0], **agg[n]} for n in names}
+    rows = {n: {"table": known[n][0], **agg[n]} for n in names}
     total = time.perf_counter() - t0
     notes = [f"Equal budgets: every variant runs phase II with the same steps and batch from the same phase I "
              f"checkpoint of its seed (except 'no priming', which starts from the teacher). Seeds {seeds}; "

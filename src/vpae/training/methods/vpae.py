@@ -284,12 +284,13 @@ def balanced_terms(x0: Tensor, adversarial, sds, balance: float, sds_lambda: flo
     g_adv_loss, c_sds = adversarial(xa), sds(xs)
     (g_adv,) = torch.autograd.grad(g_adv_loss, xa)
     (g_sds,) = torch.autograd.grad(sds_lambda * c_sds, xs)
+    g_adv_loss, c_sds = g_adv_loss.detach(), c_sds.detach()
     n_adv, n_sds = g_adv.norm(), g_sds.norm()
     scale = balance * n_sds / n_adv.clamp_min(1e-12)
     surrogate = (x0 * (scale * g_adv + g_sds).detach()).sum()
-    logs = {"loss/g_total": float(scale * g_adv_loss + sds_lambda * c_sds), "adv/grad_norm_adv": float(n_adv),
+    logs = {"loss/g_total": (scale * g_adv_loss + sds_lambda * c_sds).item(), "adv/grad_norm_adv": float(n_adv),
             "adv/grad_norm_sds": float(n_sds), "adv/scale": float(scale)}
-    return surrogate, {"g_adv": g_adv_loss.detach(), "c_sds": c_sds.detach()}, logs
+    return surrogate, {"g_adv": g_adv_loss, "c_sds": c_sds}, logs
 
 
 @register_method("vpae")

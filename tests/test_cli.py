@@ -143,3 +143,17 @@ def test_resume_with_an_incompatible_config_is_refused_and_keeps_the_recorded_on
     r = _distill(run, "priming.steps=2", "priming.lora_rank=8")
     assert r.exit_code == 2 and "priming.lora_rank: 16 -> 8" in r.output
     assert (run / "config.yaml").read_text() == recorded
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_training_device_auto_is_the_cpu_here_and_cuda_without_cuda_is_one_error(tmp_path, capsys):
+    from vpae.config import load_config
+    from vpae.recipes import usable_device
+    assert usable_device("auto") == "cpu"
+    assert "note: train.device=auto and no CUDA device: training on the CPU" in capsys.readouterr().err
+    for config in ("configs/toy/demo.yaml", "configs/wan/i2v_14b_480p.yaml"):
+        assert load_config(config).train.device == "auto"
+    assert load_config("configs/wan/i2v_14b_480p_8gpu.yaml").train.device == "cuda"  # a torchrun job for GPUs
+    r = _distill(tmp_path / "a", "train.device=cuda")
+    assert r.exit_code == 2 and "error: train.device=cuda but this machine has no CUDA device" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "a" / "priming").exists()

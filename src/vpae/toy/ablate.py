@@ -140,7 +140,7 @@ def discriminator_signals(phase_dir: Path) -> dict:
     return out
 
 
-def low_noise_separability(generator, teacher, data, cfg, steps: int = 200, band=(0.02, 0.2), seed: int = 1234) -> float:
+def low_noise_separability(generator, teacher, data, cfg, steps: int = 100, band=(0.02, 0.2), seed: int = 1234) -> float:
     """How far the generator's 1-NFE videos are from real ones as a discriminator sees them at low noise: a fresh
     semantic head (the demo's size) on the frozen teacher's features (the same reference for every run) is
     trained `steps` steps at batch 8 on real vs generated videos re-noised with t ~ U(band), then scored on the

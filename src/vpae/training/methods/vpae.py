@@ -197,7 +197,7 @@ class EquilibriumPhase(Phase):
                 if e.sds_lambda > 0:
                     terms["c_sds"] = sds(x0_gen)
                 loss = e.adv_weight * terms.get("g_adv", 0.0) + e.sds_lambda * terms.get("c_sds", 0.0)
-                logs["loss/g_total"] = float(loss)
+                logs["loss/g_total"] = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
             if e.diversity_weight > 0:
                 terms["mode_seeking"] = self.mode_seeking(x0_gen, z, cond)
                 loss = loss + e.diversity_weight * terms["mode_seeking"]

@@ -147,3 +147,15 @@ def test_jsonl_truncate_keeps_records_up_to_the_step(tmp_path):
     path.write_text("".join(json.dumps({"step": s, "loss/x": s / 10}) + "\n" for s in (1, 2, 3, 4, 3, 4)))
     tracking.JsonlLogger(path, resume_step=2)
     assert read_log(path) == [{"step": 1, "loss/x": 0.1}, {"step": 2, "loss/x": 0.2}]
+
+
+def test_discriminator_curves_pool_the_bin_counts_over_windows():
+    from vpae.training.tracking import discriminator_curves
+    recs = [{"step": 10, "d/bin0_ranked": 3.0, "d/bin0_pairs": 4.0, "d/bin1_ranked": 0.0, "d/bin1_pairs": 0.0},
+            {"step": 20, "d/bin0_ranked": 1.0, "d/bin0_pairs": 4.0, "d/bin1_ranked": 0.0, "d/bin1_pairs": 0.0,
+             "eval/probe_acc_bin0": 0.75, "eval/probe_acc_bin1": 0.5},
+            {"step": 30, "d/bin0_ranked": 2.0, "d/bin0_pairs": 2.0, "d/bin1_ranked": 1.5, "d/bin1_pairs": 2.0}]
+    c = discriminator_curves(recs, window=2)
+    assert c["pair accuracy bin 0"] == [(20.0, 0.5), (30.0, 1.0)]   # (3 + 1) / (4 + 4), then 2 / 2
+    assert c["pair accuracy bin 1"] == [(30.0, 0.75)]               # the first window has no bin-1 pair
+    assert c["probe bin 0"] == [(20.0, 0.75)] and c["probe bin 1"] == [(20.0, 0.5)]

@@ -189,3 +189,23 @@ def peak_memory(device: torch.device) -> dict:
         return {}
     m = re.search(r"^VmHWM:\s+(\d+)\s+kB", status, re.M)
     return {"memory/rss_peak_gib": int(m.group(1)) / 2**20} if m else {}
+
+
+def discriminator_curves(records: list[dict], window: int = 10) -> dict[str, list[tuple[float, float]]]:
+    """The discriminator's signals of a phase's log records, per noise-level bin k (bin 0 = lowest t):
+    "pair accuracy bin k" = sum of d/bin{k}_ranked / sum of d/bin{k}_pairs over windows of `window` records
+    (a window without pairs in the bin is left out), and "probe bin k" = eval/probe_acc_bin{k} where logged."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    bins = sorted({int(k[len("d/bin"):-len("_pairs")]) for r in records for k in r
+                   if k.startswith("d/bin") and k.endswith("_pairs")})
+    for k in bins:
+        pts = []
+        for i in range(0, len(records), window):
+            part = [r for r in records[i:i + window] if f"d/bin{k}_pairs" in r]
+            pairs = sum(r[f"d/bin{k}_pairs"] for r in part)
+            if pairs:
+                pts.append((float(part[-1]["step"]), sum(r[f"d/bin{k}_ranked"] for r in part) / pairs))
+        out[f"pair accuracy bin {k}"] = pts
+        out[f"probe bin {k}"] = [(float(r["step"]), r[f"eval/probe_acc_bin{k}"]) for r in records
+                                 if f"eval/probe_acc_bin{k}" in r]
+    return out

@@ -7,6 +7,7 @@ held-out evaluation of teacher 100/4/1 NFE and V-PAE-I / V-PAE at 4/1 NFE -> rep
 from __future__ import annotations
 
 import copy
+import json
 import math
 import platform
 import time
@@ -31,6 +32,21 @@ from vpae.training.model import generator_checkpoint_view
 CURVE_KEYS = ("loss/fake", "loss/dmd", "loss/g_adv", "loss/c_sds", "loss/d", "loss/st_r1", "d/accuracy",
               "eval/caption_following", "eval/first_frame_psnr", "eval/persistence",
               "collapse/motion_ratio", "collapse/first_frame_drift", "collapse/flash_level", "collapse/contrast_ratio")
+
+
+GRIDS_FILE = "grid_videos.pt"
+"""The sample-grid videos of a demo run ({row label: (N, 3, F, H, W) in [-1, 1]}), saved for write_demo_report."""
+
+
+def read_curves(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
+    """The training curves ("<phase> <key>": [(step, value)]) of CURVE_KEYS from a run's phase logs."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for phase in ("priming", "equilibrium"):
+        for rec in read_log(Path(run_dir) / phase / "log.jsonl"):
+            for k in CURVE_KEYS:
+                if k in rec:
+                    curves.setdefault(f"{phase} {k}", []).append((rec["step"], rec[k]))
+    return curves
 
 
 def curve_eval_fn(data, n: int, seed: int):
@@ -115,7 +131,6 @@ def two_mode_examples(batch, world_cfg) -> list[int]:
 
 
 def run_demo(cfg: VPAEConfig, out_dir: str | Path, progress: bool = True, vbench: bool = True) -> dict:
-    from vpae.eval import write_report
     from vpae.models import build_teacher
     from vpae.recipes import build_data, run_distill
 
@@ -144,21 +159,19 @@ def run_demo(cfg: VPAEConfig, out_dir: str | Path, progress: bool = True, vbench
     rows, videos = evaluate_methods(models, methods, data, batch, tc.seed, vbench, progress, cfg.data.proxy_videos)
     t_eval = time.perf_counter() - t1
 
-    curves = {}
-    for phase in ("priming", "equilibrium"):
-        for rec in read_log(out / "run" / phase / "log.jsonl"):
-            for k in CURVE_KEYS:
-                if k in rec:
-                    curves.setdefault(f"{phase} {k}", []).append((rec["step"], rec[k]))
+    curves = read_curves(out / "run")
     t100 = tm[0].name
     grids = {"ground truth": list(batch.video[:4]),
              t100: list(videos[t100][:4]), "teacher 1 NFE": list(videos["teacher 1 NFE"][:4]),
              "V-PAE 1 NFE": list(videos["V-PAE 1 NFE"][:4])}
+    noise_rows = []
     for i in two_mode_examples(batch, data.world.cfg):  # four noises of a condition the caption leaves open
         one = type(batch)(batch.video[i:i + 1], batch.params[i:i + 1], batch.captions[i:i + 1])
         for name in (t100, "V-PAE 1 NFE"):
-            grids[f"{name}, 4 noises of video {i + 1} ({batch.params[i].size})"] = [
-                generate(models[name], data, one, methods[name], tc.seed + j)[0][0] for j in range(4)]
+            label = f"{name.split(' (')[0]}, video {i + 1} ({batch.params[i].size} object), 4 noises"
+            grids[label] = [generate(models[name], data, one, methods[name], tc.seed + j)[0][0] for j in range(4)]
+            noise_rows.append({"label": label, "method": name, "video": i + 1, "size": batch.params[i].size,
+                               "caption": batch.captions[i]})
     total = time.perf_counter() - t0
     machine = (f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, "
                f"torch {torch.__version__}")
@@ -187,9 +200,14 @@ def run_demo(cfg: VPAEConfig, out_dir: str | Path, progress: bool = True, vbench
     notes.append(format_contract(contract).replace("\n  ", "; "))
     results = {"contract": contract, "rows": rows,
                "timings": {"train_s": t_train, "eval_s": t_eval, "total_s": total, **timings},
-               "config": to_dict(cfg), "machine": machine}
-    write_report(out, rows, grids, curves, title="V-PAE demo on the toy world (Table 1 analogue)", notes=notes,
-                 results=results)
+               "config": to_dict(cfg), "machine": machine, "notes": notes, "teacher_row": t100,
+               "grid": {"first_rows_videos": min(4, len(batch)), "captions": list(batch.captions[:4]),
+                        "noise_rows": noise_rows}}
+    # Saved before the report is written: `write_demo_report(out)` rebuilds the report from these files alone.
+    from vpae.eval.report import _json_default
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+    torch.save({k: torch.stack([torch.as_tensor(v) for v in vs]) for k, vs in grids.items()}, out / GRIDS_FILE)
+    write_demo_report(out, results, grids, curves)
     summary = summarize(rows, t100, total, out) + "\n" + format_contract(contract)
     (out / "summary.txt").write_text(summary)
     return {"rows": rows, "summary": summary, "timings": results["timings"], "out": out}
@@ -245,3 +263,86 @@ def summarize(rows: dict, t100: str, total: float, out: Path) -> str:
             f"at 4 NFE {g('V-PAE 4 NFE', cf):.0%}. One-step diffusion is "
             f"{g('V-PAE 1 NFE', 'speedup_vs_100NFE'):.0f}x faster "
             f"than the teacher's CFG sampler ({g(t100, 'NFE'):.0f} NFE). Report: {out / 'report.html'} (and report.md).")
+
+
+CONTRACT_LABELS = {"caption_following": "caption following", "persistence": "persistence",
+                   "first_frame_psnr": "first-frame PSNR (dB)", "mode_coverage": "mode coverage"}
+KEY_COLUMNS = ("NFE", *(f"oracle/{m}" for m in CONTRACT), "latency_s", "speedup_vs_100NFE")
+"""The report's short table: the contract's oracle metrics, the cost (NFE) and the speed."""
+PLOT_COLUMNS = (*(f"oracle/{m}" for m in CONTRACT), "oracle/sharpness", "FD-EffNetLite0-frames",
+                "proxy_total_score[renormalized]", "latency_s")
+"""The report's metric panels (each a metric whose direction is known; NFE is a setting, not a metric)."""
+
+
+def contract_verdict(contract: dict, rows: dict, t100: str, student: str = "V-PAE 1 NFE") -> list[str]:
+    """The demo contract's outcome for the top of the report: a headline sentence, then one line per clause
+    (the student's value / the multi-step teacher's = ratio, PASS or FAIL, and the 1-NFE teacher's value)."""
+    if not contract:
+        return ["Demo contract: not evaluated (the oracle metrics are missing from the table)."]
+    failed = [CONTRACT_LABELS.get(m, m) for m, c in contract.items() if not c["pass"]]
+    speed = rows.get(student, {}).get("speedup_vs_100NFE")
+    fast = f", and samples {speed:.0f}x faster" if isinstance(speed, (int, float)) and math.isfinite(speed) else ""
+    teacher = f"the multi-step teacher (\u201c{t100}\u201d)"
+    if failed:
+        head = (f"Demo contract FAIL: the 1-step generator ({student}) stays below 0.90x of {teacher} on "
+                f"{', '.join(failed)}; {len(contract) - len(failed)} of {len(contract)} clauses pass{fast}.")
+    else:
+        head = (f"Demo contract PASS: the 1-step generator ({student}) reaches at least 0.90x of {teacher} on all "
+                f"{len(contract)} oracle metrics{fast}.")
+    lines = [head]
+    for m, c in contract.items():
+        se = "ratio_se" in c
+        val = (lambda v, e: f"{v:.3f} \u00b1 {e:.3f}") if se else (lambda v, e: f"{v:.3f}")
+        ratio = f"{c['ratio']:.2f}x" + (f" \u00b1 {c['ratio_se']:.2f}" if se else "")
+        lines.append(f"{CONTRACT_LABELS.get(m, m)}: {val(c['student'], c.get('student_se'))} vs "
+                     f"{val(c['teacher_multistep'], c.get('teacher_se'))} = {ratio} "
+                     f"{'PASS' if c['pass'] else 'FAIL'} (the teacher's own 1-step sample: {c['teacher_1nfe']:.3f})")
+    if any("ratio_se" in c for c in contract.values()):
+        lines.append("\u00b1: standard errors over the two-mode conditions (the ratio's by the delta method).")
+    return lines
+
+
+def grid_caption(results: dict, grid_rows: list[str]) -> str:
+    """What each row and column of the demo's sample grid shows (one line per group of rows)."""
+    g = results.get("grid", {})
+    noise = g.get("noise_rows") or []
+    labels = {x["label"] for x in noise}
+    firsts = [r for r in grid_rows if r not in labels]
+    n = g.get("first_rows_videos", 4)
+    caps = g.get("captions") or []
+    lines = [f"Rows 1-{len(firsts)} ({', '.join(firsts)}): columns 1-{n} are the first {n} held-out conditions "
+             "(condition image = frame 0, plus a caption), the same noise in every row; ground truth is the toy "
+             "world's own rendering."]
+    if caps:
+        lines.append("Captions of columns 1-" + f"{len(caps)}: " +
+                     "; ".join(f"({i + 1}) \u201c{c}\u201d" for i, c in enumerate(caps)) + ".")
+    if noise:
+        k = len(firsts)
+        lines.append(f"Rows {k + 1}-{k + len(noise)}: the multi-step teacher and V-PAE at 1 NFE on one condition per "
+                     "object size whose caption leaves two directions open; columns 1-4 are four noise draws. A good "
+                     "sampler splits them between both directions and stays sharp. " +
+                     "; ".join(f"video {x['video']}: \u201c{x['caption']}\u201d" for x in noise[::2]) + ".")
+    lines.append("NFE = network evaluations per video. The GIF loops over the frames.")
+    return "\n".join(lines)
+
+
+def write_demo_report(out_dir: str | Path, results: dict | None = None, grids: dict | None = None,
+                      curves: dict | None = None) -> dict[str, Path]:
+    """(Re)write a demo run's report (report.html / report.md, plots, sample grid) from what the run saved in
+    out_dir (results.json, grid_videos.pt, run/<phase>/log.jsonl); the arguments skip those reads."""
+    from vpae.eval import write_report
+    out = Path(out_dir)
+    if results is None:
+        results = json.loads((out / "results.json").read_text())
+    if grids is None and (out / GRIDS_FILE).is_file():
+        grids = {k: list(v) for k, v in torch.load(out / GRIDS_FILE, weights_only=True).items()}
+    if curves is None:
+        curves = read_curves(out / "run")
+    rows = results["rows"]
+    t100 = results.get("teacher_row") or next(iter(rows))
+    return write_report(out, rows, grids, curves, title="V-PAE demo on the toy world (Table 1 analogue)",
+                        notes=results.get("notes", ()), results=results,
+                        verdict=contract_verdict(results.get("contract", {}), rows, t100),
+                        key_columns=[c for c in KEY_COLUMNS if any(c in r for r in rows.values())],
+                        plot_columns=[c for c in PLOT_COLUMNS if any(c in r for r in rows.values())],
+                        grid_caption=grid_caption(results, list(grids or {})) if grids else None)

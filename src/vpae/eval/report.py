@@ -339,6 +339,8 @@ def _save_panels(fig, axes, n: int, path: Path) -> Path:
 
 
 def _plot_curves(curves, path: Path) -> Path | None:
+    """One panel per curve: [(step, value)], or {series: [(step, value)]} drawn as several lines with a legend
+    (an accuracy panel also gets the chance line at 0.5)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -351,8 +353,15 @@ def _plot_curves(curves, path: Path) -> Path | None:
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
     for ax, (name, pts) in zip(axes.flat, curves.items()):
-        s, v = zip(*pts)
-        ax.plot(s, v, marker="." if len(s) < 20 else None)
+        series = pts if isinstance(pts, Mapping) else {None: pts}
+        for label, line in series.items():
+            if line:
+                s, v = zip(*line)
+                ax.plot(s, v, marker="." if len(s) < 20 else None, label=label)
+        if isinstance(pts, Mapping):
+            if "accuracy" in name or "probe" in name:
+                ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+            ax.legend(fontsize=6)
         ax.set_title(name, fontsize=8)
         ax.set_xlabel("step", fontsize=7)
         ax.tick_params(labelsize=7)

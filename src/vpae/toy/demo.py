@@ -28,8 +28,10 @@ from vpae.toy.evaluate import (
 from vpae.training.checkpoint import latest_checkpoint, load_checkpoint
 from vpae.training.loop import read_log
 from vpae.training.model import generator_checkpoint_view
+from vpae.training.tracking import discriminator_curves
 
-CURVE_KEYS = ("loss/fake", "loss/dmd", "loss/g_adv", "loss/c_sds", "loss/d", "loss/st_r1", "d/accuracy",
+CURVE_KEYS = ("loss/fake", "loss/dmd", "loss/g_adv", "loss/c_sds", "loss/d", "loss/st_r1", "d/accuracy", "d/logit_gap",
+              "adv/scale", "eval/probe_acc",
               "eval/caption_following", "eval/first_frame_psnr", "eval/persistence",
               "collapse/motion_ratio", "collapse/first_frame_drift", "collapse/flash_level", "collapse/contrast_ratio")
 
@@ -46,6 +48,12 @@ def read_curves(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
             for k in CURVE_KEYS:
                 if k in rec:
                     curves.setdefault(f"{phase} {k}", []).append((rec["step"], rec[k]))
+    disc = discriminator_curves(read_log(Path(run_dir) / "equilibrium" / "log.jsonl"))
+    for kind, title in (("pair accuracy", "equilibrium d/ pair accuracy per t bin (0 = lowest)"),
+                        ("probe", "equilibrium held-out probe per t bin")):
+        panel = {name.replace(kind + " ", ""): pts for name, pts in disc.items() if name.startswith(kind) and pts}
+        if panel:
+            curves[title] = panel
     return curves
 
 
@@ -194,8 +202,10 @@ def run_demo(cfg: VPAEConfig, out_dir: str | Path, progress: bool = True, vbench
     acc = [a for _, a in curves.get("equilibrium d/accuracy", [])]
     if acc:
         late = acc[len(acc) // 2:]
-        notes.append(f"Discriminator accuracy on real vs generated (0.5 = chance) over phase II's second half: "
-                     f"{sum(late) / len(late):.2f}.")
+        probe = [a for _, a in curves.get("equilibrium eval/probe_acc", [])]
+        notes.append(f"Discriminator pair accuracy P(D(real) > D(generated)) (0.5 = chance) over phase II's second "
+                     f"half: {sum(late) / len(late):.2f}" + (f"; last held-out probe {probe[-1]:.2f}" if probe else "")
+                     + " (per noise bin: the discriminator curves).")
     contract = demo_contract(rows, t100)
     notes.append(format_contract(contract).replace("\n  ", "; "))
     results = {"contract": contract, "rows": rows,

@@ -279,13 +279,20 @@ def balanced_terms(x0: Tensor, adversarial, sds, balance: float, sds_lambda: flo
     sds_lambda x d C-SDS / d x0 are taken on detached copies of the generated videos, and the generator's loss is
     the surrogate <x0, s g_adv + g_sds> with s = balance x |g_sds| / |g_adv|, whose gradient on the generator's
     weights is exactly that of s L_adv + sds_lambda C-SDS (one backward through the generator, as without
-    balancing). -> (surrogate loss, {"g_adv", "c_sds"} values, logs)."""
+    balancing). Under torchrun the norms are the global batch's (all-reduced), so 2 ranks take the one process's
+    step; with gradient accumulation the scale is each micro-batch's own. -> (surrogate loss, {"g_adv", "c_sds"}
+    values, logs)."""
     xa, xs = x0.detach().requires_grad_(), x0.detach().requires_grad_()
     g_adv_loss, c_sds = adversarial(xa), sds(xs)
     (g_adv,) = torch.autograd.grad(g_adv_loss, xa)
     (g_sds,) = torch.autograd.grad(sds_lambda * c_sds, xs)
     g_adv_loss, c_sds = g_adv_loss.detach(), c_sds.detach()
-    n_adv, n_sds = g_adv.norm(), g_sds.norm()
+    norms = torch.stack([g_adv.double().square().sum(), g_sds.double().square().sum()])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # the global batch's norms (every rank's share has the same 1/n factor, so the ratio is the one process's);
+        # a cp group holds the same samples, which scales both sums alike
+        torch.distributed.all_reduce(norms)
+    n_adv, n_sds = norms.sqrt().to(g_adv.dtype).unbind()
     scale = balance * n_sds / n_adv.clamp_min(1e-12)
     surrogate = (x0 * (scale * g_adv + g_sds).detach()).sum()
     logs = {"loss/g_total": (scale * g_adv_loss + sds_lambda * c_sds).item(), "adv/grad_norm_adv": float(n_adv),

@@ -80,7 +80,7 @@ class AdversarialLoss:
         its low end at power > 1 (power 3: half the draws in the lowest eighth)."""
         lo, hi = self.band
         u = randomness.uniform(n, (0.0, 1.0), device)
-        return lo + (hi - lo) * u.pow(self.power) if self.power != 1.0 else lo + (hi - lo) * u
+        return lo + (hi - lo) * u.pow(self.power)  # u^1 is u exactly: power 1 draws what the uniform band drew
 
     def renoise(self, x0: Tensor) -> tuple[Tensor, Tensor]:
         t = self.draw_t(x0.shape[0], x0.device)

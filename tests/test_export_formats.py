@@ -115,7 +115,7 @@ def test_exported_pipeline_at_n_steps_equals_vpae_few_step_sampling(bases, tmp_p
         # vpae generate: the start noise from `seed`, the re-noising from `seed + 1`; Wan's pipelines do not
         # hand their generator to scheduler.step, so its re-noising draws from torch's global (CPU) RNG
         noise = initial_noise(LAT_SHAPE, seed)
-        ours = few_step_sample(gen.eval(), noise.clone(), cond, few_step_sigmas(n, shift), 1.0, seed).x0
+        ours = few_step_sample(gen.eval(), noise.clone(), cond, few_step_sigmas(n, shift, "linspace"), 1.0, seed).x0
         with torch.no_grad(), torch.random.fork_rng():
             torch.manual_seed(seed + 1)
             ref = pipe(num_inference_steps=n, latents=noise.clone(), **kw).frames

@@ -133,6 +133,9 @@ def generate(model: str = typer.Option(..., help="Model folder (diffusers WanTra
              guidance: Optional[float] = typer.Option(None, help="CFG scale (standard convention); 1 disables the "
                                                       "negative branch. Default: 5 for euler, 1 for few-step"),
              shift: float = typer.Option(3.0, help="Timestep shift k"),
+             schedule: str = typer.Option("trailing", help="few-step sigmas: trailing (1, 0.75, 0.5, 0.25 at 4 steps, "
+                                          "then shifted) | linspace (diffusers' default: what an exported pipeline "
+                                          "samples at N > 1)"),
              seed: int = typer.Option(0),
              frames: Optional[int] = typer.Option(None, help="Pixel frames (4n+1); default: the model's training size "
                                                              "(vpae.json), else 9"),
@@ -159,7 +162,8 @@ def generate(model: str = typer.Option(..., help="Model folder (diffusers WanTra
     try:
         r = generate_video(model=model, out=out, prompt=prompt, embeddings=embeddings, image=image, sampler=sampler,
                            steps=steps, guidance=guidance, shift=shift, seed=seed, frames=frames, height=height,
-                           width=width, fps=fps, negative_only=negative_only, world=world, device=device)
+                           width=width, fps=fps, negative_only=negative_only, world=world, device=device,
+                           schedule=schedule)
     except GenerateError as e:
         _fail(str(e))
     finally:

@@ -249,7 +249,7 @@ def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddin
                    guidance: Optional[float] = None, shift: float = 3.0, seed: int = 0, frames: Optional[int] = None,
                    height: Optional[int] = None, width: Optional[int] = None, fps: float = 8.0,
                    device: Optional[str] = None,
-                   negative_only: bool = False, world=None) -> dict:
+                   negative_only: bool = False, world=None, schedule: str = "trailing") -> dict:
     """Generate one video and write ``out/sample.mp4``, ``out/sample.gif`` (native size) and the sampled
     latents ``out/latents.safetensors``.
 
@@ -258,7 +258,8 @@ def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddin
     sequence is split), the same result as one process; rank 0 writes the files.
 
     sampler: 'euler' (the teacher baseline: `steps` Euler steps over shifted sigmas with CFG) or
-    'few-step' (x0 prediction + re-noising over few_step_sigmas(steps, shift); steps=1 is one-step).
+    'few-step' (x0 prediction + re-noising over few_step_sigmas(steps, shift, schedule); steps=1 is one-step;
+    schedule linspace is what an exported diffusers pipeline samples at N > 1 steps).
     guidance None: 5 for euler, 1 (no negative branch) for few-step. Deterministic for a seed.
 
     Returns dict(mp4, gif, video ((3, F, H, W) in [-1, 1]), nfe, diffusion_s (sampler only), total_s (conditioning
@@ -302,7 +303,7 @@ def generate_video(model: str, out: Path, prompt: Optional[str] = None, embeddin
         if sampler == "euler":
             r = teacher_sample(backbone, noise, cond, steps, guidance, shift)
         else:
-            r = few_step_sample(backbone, noise, cond, few_step_sigmas(steps, shift), guidance, seed)
+            r = few_step_sample(backbone, noise, cond, few_step_sigmas(steps, shift, schedule), guidance, seed)
     except ValueError as e:
         raise GenerateError(f"sampling failed: {e}") from e
     sync_device(dev)

@@ -105,7 +105,22 @@ def one_step_sample(backbone: Backbone, noise: Tensor, cond: Conditioning, guida
     return few_step_sample(backbone, noise, cond, [1.0], guidance)
 
 
-def few_step_sigmas(steps: int, shift: float = 1.0) -> list[float]:
-    """Default few-step sigmas for a one-step generator used zero-shot with more steps: the shifted
-    Euler schedule without its trailing 0 (steps=1 gives [1.0])."""
-    return flow.sigma_schedule(steps, shift)[:-1].tolist()
+def few_step_sigmas(steps: int, shift: float = 1.0, schedule: str = "trailing") -> list[float]:
+    """The sigmas of a few-step sampler (and of the few-step methods' training), one per step; steps=1 gives
+    [1.0] for every schedule.
+    trailing: 1, (n-1)/n, ..., 1/n, then shifted s -> k s / (1 + (k - 1) s): every step denoises (DMD2's and ADD's
+    999/749/499/249 of 1000, FastVideo's [1000, 750, 500, 250]; at shift 5 FastGen's Wan [0.999, 0.937, 0.833,
+    0.624]). linspace: diffusers' FlowMatchEulerDiscreteScheduler(shift).set_timesteps(n) without its trailing 0
+    (1, 0.667, 0.334, 0.001 at n = 4: the last step is a near-identity), what a diffusers pipeline samples."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if schedule == "linspace":
+        return flow.sigma_schedule(steps, shift)[:-1].tolist()
+    if schedule != "trailing":
+        raise ValueError(f"schedule must be trailing or linspace, got {schedule!r}")
+    return [shift * u / (1.0 + (shift - 1.0) * u) for u in (1.0 - k / steps for k in range(steps))]
+
+
+def phase_edges(phases: int, shift: float = 1.0, schedule: str = "trailing") -> list[float]:
+    """The edges of a phased consistency model's phases (PCM, DCM): the few-step sigmas and a final 0."""
+    return few_step_sigmas(phases, shift, schedule) + [0.0]

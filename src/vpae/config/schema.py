@@ -44,6 +44,12 @@ def check_layers(name: str, layers: tuple) -> None:
 HEADS = ("conv", "ca", "semantic")
 """Discriminator heads (vpae.discriminator): Table 3 rows Conv, CA, CA-dagger."""
 
+FEW_STEP_SCHEDULES = ("trailing", "linspace")
+"""Few-step sigmas (vpae.sampling.few_step_sigmas): trailing = 1, (n-1)/n, ..., 1/n, then shifted (DMD2's and ADD's
+999/749/499/249 of 1000, FastVideo's [1000, 750, 500, 250], FastGen's Wan schedule at shift 5); linspace = diffusers'
+FlowMatchEulerDiscreteScheduler(shift).set_timesteps(n) without its trailing 0 (1, 0.667, 0.334, 0.001 at n = 4: the
+last step is a near-identity; what a diffusers pipeline with num_inference_steps = n samples)."""
+
 
 # -- sections --------------------------------------------------------------------------------------
 
@@ -141,9 +147,13 @@ class SamplingConfig:
     """The teacher's multi-step baseline: euler (deterministic Euler + CFG, Wan's sampler) | stochastic (x0
     prediction + fresh noise over the same teacher_steps shifted sigmas; the toy teacher's choice by
     measurement, docs/TEACHER.md)."""
+    few_step_schedule: str = "trailing"
+    """The sigmas of every few-step sampler and of the few-step methods' training (FEW_STEP_SCHEDULES): trailing
+    (the originals' schedule) | linspace (diffusers' default, what an exported pipeline samples at N > 1)."""
 
     def __post_init__(self) -> None:
         check_choice("sampling.teacher_sampler", self.teacher_sampler, ("euler", "stochastic"))
+        check_choice("sampling.few_step_schedule", self.few_step_schedule, FEW_STEP_SCHEDULES)
 
 
 @dataclass
@@ -296,7 +306,7 @@ class EquilibriumConfig:
                               f"got {self.adv_weight}, {self.sds_lambda}")
 
 
-METHODS = ("vpae", "dmd2", "lcm", "pcm", "dcm", "add", "apt", "md")
+METHODS = ("vpae", "dmd2", "lcm", "pcm", "dcm", "add", "apt", "md", "ladd", "rcm")
 """`method`: V-PAE or one of the paper's comparison methods (Table 1), all trained by the same `vpae distill`
 (vpae.training.methods; docs/COMPARISON_METHODS.md)."""
 
@@ -315,8 +325,10 @@ class ComparisonConfig:
     disc_lr: float = 2e-6
     """Learning rate of every discriminator head (and APT's trained discriminator backbone)."""
     disc_betas: tuple = (0.5, 0.999)
-    head: str = "semantic"
-    """The discriminator heads of the methods that have one (DMD2, ADD, APT, DCM): conv | ca | semantic."""
+    head: str = "original"
+    """The discriminator heads of the methods that have one (DMD2, ADD, APT, DCM, PCM, LADD): original (each
+    method's own kind: DMD2, ADD, PCM, DCM, LADD conv heads; APT cross-attention with learnable queries, `ca`) |
+    conv | ca | semantic (V-PAE's head for every method)."""
     layers: tuple = (0.25, 0.5, 0.75, 1.0)
     """Backbone depths read by those heads (fractions of the depth or block indices)."""
     head_dim: int = 256
@@ -324,11 +336,11 @@ class ComparisonConfig:
     head_attn_heads: int = 4
     grad_clip: float = 10.0
     nfe: int = 4
-    """Steps of the multi-step schedule: DMD2 / ADD / MD train at the few-step sampler's sigmas
-    (sampling.few_step_sigmas(nfe, shift), what `4 NFE` samples with), PCM / DCM phases end at those sigmas
-    (flow.sigma_schedule(nfe, shift); diffusers' schedule: 1, 0.667, 0.334, 0.001 | 0 at shift 1)."""
+    """Steps of the multi-step schedule a method trains for: DMD2 / ADD / MD / LADD train at the few-step
+    sampler's sigmas (sampling.few_step_sigmas(nfe, shift, sampling.few_step_schedule): 1, 0.75, 0.5, 0.25 at
+    nfe 4, shift 1), PCM / DCM phases end at those sigmas and 0. 1: a one-step model (DMD2's 1-step recipes)."""
     shift: float = 1.0
-    """Timestep shift of that schedule (the few-step samplers use the same sigmas)."""
+    """Timestep shift of that schedule (the few-step samplers use the same sigmas; FastGen's Wan DMD2: 5)."""
     guidance: float = 5.0
     """CFG of the teacher wherever a method queries it (real score, ODE solver, distillation target):
     standard convention; Wan's 5.0. The toy world uses 2.0 like the demo's phase I."""
@@ -337,7 +349,7 @@ class ComparisonConfig:
         check_at_least("comparison.steps", self.steps, 0)
         check_at_least("comparison.batch_size", self.batch_size, 1)
         check_at_least("comparison.nfe", self.nfe, 1)
-        check_choice("comparison.head", self.head, HEADS)
+        check_choice("comparison.head", self.head, HEADS + ("original",))
         check_layers("comparison.layers", self.layers)
 
 
@@ -350,7 +362,11 @@ class DMD2Config:
     gan_weight_generator: float = 3e-3
     """DMD2's generator GAN weight (its SDXL / ImageNet recipes: 3e-3)."""
     gan_weight_fake: float = 1e-2
-    """DMD2's classifier (fake-score side) GAN weight (its recipes: 1e-2)."""
+    """DMD2's classifier (fake-score side) GAN weight (its recipes: 1e-2). The classifier head trains in the
+    fake score's optimizer at fake_lr, as DMD2's guidance model (fake UNet + classification branch, one optimizer)."""
+    fake_critic: str = "full"
+    """full: the fake score is a whole trainable copy of the teacher (DMD2, FastVideo and FastGen) | lora: the
+    teacher plus a LoRA (V-PAE's phase I; no second copy of a 14B model)."""
     renoise_band: tuple = (0.02, 0.98)
     backward_simulation: bool = True
     """Multi-step training inputs come from running the generator itself from noise (DMD2 sec. 4.5); False:
@@ -358,6 +374,7 @@ class DMD2Config:
 
     def __post_init__(self) -> None:
         check_at_least("dmd2.fake_updates_per_generator", self.fake_updates_per_generator, 1)
+        check_choice("dmd2.fake_critic", self.fake_critic, ("full", "lora"))
         check_band("dmd2.renoise_band", self.renoise_band)
 
 
@@ -384,10 +401,17 @@ class ConsistencyConfig:
     semantic_phases: int = 2
     """DCM: the first (high-noise) phases belong to the semantic expert, the rest to the detail expert; the
     experts switch at that phase edge (paper: semantic layout/motion early, details late; 2 of 4 chosen)."""
+    gan_real: str = "target"
+    """DCM: the GAN's real side: target = the consistency target re-noised with the prediction's noise (DCM's
+    release) | data = the real video noised to the phase edge."""
+    temporal_stride: int = 3
+    """DCM: frame distance of the temporal coherence loss (DCM's release: 3; clipped to the clip's frames - 1)."""
 
     def __post_init__(self) -> None:
         check_choice("consistency.distance", self.distance, ("huber", "l2"))
         check_at_least("consistency.skip", self.skip, 1)
+        check_choice("consistency.gan_real", self.gan_real, ("target", "data"))
+        check_at_least("consistency.temporal_stride", self.temporal_stride, 1)
 
 
 @dataclass
@@ -411,9 +435,22 @@ class APTConfig:
     """Approximated R1 perturbation std (APT: 0.01 images, 0.1 video)."""
     disc_band: tuple = (0.0, 1.0)
     """Discriminator input noise t ~ U(band) (APT samples t for the discriminator; paper's shift not given)."""
+    init: str = "cd"
+    """The generator's start: cd = consistency distillation first (APT initialises its generator from a
+    discrete-time consistency-distilled model), teacher = the teacher itself."""
+    init_fraction: float = 0.3
+    """With init cd: the share of comparison.steps spent on the consistency distillation (the generator-update
+    budget counts both stages)."""
+    disc_lr_scale: float = 1.0
+    """Discriminator (backbone and heads) lr = this x comparison.lr (APT: the same lr for both, 5e-6)."""
+    ema_decay: float = 0.995
+    """EMA of the generator, which is what APT samples with (0 = the raw generator)."""
 
     def __post_init__(self) -> None:
         check_band("apt.disc_band", self.disc_band)
+        check_choice("apt.init", self.init, ("cd", "teacher"))
+        if not 0.0 < self.init_fraction < 1.0:
+            raise ConfigError(f"apt.init_fraction is in (0, 1), got {self.init_fraction}")
 
 
 @dataclass
@@ -432,6 +469,54 @@ class MDConfig:
         check_band("md.renoise_band", self.renoise_band)
         if not 0.0 <= self.weak_weight <= 1.0:
             raise ConfigError(f"md.weak_weight is in [0, 1], got {self.weak_weight}")
+
+
+@dataclass
+class PCMConfig:
+    """PCM (Wang et al. 2024, G-U-N/Phased-Consistency-Model): phased consistency distillation."""
+    target_decay: float = 0.0
+    """EMA decay of the consistency target: 0 = the stop-gradient online network (PCM's released code) | > 0 an
+    EMA target (LCM's 0.95)."""
+    adv_weight: float = 0.1
+    """The adversarial consistency loss of every released PCM script (adv_weight 0.1; 0 = off)."""
+
+
+@dataclass
+class LADDConfig:
+    """LADD (Sauer et al. 2024a, Fast High-Resolution Image Synthesis with Latent Adversarial Diffusion
+    Distillation): the student's x0 re-noised and judged by heads on the frozen teacher's features."""
+    disc_t_mean: float = 1.0
+    """Discriminator noise levels t = sigmoid(N(mean, std)) (logit-normal, LADD's shifted toward high noise)."""
+    disc_t_std: float = 1.0
+    loss: str = "hinge"
+    distill_weight: float = 0.0
+    """ADD's distillation term on top (LADD drops it: 0)."""
+
+    def __post_init__(self) -> None:
+        check_choice("ladd.loss", self.loss, ("hinge", "non_saturating"))
+        check_at_least("ladd.disc_t_std", self.disc_t_std, 0.0)
+
+
+@dataclass
+class RCMConfig:
+    """rCM (Zheng et al. 2025, NVlabs/rcm): continuous-time consistency (sCM) regularised by DMD."""
+    dmd_weight: float = 0.01
+    """Weight of the DMD regulariser (a fake score trained on generated samples)."""
+    fake_updates_per_generator: int = 1
+    fake_lr: float = 2e-6
+    renoise_band: tuple = (0.02, 0.98)
+    t_mean: float = 0.0
+    """Consistency-training noise levels t = sigmoid(N(mean, std)) (logit-normal)."""
+    t_std: float = 1.6
+    tangent_warmup_steps: int = 100
+    """sCM's tangent warm-up: the time-derivative term is ramped from 0 to 1 over these generator updates."""
+    tangent_norm_c: float = 0.1
+    """sCM's tangent normalisation g / (||g|| + c)."""
+
+    def __post_init__(self) -> None:
+        check_at_least("rcm.fake_updates_per_generator", self.fake_updates_per_generator, 1)
+        check_band("rcm.renoise_band", self.renoise_band)
+        check_at_least("rcm.tangent_warmup_steps", self.tangent_warmup_steps, 0)
 
 
 def resolve_device(device: str) -> str:
@@ -546,13 +631,16 @@ class VPAEConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     method: str = "vpae"
-    """vpae | dmd2 | lcm | pcm | dcm | add | apt | md (docs/COMPARISON_METHODS.md)."""
+    """vpae | dmd2 | lcm | pcm | dcm | add | apt | md | ladd | rcm (docs/COMPARISON_METHODS.md)."""
     comparison: ComparisonConfig = field(default_factory=ComparisonConfig)
     dmd2: DMD2Config = field(default_factory=DMD2Config)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     add: ADDConfig = field(default_factory=ADDConfig)
     apt: APTConfig = field(default_factory=APTConfig)
     md: MDConfig = field(default_factory=MDConfig)
+    pcm: PCMConfig = field(default_factory=PCMConfig)
+    ladd: LADDConfig = field(default_factory=LADDConfig)
+    rcm: RCMConfig = field(default_factory=RCMConfig)
 
     def __post_init__(self) -> None:
         validate(self)

@@ -63,7 +63,7 @@ def time_interleaved(fns: Sequence[tuple[str, Callable[[], Any]]], device, warmu
 def bench_latency(teacher: Backbone, cond: Conditioning, latent_shape: Sequence[int], *,
                   student: Backbone | None = None, codec: Any = None, teacher_steps: int = 50,
                   guidance: float = 5.0, shift: float = 3.0, few_steps: Sequence[int] = (4, 1),
-                  student_steps: Sequence[int] = (1, 4), student_shift: float = 1.0,
+                  student_steps: Sequence[int] = (1, 4), student_shift: float = 1.0, student_schedule: str = "trailing",
                   few_step_guidance: float | None = None, warmup: int = 1, repeats: int = 3,
                   device=None, seed: int = 0) -> dict[str, Any]:
     """Time generation configurations; returns {"rows": [...], "baseline": name, "device": ..., ...}.
@@ -93,7 +93,7 @@ def bench_latency(teacher: Backbone, cond: Conditioning, latent_shape: Sequence[
         configs.append((f"teacher_{k}step", lambda z, k=k: sampling.teacher_sample(teacher, z, cond, k, fg, shift)))
     if student is not None:
         for k in student_steps:
-            sig = sampling.few_step_sigmas(k, student_shift)
+            sig = sampling.few_step_sigmas(k, student_shift, student_schedule)
             configs.append((f"student_{k}step", lambda z, s=sig: sampling.few_step_sample(student, z, cond, s, 1.0, seed)))
 
     noise = sampling.initial_noise(shape, seed, device)

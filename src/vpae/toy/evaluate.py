@@ -17,12 +17,13 @@ from vpae.toy.world import AXIS_PHRASES, ToyBatch, axis_of
 @dataclass(frozen=True)
 class SamplerSpec:
     """A way to sample a model: `euler` (teacher baseline, `steps` Euler steps over shifted sigmas with CFG) or
-    `few_step` (x0 prediction + re-noising over few_step_sigmas(steps, shift); 1 step = one-step)."""
+    `few_step` (x0 prediction + re-noising over few_step_sigmas(steps, shift, schedule); 1 step = one-step)."""
     name: str
     sampler: str
     steps: int
     guidance: float = 1.0
     shift: float = 1.0
+    schedule: str = "trailing"
 
 
 def sampler_from_spec(spec: str, cfg) -> tuple[Backbone, SamplerSpec]:
@@ -75,7 +76,8 @@ def generate(backbone: Backbone, data, batch: ToyBatch, spec: SamplerSpec, seed:
         if spec.sampler == "euler":
             r = teacher_sample(backbone, noise, cond, spec.steps, spec.guidance, spec.shift)
         else:
-            r = few_step_sample(backbone, noise, cond, few_step_sigmas(spec.steps, spec.shift), spec.guidance, seed)
+            r = few_step_sample(backbone, noise, cond, few_step_sigmas(spec.steps, spec.shift, spec.schedule), spec.guidance,
+                                seed)
         outs.append(data.codec.decode(r.x0).clamp(-1, 1).float().cpu())
         nfe = r.nfe
     backbone.train(was_training)

@@ -211,7 +211,7 @@ def demo(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Demo c
 def ablate(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Base config (the demo's)"),
            out: Path = typer.Option(None, help="Output folder (default outputs/ablate, or outputs/table<N>)"),
            table: Optional[int] = typer.Option(None, help="Run the paper's Table 1 (V-PAE against DMD2, MD, LCM, PCM, "
-                                               "DCM, ADD, APT at 1 and 4 NFE) or Table 2 (none / LCM / V-PAE-I as the "
+                                               "DCM, ADD at 4 NFE and DMD2, MD, LCM, ADD, APT at 1 NFE; LADD and rCM shown) or Table 2 (none / LCM / V-PAE-I as the "
                                                "first phase) instead of the ablations"),
            variant: List[str] = typer.Option([], help="Run only these variants / table rows (repeatable); default all"),
            seeds: Optional[str] = typer.Option(None, help="Comma-separated training seeds, e.g. 0,1,2 (mean and spread); "
@@ -219,6 +219,9 @@ def ablate(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Base
            workers: int = typer.Option(1, help="Variant runs at a time (each in its own process)"),
            proxies: Optional[bool] = typer.Option(None, help="Also the offline VBench-I2V proxies and FD (slow on a CPU); "
                                                   "default on, off for --table"),
+           tune: Optional[bool] = typer.Option(None, help="--table: equal tuning first (3 trials per trained row on "
+                                               "the validation split, then the seeds with the chosen one); default on "
+                                               "for Table 1, off for Table 2"),
            set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
     """The paper's ablations (Table 1 phases, Table 2 priming, Table 3 heads/backbone/lambda) with equal
     budgets over several seeds, or with --table 1/2 the comparison with the other methods; resumable (rerun
@@ -232,7 +235,7 @@ def ablate(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Base
     if table is not None:
         out = out or Path(f"outputs/table{table}")
         r = run_table(table, config, out, set_, seeds=seed_list, workers=workers, proxies=bool(proxies),
-                      rows=variant or None)
+                      rows=variant or None, tune=tune)
         typer.echo(f"table {table} finished in {r['total_s']:.0f}s: {out / 'report.html'}")
         return
     out = out or Path("outputs/ablate")

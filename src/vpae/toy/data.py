@@ -147,6 +147,10 @@ class ToyData:
     def heldout(self, n: int) -> ToyBatch:
         return self.world.heldout(n, seed=self.seed)
 
+    def validation(self, n: int, seed: int = 0) -> ToyBatch:
+        """The validation split settings are chosen on (the same for every training seed)."""
+        return self.world.validation(n, seed=seed)
+
     def pretrain_probe(self, ema, n: int):
         """step -> the teacher's direction-word probe on n held-out videos, {"direction_ratio@<sigma>": loss
         ratio} (does the EMA teacher read the caption's direction yet? vpae.toy.evaluate.direction_sensitivity)."""

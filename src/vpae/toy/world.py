@@ -58,6 +58,7 @@ SHAPE_EXTENT = 1.3
 TRAIN_BATCH_TAG = 0
 HELDOUT_TAG = 1
 TRAIN_STREAM_TAG = 2
+VALIDATION_TAG = 3
 
 
 @dataclass(frozen=True)
@@ -570,3 +571,8 @@ class ToyWorld:
     def heldout(self, n: int, seed: int = 0) -> ToyBatch:
         """A fixed held-out set of n videos, from a seed space (tag 1) no training method ever uses."""
         return self._keys_batch([(HELDOUT_TAG, seed, i) for i in range(n)])
+
+    def validation(self, n: int, seed: int = 0) -> ToyBatch:
+        """A validation set of n videos for choosing settings (vpae ablate's tuning), from its own seed space
+        (tag 3): disjoint in its random draws from training and from the held-out test split."""
+        return self._keys_batch([(VALIDATION_TAG, seed, i) for i in range(n)])

@@ -113,6 +113,10 @@ class Method:
     """few_step: x0 prediction + fresh noise (DMD2's, LCM's, ADD's multi-step samplers); euler: deterministic
     steps over the phase edges (PCM, DCM)."""
     needs_heads: bool = False
+    original_head: str = "conv"
+    """The discriminator head kind of the original method (comparison.head: original): DMD2's classification
+    branch, ADD's, LADD's, PCM's and DCM's discriminator heads are convolutional; APT's cross-attention with
+    learnable tokens (ca)."""
     distributed: bool = False
     """Whether the method runs under torchrun (else it is refused there): every network its phases read exists
     before sharding (add_roles with before_sharding=True; a sharded module cannot be deep-copied) and is sharded
@@ -125,7 +129,7 @@ class Method:
     def head_settings(self) -> dict:
         """The discriminator heads' settings (kind, layers, sizes) when needs_heads."""
         c = self.cfg.comparison
-        return {"kind": c.head, "layers": c.layers, "hidden_dim": c.head_dim, "num_queries": c.head_queries,
+        return {"kind": self.original_head if c.head == "original" else c.head, "layers": c.layers, "hidden_dim": c.head_dim, "num_queries": c.head_queries,
                 "num_heads": c.head_attn_heads}
 
     def add_roles(self, nets: Networks, before_sharding: bool) -> None:

@@ -73,7 +73,7 @@ class MDPhase(Phase):
         super().__init__(nets, cfg)
         self.comparison, self.settings = cfg.comparison, cfg.md
         self.steps, self.batch_size = self.comparison.steps, self.comparison.batch_size
-        self.sigmas = few_step_sigmas(self.comparison.nfe, self.comparison.shift)
+        self.sigmas = few_step_sigmas(self.comparison.nfe, self.comparison.shift, cfg.sampling.few_step_schedule)
         self.scores = WeakToStrongScores(nets, self.settings.weak_weight)
         self.dmd = DistributionMatchingLoss(self.settings.renoise_band, self.comparison.guidance)
         self.fake_score_matching = FakeScoreLoss(self.settings.renoise_band)

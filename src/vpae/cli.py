@@ -211,7 +211,8 @@ def demo(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Demo c
 def ablate(config: Path = typer.Option(Path("configs/toy/demo.yaml"), help="Base config (the demo's)"),
            out: Path = typer.Option(None, help="Output folder (default outputs/ablate, or outputs/table<N>)"),
            table: Optional[int] = typer.Option(None, help="Run the paper's Table 1 (V-PAE against DMD2, MD, LCM, PCM, "
-                                               "DCM, ADD at 4 NFE and DMD2, MD, LCM, ADD, APT at 1 NFE; LADD and rCM shown) or Table 2 (none / LCM / V-PAE-I as the "
+                                               "DCM, ADD at 4 NFE and DMD2, MD, LCM, ADD, APT at 1 NFE; LADD and rCM "
+                                               "shown) or Table 2 (none / LCM / V-PAE-I as the "
                                                "first phase) instead of the ablations"),
            variant: List[str] = typer.Option([], help="Run only these variants / table rows (repeatable); default all"),
            seeds: Optional[str] = typer.Option(None, help="Comma-separated training seeds, e.g. 0,1,2 (mean and spread); "

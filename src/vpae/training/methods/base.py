@@ -129,7 +129,8 @@ class Method:
     def head_settings(self) -> dict:
         """The discriminator heads' settings (kind, layers, sizes) when needs_heads."""
         c = self.cfg.comparison
-        return {"kind": self.original_head if c.head == "original" else c.head, "layers": c.layers, "hidden_dim": c.head_dim, "num_queries": c.head_queries,
+        return {"kind": self.original_head if c.head == "original" else c.head, "layers": c.layers,
+                "hidden_dim": c.head_dim, "num_queries": c.head_queries,
                 "num_heads": c.head_attn_heads}
 
     def add_roles(self, nets: Networks, before_sharding: bool) -> None:

@@ -93,13 +93,13 @@ def _changed(before: dict, after: dict) -> set[str]:
 
 
 TRAINS = {"dmd2": {"generator", "fake_lora", "heads"}, "md": {"generator", "fake_lora"},
-          "lcm": {"generator", "ema"}, "pcm": {"generator", "ema"}, "add": {"generator", "heads"},
+          "lcm": {"generator", "ema"}, "pcm": {"generator", "heads"}, "add": {"generator", "heads"},
           "apt": {"generator", "heads", "disc_backbone"}}
 
 # the optimizers each method's phase asks the loop for (DMD2's "fake" holds the fake LoRA and the heads, APT's
 # "discriminator" the heads and the trained backbone)
-OPTIMIZERS = {"dmd2": {"generator", "fake"}, "md": {"generator", "fake"}, "lcm": {"generator"}, "pcm": {"generator"},
-              "dcm": {"generator", "detail_expert", "heads"}, "add": {"generator", "heads"},
+OPTIMIZERS = {"dmd2": {"generator", "fake"}, "md": {"generator", "fake"}, "lcm": {"generator"},
+              "pcm": {"generator", "heads"}, "dcm": {"generator", "detail_expert", "heads"}, "add": {"generator", "heads"},
               "apt": {"generator", "discriminator"}}
 
 

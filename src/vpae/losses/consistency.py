@@ -14,6 +14,14 @@ which satisfies the boundary condition f(x_s, s -> s) = x_s for any v (LCM's c_s
 eps-prediction models); at s = 0 it is the x0 prediction x_t - t v. The teacher's solver Psi is one Euler
 (= DDIM) step with classifier-free guidance. The noise levels are drawn here (EDM2 style), through
 vpae.randomness.
+
+PCM's adversarial consistency loss (G-U-N/Phased-Consistency-Model
+code/text_to_image_sd3/train_pcm_lora_sd3_adv.py:1383-1500, discriminator_sd3.py d_loss / g_loss), also DCM's
+detail-expert GAN (Vchitect/DCM fastvideo/distill_dcm_wan_detail_expert.py:466-561, 647-713): the prediction
+and the consistency target, both at the phase's lower edge s_e, travel up to a sigma drawn inside the phase,
+    x_adv = ((1 - sigma) x_{s_e} + (sigma - s_e) eps) / (1 - s_e),
+and a discriminator on the frozen teacher's features at sigma tells them apart: hinge for the heads,
+relu(1 - D(fake)) for the generator. PCM draws separate noise for the two sides, DCM shares it.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import torch
 
 from vpae import flow, randomness
+from vpae.losses.adversarial import discriminator_accuracy, discriminator_loss
 from vpae.sampling import guided_velocity
 
 Tensor = torch.Tensor
@@ -49,9 +58,10 @@ class PhasedConsistencyLoss:
     """L = d(f_theta(x_t, t -> s_e), f_theta^-(Psi(x_t, t, t'), t' -> s_e)) with t' = max(t - k, s_e), s_e the
     lower edge of t's phase. Returns per-sample terms; never calls backward.
 
-    edges: 1 = s_0 > ... > s_M = 0, the few-step sampler's sigmas (flow.sigma_schedule(M, shift)); [1, 0] is
-    LCM. num_timesteps N (N % M == 0): solver grid; skip k; guidance w of the teacher's CFG-augmented solver;
-    distance 'huber' | 'l2'."""
+    edges: 1 = s_0 > ... > s_M = 0, the few-step sampler's sigmas and 0 (sampling.phase_edges(M, shift,
+    schedule)); [1, 0] is LCM. num_timesteps N (N % M == 0): the solver grid, built per phase from the edges
+    so every edge is a grid point; skip k; guidance w of the teacher's CFG-augmented solver; distance 'huber' |
+    'l2'."""
 
     def __init__(self, edges, num_timesteps: int, skip: int = 1, guidance: float = 1.0,
                  distance: str = "huber", huber_c: float = 1e-3):
@@ -82,10 +92,17 @@ class PhasedConsistencyLoss:
         j_prev = torch.maximum(j - self.k, e)
         return j, j_prev, e
 
+    def adversarial_sigma(self, e: Tensor, device) -> Tensor:
+        """A grid sigma drawn uniformly from [s_e, s_upper) of each sample's phase (e: its lower edge's grid
+        index): PCM's adv_index in [end_index, end_index + N / M) (train_pcm_lora_sd3_adv.py:1383-1398)."""
+        u = randomness.rand(len(e), device).cpu()
+        i = e + torch.floor(u * self.per_phase).long().clamp(max=self.per_phase - 1)
+        return self.grid[i].to(device=device, dtype=torch.float32)
+
     def __call__(self, student, target, teacher, x0: Tensor, cond,
                  phases: tuple[int, int] | None = None) -> dict[str, Tensor]:
         """student / target / teacher: backbones (velocity(x, sigma, cond)). The caller puts the teacher in
-        its real-score state. Returns {"loss": (B,), "pred", "target", "t", "edge", "x_t"}."""
+        its real-score state. Returns {"loss": (B,), "pred", "target", "t", "edge", "x_t", "edge_index"}."""
         b, dev = x0.shape[0], x0.device
         j, j_prev, e = self.sample_indices(b, dev, phases)
         t, t_prev, edge = (self.grid[i].to(device=dev, dtype=torch.float32) for i in (j, j_prev, e))
@@ -100,4 +117,42 @@ class PhasedConsistencyLoss:
             loss = pseudo_huber(pred, tgt, self.c)
         else:
             loss = (pred - tgt).pow(2).flatten(1).mean(1)
-        return {"loss": loss, "pred": pred, "target": tgt, "t": t, "edge": edge, "x_t": x_t}
+        return {"loss": loss, "pred": pred, "target": tgt, "t": t, "edge": edge, "x_t": x_t, "edge_index": e}
+
+
+def renoise(x_edge: Tensor, eps: Tensor, edge: Tensor, sigma: Tensor) -> Tensor:
+    """((1 - sigma) x + (sigma - s_e) eps) / (1 - s_e): a point at the phase edge s_e carried up to sigma
+    (train_pcm_lora_sd3_adv.py:1446-1453; distill_dcm_wan_detail_expert.py:706-713). s_e < 1 (a lower edge)."""
+    s, e = flow.expand_sigma(sigma, x_edge), flow.expand_sigma(edge, x_edge)
+    return ((1 - s) * x_edge + (s - e) * eps) / (1 - e)
+
+
+class AdversarialConsistencyLoss:
+    """PCM's adversarial consistency loss on a PhasedConsistencyLoss output. disc(backbone, x, sigma, cond,
+    backbone_grad) -> logits (B,) (a FeatureDiscriminator); shared_noise: the real side reuses the fake's noise
+    (DCM) or draws its own (PCM). Per-sample terms; never calls backward."""
+
+    def __init__(self, disc, shared_noise: bool):
+        self.disc, self.shared_noise = disc, shared_noise
+
+    def samples(self, loss: PhasedConsistencyLoss, out: dict, x_data: Tensor | None = None) -> dict[str, Tensor]:
+        """{"fake": the prediction carried to sigma (with graph), "target": the consistency target carried to
+        sigma, "real": that target, or x_data noised to sigma when given (DCM's gan_real: data), "sigma"}."""
+        pred = out["pred"]
+        sigma = loss.adversarial_sigma(out["edge_index"], pred.device)
+        eps = randomness.randn_like(pred)
+        fake = renoise(pred, eps, out["edge"], sigma)
+        target = renoise(out["target"].detach(), eps if self.shared_noise else randomness.randn_like(pred),
+                         out["edge"], sigma)
+        real = target if x_data is None else flow.add_noise(x_data, randomness.randn_like(x_data), sigma)
+        return {"fake": fake, "target": target, "real": real, "sigma": sigma}
+
+    def generator(self, teacher, fake: Tensor, sigma: Tensor, cond) -> Tensor:
+        """relu(1 - D(fake)) (discriminator_sd3.py g_loss; distill_dcm_wan_detail_expert.py:554-558)."""
+        return torch.relu(1 - self.disc(teacher, fake, sigma, cond, True))
+
+    def discriminator(self, teacher, fake: Tensor, real: Tensor, sigma: Tensor, cond) -> tuple[Tensor, Tensor]:
+        """(hinge relu(1 + D(fake)) + relu(1 - D(real)) per sample, pair accuracy); only the heads get a graph."""
+        logits_real = self.disc(teacher, real.detach(), sigma, cond, False)
+        logits_fake = self.disc(teacher, fake.detach(), sigma, cond, False)
+        return discriminator_loss(logits_real, logits_fake), discriminator_accuracy(logits_real, logits_fake)

@@ -1,10 +1,15 @@
 """DCM (Lv et al. 2025, DCM: Dual-Expert Consistency Model for Efficient and High-Quality Video Generation):
 phased consistency distillation (PCM's phases) split between two experts at the edge after
-`consistency.semantic_phases` phases. The semantic expert (the generator; phases above the boundary) adds the
-temporal coherence loss, the detail expert (phases below) adds a GAN loss and feature matching on the frozen
-teacher's features with the project's heads. Each expert has its EMA target (nets.ema, others["detail_ema"]).
-The experts alternate, one update each per two steps (DCM trains them in two stages; interleaving them lets a
-run of any length train both; the generator-update budget counts both).
+`consistency.semantic_phases` phases (edges: sampling.phase_edges). The semantic expert (the generator; phases
+above the boundary) adds the temporal coherence loss over `consistency.temporal_stride` frames
+(Vchitect/DCM fastvideo/distill_dcm_wan_semantic_expert.py:355-361), the detail expert (phases below) adds a GAN
+loss and feature matching on the frozen teacher's features with the project's heads, both at a sigma drawn
+inside the phase: the prediction and the consistency target carried there with the same noise
+(distill_dcm_wan_detail_expert.py:647-713; losses/consistency.AdversarialConsistencyLoss). The GAN's real side
+is that target (`consistency.gan_real: target`, the release) or the data noised to that sigma (`data`). Each
+expert has its EMA target (nets.ema, others["detail_ema"]). The experts alternate, one update each per two
+steps (DCM trains them in two stages; interleaving them lets a run of any length train both; the
+generator-update budget counts both).
 """
 
 from __future__ import annotations
@@ -14,18 +19,12 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from vpae import flow, randomness
 from vpae.conditioning import Conditioning
 from vpae.discriminator import FeatureDiscriminator
-from vpae.losses import (
-    PhasedConsistencyLoss,
-    discriminator_accuracy,
-    discriminator_loss,
-    feature_matching_loss,
-    generator_adversarial_loss,
-    temporal_coherence_loss,
-)
+from vpae.losses import PhasedConsistencyLoss, feature_matching_loss, temporal_coherence_loss
+from vpae.losses.consistency import AdversarialConsistencyLoss
 from vpae.registry import register_method
+from vpae.sampling import phase_edges
 from vpae.training.methods.base import AfterUpdate, Method, OptimizerSpec, Phase, Update, adam_on, requires_grad
 from vpae.training.model import Networks, generator_checkpoint_view, real_score, update_ema
 
@@ -61,12 +60,13 @@ class DCMPhase(Phase):
         super().__init__(nets, cfg)
         self.comparison, self.consistency = cfg.comparison, cfg.consistency
         self.steps, self.batch_size = self.comparison.steps, self.comparison.batch_size
-        edges = flow.sigma_schedule(self.comparison.nfe, self.comparison.shift).tolist()
+        edges = phase_edges(self.comparison.nfe, self.comparison.shift, cfg.sampling.few_step_schedule)
         k = self.consistency
         self.loss = PhasedConsistencyLoss(edges, k.num_timesteps, k.skip, self.comparison.guidance, k.distance, k.huber_c)
         self.split = self.consistency.semantic_phases  # phases 0..split-1 semantic, split..M-1 detail
         self.boundary = edges[self.split]
         self.disc = FeatureDiscriminator(nets.heads, self.comparison.layers)
+        self.adv = AdversarialConsistencyLoss(self.disc, shared_noise=True)  # DCM: one adv_noise for both sides
 
     def experts(self) -> list[tuple[str, nn.Module, nn.Module, tuple[int, int]]]:
         """(optimizer, student, EMA target, phases) of the semantic and the detail expert."""
@@ -85,8 +85,9 @@ class DCMPhase(Phase):
                 "detail_expert": n.others["detail_expert"], "detail_target": n.others["detail_ema"], "heads": n.heads}
 
     def expert_loss(self, which: int, x_data: Tensor, cond: Conditioning) -> tuple[Tensor, dict, dict]:
-        """The consistency loss of expert `which` (+ temporal coherence for the semantic one, + GAN and feature
-        matching on the frozen teacher's features at the phase edge for the detail one)."""
+        """The consistency loss of expert `which` (+ temporal coherence for the semantic one; + relu(1 - D) and
+        feature matching against the carried target on the frozen teacher's features for the detail one, whose
+        returned dict also holds the adversarial samples under "adv")."""
         _, student, target, phases = self.experts()[which]
         teacher = self.nets.teacher
         with real_score(teacher):
@@ -94,29 +95,31 @@ class DCMPhase(Phase):
             loss = out["loss"].mean()
             logs = {"loss/consistency": loss.item()}
             if which == 0:
-                tc = temporal_coherence_loss(out["pred"], out["target"]).mean()
+                tc = temporal_coherence_loss(out["pred"], out["target"], self.consistency.temporal_stride).mean()
                 loss = loss + self.consistency.temporal_weight * tc
                 logs["loss/temporal"] = tc.item()
             else:
-                edge, layers = out["edge"], self.comparison.layers
+                real_data = x_data if self.consistency.gan_real == "data" else None
+                pair = out["adv"] = self.adv.samples(self.loss, out, real_data)
+                sigma, layers = pair["sigma"], self.comparison.layers
                 with requires_grad(self.nets.head_params(), False):
-                    adv = generator_adversarial_loss(self.disc(teacher, out["pred"], edge, cond, True)).mean()
-                    target_feats = [f.detach() for f in teacher.features(out["target"], edge, cond, layers)]
-                    fm = feature_matching_loss(teacher.features(out["pred"], edge, cond, layers), target_feats).mean()
+                    adv = self.adv.generator(teacher, pair["fake"], sigma, cond).mean()
+                    with torch.no_grad():
+                        target_feats = teacher.features(pair["target"], sigma, cond, layers)
+                    fm = feature_matching_loss(teacher.features(pair["fake"], sigma, cond, layers), target_feats).mean()
                 loss = loss + self.consistency.adv_weight * adv + self.consistency.feature_matching_weight * fm
                 logs.update({"loss/g_adv": adv.item(), "loss/feature_matching": fm.item()})
         logs["loss/g_total"] = loss.item()
         return loss, logs, out
 
-    def discriminator_loss(self, x_data: Tensor, out: dict, cond: Conditioning) -> tuple[Tensor, dict]:
-        """Hinge on the teacher's features: real = data noised to the phase edge, fake = the detail prediction."""
-        teacher = self.nets.teacher
+    def discriminator_loss(self, out: dict, cond: Conditioning) -> tuple[Tensor, dict]:
+        """Hinge on the teacher's features at the drawn sigma: real = the carried target (or noised data), fake =
+        the carried detail prediction."""
+        teacher, pair = self.nets.teacher, out["adv"]
         with real_score(teacher):
-            x_real = flow.add_noise(x_data, randomness.randn_like(x_data), out["edge"])
-            logits_real = self.disc(teacher, x_real, out["edge"], cond, False)
-            logits_fake = self.disc(teacher, out["pred"].detach(), out["edge"], cond, False)
-            d = discriminator_loss(logits_real, logits_fake).mean()
-        return d, {"loss/d": d.item(), "d/accuracy": discriminator_accuracy(logits_real, logits_fake).item()}
+            d, acc = self.adv.discriminator(teacher, pair["fake"], pair["real"], pair["sigma"], cond)
+            d = d.mean()
+        return d, {"loss/d": d.item(), "d/accuracy": acc.item()}
 
     def step(self, step: int, x_data: Tensor, cond: Conditioning) -> Iterator[Update]:
         which = step % 2
@@ -126,12 +129,13 @@ class DCMPhase(Phase):
             yield Update(name, loss, logs)
         yield AfterUpdate(lambda: update_ema(target, student, self.consistency.ema_decay))
         if which == 1:  # the heads learn on the detail expert's steps
-            yield Update("heads", *self.discriminator_loss(x_data, out, cond))
+            yield Update("heads", *self.discriminator_loss(out, cond))
 
 
 @register_method("dcm")
 class DCM(Method):
     name, sampler, needs_heads, distributed = "dcm", "euler", True, True
+    original_head = "conv"  # DCM's discriminator_wan.py DiscriminatorHead: 1x1 convs + GroupNorm
     paper = "Lv et al. 2025, DCM: Dual-Expert Consistency Model for Efficient and High-Quality Video Generation"
 
     def add_roles(self, nets: Networks, before_sharding: bool) -> None:

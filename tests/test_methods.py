@@ -42,6 +42,8 @@ def _cfg(method: str, **kw) -> VPAEConfig:
     cfg.dmd2 = DMD2Config(fake_updates_per_generator=1, fake_lr=1e-3)
     cfg.md = MDConfig(fake_updates_per_generator=1, fake_lr=1e-3)
     cfg.consistency = ConsistencyConfig(num_timesteps=8, skip=2, semantic_phases=1)
+    if method == "apt":  # the adversarial phase alone (its consistency start is LCM's phase, tested as LCM)
+        cfg.apt = dataclasses.replace(cfg.apt, init="teacher")
     for k, v in kw.items():
         sec, key = k.split("__")
         setattr(cfg, sec, dataclasses.replace(getattr(cfg, sec), **{key: v}))
@@ -94,7 +96,7 @@ def _changed(before: dict, after: dict) -> set[str]:
 
 TRAINS = {"dmd2": {"generator", "fake_lora", "heads"}, "md": {"generator", "fake_lora"},
           "lcm": {"generator", "ema"}, "pcm": {"generator", "heads"}, "add": {"generator", "heads"},
-          "apt": {"generator", "heads", "disc_backbone"}}
+          "apt": {"generator", "heads", "disc_backbone", "ema"}}
 
 # the optimizers each method's phase asks the loop for (DMD2's "fake" holds the fake LoRA and the heads, APT's
 # "discriminator" the heads and the trained backbone)

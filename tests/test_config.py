@@ -76,7 +76,8 @@ def test_validation_errors():
     with pytest.raises(ConfigError, match=r"comparison\.layers"):
         load_config(overrides=["comparison.layers=[0.5, 2.0]"])
     with pytest.raises(ConfigError, match=r"consistency\.num_timesteps \(48\) must be a multiple of comparison\.nfe \(5\)"):
-        load_config(overrides=["comparison.nfe=5"])
+        load_config(overrides=["comparison.nfe=5", "method=pcm"])
+    assert load_config(overrides=["comparison.nfe=1", "method=dmd2"]).comparison.nfe == 1  # a one-step DMD2 model
     with pytest.raises(ConfigError, match="method = 'gan'"):
         load_config(overrides=["method=gan"])
 

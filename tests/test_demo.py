@@ -179,12 +179,15 @@ def test_ablation_pool_gives_each_worker_its_share_of_the_threads(tmp_path, monk
 
 
 def test_table_rows_give_the_comparison_methods_v_paes_budget_and_heads():
-    """`vpae ablate --table`: every comparison method trains with V-PAE's budget and discriminator heads (from the
-    equilibrium section, even when a --set changes them there), explicit comparison.* values still win."""
+    """`vpae ablate --table`: every comparison method trains with V-PAE's budget and its heads' sizes (from the
+    equilibrium section, even when a --set changes them there) with its own original head kind, and the update
+    ratios of the originals (DMD2, MD: 5 fake-score updates); explicit comparison.* values still win."""
     from vpae.toy.ablate import equal_budget_overrides
     base = load_config("configs/toy/demo.yaml", ["equilibrium.head_dim=32", "equilibrium.layers=[0.25, 1.0]"])
     ov = equal_budget_overrides(base)
     c = load_config("configs/toy/demo.yaml", ov + ["method=dmd2"]).comparison
     assert (c.steps, c.batch_size, c.lr, c.disc_lr) == (500 + 1600, 8, 2e-5, 1e-3)
-    assert (c.head, c.layers, c.head_dim, c.head_queries, c.head_attn_heads) == ("semantic", (0.25, 1.0), 32, 2, 4)
+    assert (c.head, c.layers, c.head_dim, c.head_queries, c.head_attn_heads) == ("original", (0.25, 1.0), 32, 2, 4)
+    full = load_config("configs/toy/demo.yaml", ov)
+    assert full.dmd2.fake_updates_per_generator == full.md.fake_updates_per_generator == 5
     assert load_config("configs/toy/demo.yaml", ov + ["comparison.head_dim=16"]).comparison.head_dim == 16

@@ -393,11 +393,13 @@ class ConsistencyConfig:
     """huber (LCM's released code, c = 0.001) | l2 (LCM eq. 9)."""
     huber_c: float = 1e-3
     temporal_weight: float = 1.0
-    """DCM: temporal coherence loss weight on the semantic expert (paper silent on the value; 1.0)."""
-    adv_weight: float = 0.1
-    """DCM: GAN weight on the detail expert (paper silent at our scale; 0.1). PCM/LCM: unused."""
+    """DCM: temporal coherence loss weight on the semantic expert (DCM's release: 1,
+    fastvideo/distill_dcm_wan_semantic_expert.py)."""
+    adv_weight: float = 0.5
+    """DCM: weight of the detail expert's GAN term relu(1 - D) (DCM's release: adv_weight 0.1 x 5 = 0.5,
+    distill_dcm_wan_detail_expert.py). PCM's own is pcm.adv_weight."""
     feature_matching_weight: float = 1.0
-    """DCM: feature-matching weight on the detail expert (paper silent; 1.0)."""
+    """DCM: feature-matching weight on the detail expert (DCM's release: 0.1 x 10 = 1.0)."""
     semantic_phases: int = 2
     """DCM: the first (high-noise) phases belong to the semantic expert, the rest to the detail expert; the
     experts switch at that phase edge (paper: semantic layout/motion early, details late; 2 of 4 chosen)."""
@@ -420,7 +422,8 @@ class ADDConfig:
     distill_weight: float = 2.5
     """lambda of ADD eq. 5 (ADD: 2.5)."""
     r1_weight: float = 1e-5
-    """R1 on real data (ADD: 1e-5), here the approximated finite-difference form (no double backward)."""
+    """Weight of the exact R1 |grad_x D|^2 on real data (ADD: 1e-5), estimated without a double backward by the
+    approximated R1 divided by r1_sigma^2 (losses/approx_r1.py, normalized)."""
     r1_sigma: float = 0.01
     disc_sigma: float = 0.0
     """Noise level the frozen teacher features are read at (ADD's DINOv2 reads clean images: 0)."""
@@ -478,7 +481,9 @@ class PCMConfig:
     """EMA decay of the consistency target: 0 = the stop-gradient online network (PCM's released code) | > 0 an
     EMA target (LCM's 0.95)."""
     adv_weight: float = 0.1
-    """The adversarial consistency loss of every released PCM script (adv_weight 0.1; 0 = off)."""
+    """The adversarial consistency loss of every released PCM script (adv_weight 0.1; 0 = off): heads on the frozen
+    teacher's features (comparison.disc_lr) read the prediction and the consistency target re-noised into the
+    phase."""
 
 
 @dataclass
@@ -672,9 +677,11 @@ def validate(cfg: VPAEConfig) -> None:
         raise ConfigError(f"{bad[0]} is {bad[1]}; every number in a config must be finite")
     check_choice("method", cfg.method, METHODS)
     c, nfe = cfg.consistency, cfg.comparison.nfe
+    if cfg.method not in ("pcm", "dcm"):  # the phase checks concern the phased consistency models only
+        return
     if c.num_timesteps % nfe:
         raise ConfigError(f"consistency.num_timesteps ({c.num_timesteps}) must be a multiple of comparison.nfe "
                           f"({nfe}) so every phase edge lies on the ODE grid")
-    if not 0 < c.semantic_phases < nfe:
+    if cfg.method == "dcm" and not 0 < c.semantic_phases < nfe:
         raise ConfigError(f"consistency.semantic_phases must be in 1..comparison.nfe - 1 = {nfe - 1}, "
                           f"got {c.semantic_phases}")

@@ -413,7 +413,7 @@ def _evaluate_nfes(model, sampler: str, data, cfg, seed: int, proxies: bool, bat
     row = {}
     for nfe in TABLE_NFES:
         shift = cfg.sampling.shift if sampler == "euler_teacher" else cfg.comparison.shift
-        kind = "euler" if sampler.startswith("euler") else "few_step"
+        kind = {"euler_teacher": "euler", "euler": "phased"}.get(sampler, "few_step")
         spec = SamplerSpec(f"{nfe}", kind, nfe, 1.0, shift, cfg.sampling.few_step_schedule)
         rep, vids = oracle_eval(model.eval(), data, batch, spec, seed)
         cols = ablation_columns(rep)
@@ -486,7 +486,7 @@ def _table_worker(config_path, base_overrides, overrides, run_dir, shared_primin
         with CostCounter() as counter:
             r = run_distill(cfg, run_dir, "all", progress=False)
         model, sampler, data = r["generator"], r.get("sampler", "few_step"), r["data"]
-        costs = counter.columns(r["teacher"], r["generator"])
+        costs = counter.columns(r["teacher"], r["networks"].generator)
     train_s = time.perf_counter() - t0
     row = _evaluate_nfes(model, sampler, data, cfg, cfg.train.seed, proxies, data.heldout(cfg.data.heldout_size))
     if validation:  # the split settings are chosen on (tuning trials)
@@ -508,7 +508,7 @@ def _timed_phase1_worker(config_path, overrides, run_dir):
     t0 = time.perf_counter()
     with CostCounter() as counter:
         r = run_distill(load_config(config_path, overrides), run_dir, "priming", progress=False)
-    info = {"train_s": time.perf_counter() - t0, **counter.columns(r["teacher"], r["generator"])}
+    info = {"train_s": time.perf_counter() - t0, **counter.columns(r["teacher"], r["networks"].generator)}
     (Path(run_dir) / "phase1.json").write_text(json.dumps(info))
 
 

@@ -9,7 +9,7 @@ import torch
 
 from vpae import flow
 from vpae.backbones.base import Backbone
-from vpae.sampling import few_step_sample, few_step_sigmas, initial_noise, teacher_sample
+from vpae.sampling import euler_sample, few_step_sample, few_step_sigmas, initial_noise, phase_edges, teacher_sample
 from vpae.toy.oracle import mode_report, oracle_report
 from vpae.toy.world import AXIS_PHRASES, ToyBatch, axis_of
 
@@ -17,7 +17,8 @@ from vpae.toy.world import AXIS_PHRASES, ToyBatch, axis_of
 @dataclass(frozen=True)
 class SamplerSpec:
     """A way to sample a model: `euler` (teacher baseline, `steps` Euler steps over shifted sigmas with CFG) or
-    `few_step` (x0 prediction + re-noising over few_step_sigmas(steps, shift, schedule); 1 step = one-step)."""
+    `few_step` (x0 prediction + re-noising over few_step_sigmas(steps, shift, schedule); 1 step = one-step) or
+    `phased` (deterministic Euler over phase_edges(steps, shift, schedule): PCM's and DCM's sampler)."""
     name: str
     sampler: str
     steps: int
@@ -75,6 +76,8 @@ def generate(backbone: Backbone, data, batch: ToyBatch, spec: SamplerSpec, seed:
         noise = torch.stack([initial_noise(x_data.shape[1:], seed * 100003 + start + i) for i in range(len(sub))]).to(x_data)
         if spec.sampler == "euler":
             r = teacher_sample(backbone, noise, cond, spec.steps, spec.guidance, spec.shift)
+        elif spec.sampler == "phased":
+            r = euler_sample(backbone, noise, cond, phase_edges(spec.steps, spec.shift, spec.schedule), spec.guidance)
         else:
             r = few_step_sample(backbone, noise, cond, few_step_sigmas(spec.steps, spec.shift, spec.schedule), spec.guidance,
                                 seed)

@@ -23,7 +23,7 @@ from vpae.config import (
 from vpae.discriminator import build_head
 from vpae.losses import PhasedConsistencyLoss
 from vpae.recipes import build_method
-from vpae.sampling import predict_x0
+from vpae.sampling import few_step_sigmas, predict_x0
 from vpae.training.loop import PhaseStepper
 from vpae.training.methods.base import student_inputs
 from vpae.training.methods.dcm import ExpertPair
@@ -32,7 +32,7 @@ from vpae.training.methods.md import weak_real_score
 from vpae.training.model import Networks, copy_generator, fake_score, make_teacher_and_fake, real_score
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj")
-METHODS = ["dmd2", "md", "lcm", "pcm", "dcm", "add", "apt"]
+METHODS = ["dmd2", "md", "lcm", "pcm", "dcm", "add", "apt", "ladd", "rcm"]
 
 
 def _cfg(method: str, **kw) -> VPAEConfig:
@@ -44,6 +44,8 @@ def _cfg(method: str, **kw) -> VPAEConfig:
     cfg.consistency = ConsistencyConfig(num_timesteps=8, skip=2, semantic_phases=1)
     if method == "apt":  # the adversarial phase alone (its consistency start is LCM's phase, tested as LCM)
         cfg.apt = dataclasses.replace(cfg.apt, init="teacher")
+    if method == "rcm":  # DMD and the fake score from the first step (after rCM's tangent warm-up otherwise)
+        cfg.rcm = dataclasses.replace(cfg.rcm, tangent_warmup_steps=0, fake_lr=1e-3)
     for k, v in kw.items():
         sec, key = k.split("__")
         setattr(cfg, sec, dataclasses.replace(getattr(cfg, sec), **{key: v}))
@@ -78,7 +80,7 @@ def _state(module) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()} if module is not None else {}
 
 
-OTHERS = {"dcm": {"detail_expert", "detail_ema"}, "apt": {"disc_backbone"}}
+OTHERS = {"dcm": {"detail_expert", "detail_ema"}, "apt": {"disc_backbone"}, "dmd2": {"fake_critic"}}
 
 
 def _groups(nets: Networks) -> dict[str, dict]:
@@ -86,7 +88,8 @@ def _groups(nets: Networks) -> dict[str, dict]:
     return {"generator": _state(nets.generator), "teacher": {k: v for k, v in t.items() if "lora_" not in k},
             "fake_lora": {k: v for k, v in t.items() if "lora_" in k}, "heads": _state(nets.heads),
             "ema": _state(nets.ema), "detail_expert": _state(nets.others.get("detail_expert")),
-            "detail_ema": _state(nets.others.get("detail_ema")), "disc_backbone": _state(nets.others.get("disc_backbone"))}
+            "detail_ema": _state(nets.others.get("detail_ema")), "disc_backbone": _state(nets.others.get("disc_backbone")),
+            "fake_critic": _state(nets.others.get("fake_critic"))}
 
 
 def _changed(before: dict, after: dict) -> set[str]:
@@ -94,7 +97,8 @@ def _changed(before: dict, after: dict) -> set[str]:
             or any(not torch.equal(before[g][k], after[g][k]) for k in before[g])}
 
 
-TRAINS = {"dmd2": {"generator", "fake_lora", "heads"}, "md": {"generator", "fake_lora"},
+TRAINS = {"dmd2": {"generator", "fake_critic", "heads"}, "md": {"generator", "fake_lora"},
+          "ladd": {"generator", "heads"}, "rcm": {"generator", "fake_lora"},
           "lcm": {"generator", "ema"}, "pcm": {"generator", "heads"}, "add": {"generator", "heads"},
           "apt": {"generator", "heads", "disc_backbone", "ema"}}
 
@@ -102,7 +106,7 @@ TRAINS = {"dmd2": {"generator", "fake_lora", "heads"}, "md": {"generator", "fake
 # "discriminator" the heads and the trained backbone)
 OPTIMIZERS = {"dmd2": {"generator", "fake"}, "md": {"generator", "fake"}, "lcm": {"generator"},
               "pcm": {"generator", "heads"}, "dcm": {"generator", "detail_expert", "heads"}, "add": {"generator", "heads"},
-              "apt": {"generator", "discriminator"}}
+              "apt": {"generator", "discriminator"}, "ladd": {"generator", "heads"}, "rcm": {"generator", "fake"}}
 
 
 def _storage(t: torch.Tensor) -> int:
@@ -149,7 +153,7 @@ def test_one_step_changes_only_what_the_method_trains(method):
 # distribution-matching methods the fake score's loss (their generator loss is a surrogate whose value is
 # 0.5 |normalised gradient|^2, not an objective), for the adversarial ones the discriminator's
 DECREASES = {"dmd2": "loss/fake", "md": "loss/fake", "lcm": "loss/consistency", "pcm": "loss/consistency",
-             "dcm": "loss/consistency", "add": "loss/d", "apt": "loss/d"}
+             "dcm": "loss/consistency", "add": "loss/d", "apt": "loss/d", "ladd": "loss/d", "rcm": "loss/fake"}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -290,9 +294,8 @@ def test_expert_pair_routes_by_sigma():
 def test_run_distill_runs_a_method_and_resumes(tmp_path):
     from test_training import _toy_cfg
 
-    from vpae import flow
     from vpae.recipes import run_distill
-    from vpae.sampling import euler_sample, few_step_sample, few_step_sigmas
+    from vpae.sampling import euler_sample, few_step_sample, few_step_sigmas, phase_edges
     base = _toy_cfg()
     for method in ("dcm", "dmd2"):
         cfg = dataclasses.replace(base, method=method, comparison=dataclasses.replace(
@@ -311,7 +314,7 @@ def test_run_distill_runs_a_method_and_resumes(tmp_path):
         x, cond = data.encode(data.heldout(2))
         z = torch.randn_like(x)
         for nfe in (1, 4):  # both samplers run on every method's generator
-            r = (euler_sample(gen, z, cond, flow.sigma_schedule(nfe)) if out["sampler"] == "euler"
+            r = (euler_sample(gen, z, cond, phase_edges(nfe)) if out["sampler"] == "euler"
                  else few_step_sample(gen, z, cond, few_step_sigmas(nfe)))
             assert r.nfe == nfe and torch.isfinite(r.x0).all()
     assert (tmp_path / "dcm" / "detail_expert" / "config.json").is_file()
@@ -351,3 +354,50 @@ def test_gradient_checkpointing_gives_the_same_steps(method):
     # the same arithmetic run twice (float32 weights of magnitude ~1 after two Adam steps of lr 1e-3)
     bad = [k for k in plain if not torch.allclose(plain[k], ckpt[k], rtol=0, atol=1e-6)]
     assert not bad, bad[:3]
+
+
+# the sigmas each few-step method trains its student at (DMD2, MD, ADD, LADD, rCM's DMD samples) or the phase edges
+# of the phased consistency models (PCM, DCM)
+SCHEDULED = ["dmd2", "md", "add", "ladd", "rcm"]
+
+
+@pytest.mark.parametrize("method", SCHEDULED + ["pcm", "dcm"])
+def test_each_method_trains_on_the_originals_schedule(method):
+    """At nfe 4 the student trains at 1, 0.75, 0.5, 0.25 (DMD2's and ADD's 999/749/499/249 of 1000): no step at a
+    near-identity sigma; the shift and the schedule are config values."""
+    cfg = _cfg(method, comparison__nfe=4, consistency__num_timesteps=8, consistency__semantic_phases=2)
+    (phase,) = build_method(cfg).phases(_networks(cfg))
+    if method in SCHEDULED:
+        assert phase.sigmas == [1.0, 0.75, 0.5, 0.25]
+    else:
+        edges = phase.loss.grid[::phase.loss.per_phase].tolist()  # ascending: every phase edge is a grid point
+        assert edges == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0], abs=1e-12)
+    shifted = _cfg(method, comparison__nfe=4, comparison__shift=5.0, consistency__num_timesteps=8,
+                   consistency__semantic_phases=2, sampling__few_step_schedule="linspace")
+    (phase,) = build_method(shifted).phases(_networks(shifted))
+    if method in SCHEDULED:
+        assert phase.sigmas == few_step_sigmas(4, 5.0, "linspace")
+
+
+@pytest.mark.parametrize("method", SCHEDULED)
+def test_one_step_training_starts_every_student_input_at_pure_noise(method, monkeypatch):
+    """comparison.nfe 1 is a one-step model (DMD2's one-step recipes): every generator call of a step sees sigma 1
+    (rCM's consistency loss reads the generator at its own noise levels; its DMD samples are checked here)."""
+    import vpae.training.methods.base as base
+    cfg = _cfg(method, comparison__nfe=1)
+    nets = _networks(cfg)
+    stepper = _stepper(cfg, nets)
+    assert stepper.phase.sigmas == [1.0]
+    seen = []
+    real = base.predict_x0
+
+    def spy(backbone, x_t, sigma, cond, guidance=1.0):
+        if backbone is nets.generator:
+            seen.append(torch.as_tensor(sigma).reshape(-1).clone())
+        return real(backbone, x_t, sigma, cond, guidance)
+    monkeypatch.setattr(base, "predict_x0", spy)
+    step = cfg.rcm.tangent_warmup_steps if method == "rcm" else 0  # rCM: DMD starts after the tangent warm-up
+    torch.manual_seed(0)
+    stats = stepper.step(step, make_latent(), make_cond())
+    assert seen and all(torch.equal(s, torch.ones_like(s)) for s in seen), seen
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())

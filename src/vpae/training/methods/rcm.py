@@ -15,7 +15,8 @@ the release's `dmd_fix_timesteps` variant); the DMD gradient is normalised by me
 fake score's loss is the x0 error over the noise level squared (flow matching on v is that). Differences: the
 fake score is a LoRA on the teacher (the release trains a full copy); its re-noising level is uniform in
 `rcm.renoise_band` (the release: Wan's shift-5 uniform); the two losses are summed into one generator update
-(the release accumulates them as two backward passes: the same gradient).
+(the release accumulates them as two backward passes: the same gradient); the consistency loss reads the
+run's data stream (the release: videos the teacher generated); no NaN masking (the release zeroes NaN samples).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class RCMPhase(Phase):
         super().__init__(nets, cfg)
         self.comparison, self.settings = cfg.comparison, cfg.rcm
         self.steps, self.batch_size = self.comparison.steps, self.comparison.batch_size
-        self.sigmas = few_step_sigmas(self.comparison.nfe, self.comparison.shift)
+        self.sigmas = few_step_sigmas(self.comparison.nfe, self.comparison.shift, cfg.sampling.few_step_schedule)
         s = self.settings
         self.scm = ContinuousConsistencyLoss(s.t_mean, s.t_std, s.tangent_norm_c, s.tangent_warmup_steps)
         self.dmd = DistributionMatchingLoss(s.renoise_band, self.comparison.guidance)

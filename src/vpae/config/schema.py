@@ -506,12 +506,15 @@ class LADDConfig:
 class RCMConfig:
     """rCM (Zheng et al. 2025, NVlabs/rcm): continuous-time consistency (sCM) regularised by DMD."""
     dmd_weight: float = 0.01
-    """Weight of the DMD regulariser (a fake score trained on generated samples)."""
-    fake_updates_per_generator: int = 1
+    """Weight of the DMD regulariser (a fake score trained on generated samples; the release's loss_scale_dmd 1 to
+    loss_scale 100)."""
+    fake_updates_per_generator: int = 4
+    """Fake-score updates per generator update (the release's student_update_freq 5 at 1.3B: 4 to 1)."""
     fake_lr: float = 2e-6
     renoise_band: tuple = (0.02, 0.98)
-    t_mean: float = 0.0
-    """Consistency-training noise levels t = sigmoid(N(mean, std)) (logit-normal)."""
+    t_mean: float = 0.7
+    """Consistency-training noise levels t = sigmoid(N(mean, std)) (logit-normal; the release's 1.3B p_G
+    LogNormal(0.7, 1.6) on s / (1 - s))."""
     t_std: float = 1.6
     tangent_warmup_steps: int = 100
     """sCM's tangent warm-up: the time-derivative term is ramped from 0 to 1 over these generator updates."""

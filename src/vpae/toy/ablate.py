@@ -585,7 +585,8 @@ def run_table(table: int, config_path: str | Path, out_dir: str | Path, override
 
     _run_pool(ctx, phase1, workers, "phase I per seed", progress)  # resumes: a no-op when done
     # Tuning: every trial of every tuned row with the first seed, evaluated on the validation split too.
-    trials = {n: trial_overrides(n, base) for n in names if tuned(n)}
+    budget = load_config(config_path, overrides)  # the shared settings the trials scale (comparison.lr, ...)
+    trials = {n: trial_overrides(n, budget) for n in names if tuned(n)}
     s0 = seeds[0]
     jobs = [job(n, k, s0, ov, True) for n, tr in trials.items() for k, ov in enumerate(tr)
             if not (run_path(n, k, s0) / "row.json").is_file()]

@@ -367,6 +367,8 @@ def judged_nfes(table: int, row: str) -> tuple[int, ...]:
 TUNING_SCALES = (1.0, 0.5, 2.0)
 TUNING_GUIDANCE = (None, 1.0, 3.0)  # None: the shared default (phase I's real-score CFG)
 TUNED_BY_LR = {"V-PAE": "equilibrium.lr", "ADD": "comparison.lr", "APT": "comparison.lr", "LADD": "comparison.lr"}
+TUNED_WITH = {"DMD2 (1-step)": "DMD2"}
+"""Rows that take the setting chosen for another row of the same method (one search per method)."""
 
 
 def trial_overrides(row: str, cfg) -> list[list[str]]:
@@ -586,7 +588,8 @@ def run_table(table: int, config_path: str | Path, out_dir: str | Path, override
     _run_pool(ctx, phase1, workers, "phase I per seed", progress)  # resumes: a no-op when done
     # Tuning: every trial of every tuned row with the first seed, evaluated on the validation split too.
     budget = load_config(config_path, overrides)  # the shared settings the trials scale (comparison.lr, ...)
-    trials = {n: trial_overrides(n, budget) for n in names if tuned(n)}
+    follows = {n: TUNED_WITH[n] for n in names if tuned(n) and TUNED_WITH.get(n) in names}
+    trials = {n: trial_overrides(n, budget) for n in names if tuned(n) and n not in follows}
     s0 = seeds[0]
     jobs = [job(n, k, s0, ov, True) for n, tr in trials.items() for k, ov in enumerate(tr)
             if not (run_path(n, k, s0) / "row.json").is_file()]
@@ -601,9 +604,12 @@ def run_table(table: int, config_path: str | Path, out_dir: str | Path, override
         chosen[n] = int(np.argmin(scores))
         tuning[n] = {"trials": [" ".join(ov) or "(default)" for ov in tr], "mean_rank": scores, "chosen": chosen[n],
                      "selected_on": metrics}
-    # The other seeds with the chosen trial.
-    jobs = [job(n, chosen[n], s, trials[n][chosen[n]], False) for s in seeds[1:] for n in trials
-            if not (run_path(n, chosen[n], s) / "row.json").is_file()]
+    for n, src in follows.items():
+        chosen[n], trials[n] = chosen[src], trials[src]
+        tuning[n] = {**tuning[src], "mean_rank": [float("nan")] * len(trials[src]), "chosen_for": src}
+    # The other seeds with the chosen trial (every seed for the rows that follow another row's choice).
+    jobs = [job(n, chosen[n], s, trials[n][chosen[n]], False) for s in seeds for n in trials
+            if (s != s0 or n in follows) and not (run_path(n, chosen[n], s) / "row.json").is_file()]
     _run_pool(ctx, jobs, workers, f"table {table}", progress)
     per_seed = {n: [_with_phase1(json.loads((run_path(n, chosen[n], s) / "row.json").read_text()), shared_for(n, s))
                     for s in seeds] for n in names}
@@ -631,7 +637,8 @@ def run_table(table: int, config_path: str | Path, out_dir: str | Path, override
         notes.append(f"Equal tuning: {len(TUNING_SCALES)} trials per trained row with seed {s0}, chosen by the mean "
                      "rank of the judged metrics on the validation split (its own conditions); then the other seeds "
                      "with the chosen trial.")
-        notes += [f"tuning {n}: " + ", ".join(f"[{t}] rank {r:.2f}" for t, r in zip(v["trials"], v["mean_rank"]))
+        notes += [f"tuning {n}: " + (f"the setting chosen for {v['chosen_for']}" if "chosen_for" in v else ", ".join(
+                      f"[{t}] rank {r:.2f}" for t, r in zip(v["trials"], v["mean_rank"])))
                   + f" -> {v['trials'][v['chosen']]}" for n, v in tuning.items()]
     notes += [f"{v['claim']} [{v['metric']}]: gap {v['gap']:+.3f}, spread {v['spread']:.3f} -> {v['verdict']}"
               for v in verdicts]

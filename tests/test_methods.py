@@ -401,3 +401,20 @@ def test_one_step_training_starts_every_student_input_at_pure_noise(method, monk
     stats = stepper.step(step, make_latent(), make_cond())
     assert seen and all(torch.equal(s, torch.ones_like(s)) for s in seen), seen
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+
+
+def test_memory_estimate_counts_each_methods_extra_copies():
+    """The memory check counts the whole copies a method adds: DMD2's full critic (weights, gradients, Adam m, v)
+    over its LoRA critic, APT's trained discriminator backbone and its EMA, exactly."""
+    from vpae.config import load_config
+    from vpae.recipes import memory_estimate
+    from vpae.training.parallel import World
+
+    def est(*overrides):
+        cfg = load_config("configs/toy/reproduce.yaml", list(overrides) + ["model.dtype=float32"])
+        return memory_estimate(cfg, build_method(cfg), World())
+    full, lora = est("method=dmd2", "dmd2.fake_critic=full"), est("method=dmd2", "dmd2.fake_critic=lora")
+    n = full["params"]
+    assert full["device"] - lora["device"] == 4 * 4 * n
+    assert est("method=apt")["device"] - est("method=add")["device"] == 4 * n * (4 + 1)
+    assert est("method=pcm")["device"] == est("method=add")["device"]  # the online network is PCM's target

@@ -160,10 +160,11 @@ def memory_estimate(cfg: VPAEConfig, method: Method, world: parallel.World) -> d
     if not world.distributed:
         frozen = trained  # one process stores every role in model.dtype
     full = cfg.priming.generator_mode == "full"
-    ema = method.needs_heads  # the methods with a discriminator read an EMA / trained copy
+    copies_trained, copies_frozen = method.extra_copies()  # critics, experts, EMAs and targets of the method
     generator = n * (trained * 4 if full else frozen)  # weights + gradients + Adam m, v
-    total = generator + n * frozen + (n * trained if ema else 0)
-    host = n * (frozen + (trained if full else frozen) + (trained if ema else 0))
+    extra = n * trained * (4 * copies_trained + copies_frozen)
+    total = generator + n * frozen + extra
+    host = n * (frozen + (trained if full else frozen) + trained * (copies_trained + copies_frozen))
     shards = world.fsdp_mesh.shape[-1] if world.fsdp_mesh is not None else world.size  # dp_shard x cp
     return {"host": host if world.distributed else total, "device": total / shards, "params": n}
 

@@ -149,6 +149,9 @@ class APT(Method):
     paper = "Lin et al. 2025a, Diffusion Adversarial Post-Training for One-Step Video Generation (APT)"
     original_head = "ca"  # APT's heads: cross-attention with learnable tokens
 
+    def extra_copies(self) -> tuple[int, int]:
+        return 1, int(self.cfg.apt.init == "cd" or self.cfg.apt.ema_decay > 0)  # discriminator backbone; EMA
+
     def add_roles(self, nets: Networks, before_sharding: bool) -> None:
         nets.make_copy("disc_backbone", trains="all")  # initialised from the teacher: the generator is its copy here
         if self.cfg.apt.init == "cd" or self.cfg.apt.ema_decay > 0:

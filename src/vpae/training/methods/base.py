@@ -133,6 +133,12 @@ class Method:
                 "hidden_dim": c.head_dim, "num_queries": c.head_queries,
                 "num_heads": c.head_attn_heads}
 
+    def extra_copies(self) -> tuple[int, int]:
+        """Whole copies of the backbone the method adds beside the generator and the teacher: (trained, frozen).
+        A trained copy holds weights, gradients and Adam states (a full fake score, a trained discriminator
+        backbone, a second expert), a frozen one weights (EMA, consistency targets); the memory check counts them."""
+        return 0, 0
+
     def add_roles(self, nets: Networks, before_sharding: bool) -> None:
         """Make the method's own networks (copies of the generator, which is still the teacher's copy)."""
 

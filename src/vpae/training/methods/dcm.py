@@ -138,6 +138,9 @@ class DCM(Method):
     original_head = "conv"  # DCM's discriminator_wan.py DiscriminatorHead: 1x1 convs + GroupNorm
     paper = "Lv et al. 2025, DCM: Dual-Expert Consistency Model for Efficient and High-Quality Video Generation"
 
+    def extra_copies(self) -> tuple[int, int]:
+        return 1, 2  # the detail expert; the two experts' EMA targets
+
     def add_roles(self, nets: Networks, before_sharding: bool) -> None:
         nets.make_ema()                                  # the semantic expert's consistency target
         nets.make_copy("detail_expert", trains="same")   # same trainable parameters as the generator

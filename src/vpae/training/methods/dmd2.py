@@ -143,6 +143,9 @@ class DMD2(Method):
     name, sampler, needs_heads, distributed = "dmd2", "few_step", True, True
     paper = "Yin et al. 2024a, Improved Distribution Matching Distillation for Fast Image Synthesis (DMD2)"
 
+    def extra_copies(self) -> tuple[int, int]:
+        return int(self.cfg.dmd2.fake_critic == "full"), 0
+
     def add_roles(self, nets: Networks, before_sharding: bool) -> None:
         if self.cfg.dmd2.fake_critic == "full":
             nets.make_copy("fake_critic", trains="all")  # the generator is still the teacher's copy here

@@ -102,6 +102,9 @@ class LCM(Method):
     def consistency_phases(self) -> int:
         return 1
 
+    def extra_copies(self) -> tuple[int, int]:
+        return 0, 1  # the EMA consistency target
+
     def add_roles(self, nets: Networks, before_sharding: bool) -> None:
         if before_sharding:  # a sharded module cannot be deep-copied: the EMA target exists from the start
             nets.make_ema()

@@ -23,6 +23,9 @@ class PCM(LCM):
     def consistency_phases(self) -> int:
         return self.cfg.comparison.nfe
 
+    def extra_copies(self) -> tuple[int, int]:
+        return 0, int(self.cfg.pcm.target_decay > 0)  # decay 0: the online network is the target
+
     def add_roles(self, nets: Networks, before_sharding: bool) -> None:
         if before_sharding and self.cfg.pcm.target_decay > 0:
             nets.make_ema()

@@ -310,6 +310,9 @@ class VPAE(Method):
         return {"kind": e.head, "layers": e.layers, "hidden_dim": e.head_dim, "num_queries": e.head_queries,
                 "num_heads": e.head_attn_heads}
 
+    def extra_copies(self) -> tuple[int, int]:
+        return int(self.cfg.equilibrium.backbone == "trained"), 1  # the EMA generator (phase II's backbone)
+
     def add_roles(self, nets: Networks, before_sharding: bool) -> None:
         if before_sharding:  # a sharded module cannot be deep-copied: phase II's copies exist from the start
             nets.make_ema()

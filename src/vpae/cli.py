@@ -88,7 +88,8 @@ def pretrain(config: Path = typer.Option(..., help="YAML config (e.g. configs/to
 
 @_command(app)
 def distill(config: Path = typer.Option(..., help="YAML config (e.g. configs/toy/demo.yaml)"),
-            phase: str = typer.Option("all", help="all (every phase of the method, in order) or one phase by name: V-PAE priming | equilibrium; APT apt_cd | apt; the other methods their own name"),
+            phase: str = typer.Option("all", help="all (every phase of the method, in order) or one phase by name: "
+                                              "V-PAE priming | equilibrium; APT apt_cd | apt; the others their own name"),
             out: Path = typer.Option(Path("runs/distill"), help="Run directory"),
             set_: List[str] = typer.Option([], "--set", help=SET_HELP)):
     """Phase I (stability priming) and/or phase II (unified adversarial equilibrium), with resume."""

@@ -83,8 +83,8 @@ from diffusers import {pipeline}
 pipe = {pipeline}.from_pretrained("{out}", torch_dtype=torch.bfloat16).to("cuda")
 video = pipe(..., num_inference_steps={steps}, guidance_scale=1.0).frames[0]
 ```
-`vpae generate --sampler few-step --steps N --shift {shift} --schedule linspace --seed S` gives the same latents as this pipeline
-with `latents=torch.randn(shape, generator=torch.Generator().manual_seed(S))` and
+`vpae generate --sampler few-step --steps N --shift {shift} --schedule linspace --seed S` gives the same
+latents as this pipeline with `latents=torch.randn(shape, generator=torch.Generator().manual_seed(S))` and
 `generator=torch.Generator().manual_seed(S + 1)` (vpae draws the start noise and the re-noising from two
 seeds).
 """
@@ -99,7 +99,8 @@ def export_pipeline(generator_dir: str | Path, base_dir: str | Path, out_dir: st
     sampler (x0 prediction at each of few_step_sigmas(N, shift, "linspace"), re-noised with fresh noise to the
     next): with num_inference_steps=N and guidance_scale=1 the pipeline computes `vpae generate --sampler few-step
     --steps N --schedule linspace` (N = 1: x0 = z - v(z, 1), the one-step sample, the same for every schedule;
-    at N > 1 diffusers' scheduler has no trailing spacing, so the pipeline samples its linspace sigmas). `steps` is the N the README and vpae.json recommend.
+    at N > 1 diffusers' scheduler has no trailing spacing, so the pipeline samples its linspace sigmas).
+    `steps` is the N the README and vpae.json recommend.
     A LoRA run's adapter (RUN/generator_lora) is copied as `transformer_lora/` (`pipe.load_lora_weights` on
     the teacher's pipeline gives the generator again). `link` symlinks the base components instead of copying
     them (14B: the UMT5 encoder alone is ~11 GB). Published atomically."""

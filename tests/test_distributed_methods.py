@@ -1,8 +1,9 @@
 """The comparison methods under torchrun (CPU, gloo, 2 ranks) against one process: for every method a 2-rank
 run of 2 steps computes the single-process steps on the same global batch, with its extra networks (EMA and
-consistency targets, DCM's second expert and its target, APT's discriminator backbone) sharded and
-checkpointed by both ranks; DCM's detail expert is exported whole from its shards. The seven methods run one
-after the other in one process group (tests/dist_methods_worker.py): one torchrun start-up, not seven."""
+consistency targets, DCM's second expert and its target, APT's discriminator backbone, DMD2's full critic)
+sharded and checkpointed by both ranks; DCM's detail expert is exported whole from its shards. The methods run
+one after the other in one process group (tests/dist_methods_worker.py): one torchrun start-up, not eight.
+rCM is refused under torchrun (RCM.distributed is False: its JVP through sharded modules is unchecked)."""
 
 from __future__ import annotations
 
@@ -26,12 +27,14 @@ TINY = [f"comparison.steps={STEPS}", "comparison.batch_size=2", "comparison.nfe=
         f"comparison.disc_lr={LR}", "comparison.head_dim=16", "comparison.head_queries=2",
         "comparison.head_attn_heads=2", "consistency.num_timesteps=4", "consistency.semantic_phases=1",
         "dmd2.fake_updates_per_generator=1", f"dmd2.fake_lr={LR}", "md.fake_updates_per_generator=1",
-        f"md.fake_lr={LR}", "train.eval_every=0", f"train.checkpoint_every={STEPS}", "train.log_every=1"]
+        f"md.fake_lr={LR}", "train.eval_every=0", f"train.checkpoint_every={STEPS}", "train.log_every=1",
+        "apt.init=teacher"]  # APT's consistency start is LCM's phase (the lcm row)
 # what each method's checkpoint holds: its generator and every network it adds or trains
-ROLES = {"dmd2": {"generator", "fake_lora", "heads"}, "md": {"generator", "fake_lora"},
-         "lcm": {"generator", "target"}, "pcm": {"generator", "target"},
+ROLES = {"dmd2": {"generator", "fake_critic", "heads"}, "md": {"generator", "fake_lora"},
+         "lcm": {"generator", "target"}, "pcm": {"generator", "heads"},
          "dcm": {"generator", "target", "detail_expert", "detail_target", "heads"},
-         "add": {"generator", "heads"}, "apt": {"generator", "heads", "disc_backbone"}}
+         "add": {"generator", "heads"}, "apt": {"generator", "heads", "disc_backbone", "ema"},
+         "ladd": {"generator", "heads"}}
 METHODS = list(ROLES)
 
 

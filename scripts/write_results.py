@@ -4,7 +4,8 @@ analogues wrote, followed by the curated readings in docs/results_notes.md.
     python scripts/write_results.py --demo outputs/demo/results.json --reproduce outputs/reproduce/results.json \
         --table1 outputs/table1/results.json --table2 outputs/table2/results.json
 
-Every number in the generated sections comes from those files; a missing file leaves its section out. A paper
+Every number in the generated sections comes from those files; a section whose file is missing here is kept
+as the current docs/RESULTS.md has it. A paper
 claim "reproduces" only when its mean gap over seeds exceeds the spread (vpae.toy.ablate.judge); the verdicts are
 the runs' own. docs/results_notes.md states what the numbers say (by topic, not by date) and is appended verbatim.
 """
@@ -113,22 +114,67 @@ TABLE_COLS = ([f"1nfe/{m}" for m in TABLE_METRICS] + ["1nfe/latency_s"] + [f"4nf
               + ["4nfe/latency_s", "train_s"])
 
 
+def cost_table(r) -> str:
+    """Per row: the NFEs it is judged at, the setting its tuning chose, generator and critic/discriminator updates,
+    backbone evaluations over training, training wall time (V-PAE's phase I included) and sampling latency."""
+    tuning = r.get("tuning", {})
+    out = ["| method | judged at NFE | chosen setting | generator updates | critic / discriminator updates | "
+           "teacher evals | generator evals | other evals | train_s | 1 NFE latency_s |", "|---" * 10 + "|"]
+    for name, row in r["rows"].items():
+        t = tuning.get(name)
+        chosen = t["trials"][t["chosen"]] if t else "-"
+        gen = sum(v for k, v in row.items() if k.startswith("cost/updates_") and not k.endswith("_std")
+                  and k.split("cost/updates_")[1] in ("generator", "detail_expert"))
+        critic = sum(v for k, v in row.items() if k.startswith("cost/updates_") and not k.endswith("_std")
+                     and k.split("cost/updates_")[1] not in ("generator", "detail_expert"))
+        def count(v):
+            return f"{v:.0f}" if isinstance(v, (int, float)) and v else "-"
+        cells = [row.get("judged_nfe", "-"), chosen, count(gen), count(critic), count(row.get("cost/teacher_evals")),
+                 count(row.get("cost/generator_evals")), count(row.get("cost/other_evals")), fmt(row.get("train_s")),
+                 fmt(row.get("1nfe/latency_s"))]
+        out.append(f"| {name} | " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(out)
+
+
 def methods_table_section(r):
     """`vpae ablate --table 1 | 2` (vpae.toy.ablate.run_table): the comparison with the other methods."""
     n = r["table"]
-    what = ("V-PAE against DMD2, MD, LCM, PCM, DCM, ADD, APT" if n == 1 else "none / LCM / V-PAE-I as the first phase")
+    what = ("V-PAE against DMD2, MD, LCM, PCM, DCM, ADD at 4 NFE and DMD2, MD, LCM, ADD, APT at 1 NFE; LADD and rCM "
+            "shown" if n == 1 else "none / LCM / V-PAE-I as the first phase")
     out = [f"## Table {n} analogue ({what}; mean ± std over seeds)", "",
            f"Command: `vpae ablate --table {n}` (docs/COMPARISON_METHODS.md). Seeds {r['seeds']}; "
-           f"wall time {r['total_s']:.0f} s; "
+           f"wall time of the call that finished it {r['total_s']:.0f} s; "
            f"overrides {overrides(r)}.", "",
-           table(r["rows"], TABLE_COLS, std=True).replace("1nfe/", "1 NFE ").replace("4nfe/", "4 NFE "), "",
-           "### Paper claims", "",
-           "| claim | metric | gap (better - worse) | spread (std + std) | verdict |", "|---|---|---|---|---|"]
+           table(r["rows"], TABLE_COLS, std=True).replace("1nfe/", "1 NFE ").replace("4nfe/", "4 NFE "), ""]
+    if n == 1 or r.get("tuning"):
+        out += ["### Cost and tuning (means over seeds; updates and evaluations over the whole training)", "",
+                cost_table(r), ""]
+        for name, t in r.get("tuning", {}).items():
+            if "chosen_for" in t:
+                out.append(f"- {name}: the setting chosen for {t['chosen_for']} ({t['trials'][t['chosen']]})")
+            else:
+                ranks = ", ".join(f"{tr} {rank:.2f}" for tr, rank in zip(t["trials"], t["mean_rank"]))
+                out.append(f"- {name}: mean validation rank {ranks} -> **{t['trials'][t['chosen']]}**")
+        out.append("")
+    out += ["### Paper claims", "",
+            "| claim | metric | gap (better - worse) | spread (std + std) | verdict |", "|---|---|---|---|---|"]
     coverage = coverage_name(r["rows"])
     for v in r["verdicts"]:
+        verdict = f"**{v['verdict']}**" if v["verdict"] == "contradicted" else v["verdict"]
         out.append(f"| {v['claim']} | {column_label(v['metric'], coverage)} | {v['gap']:+.3f} | {v['spread']:.3f} "
-                   f"| {v['verdict']} |")
+                   f"| {verdict} |")
     return "\n".join(out)
+
+
+def kept_sections(path: Path) -> dict[str, str]:
+    """The sections of an existing RESULTS.md by their heading's first words, so a section whose results file is
+    not on this machine is kept as it was instead of dropped."""
+    if not path.is_file():
+        return {}
+    text = path.read_text()
+    notes_at = text.find("\n## What the numbers say")
+    parts = (text[:notes_at] if notes_at >= 0 else text).split("\n## ")[1:]
+    return {" ".join(p.split()[:2]): "## " + p.rstrip() for p in parts}
 
 
 def main():
@@ -145,13 +191,13 @@ def main():
              "Generated by `python scripts/write_results.py`: the tables from the runs' results.json files (every "
              "number in them comes from those files), then what they say (docs/results_notes.md). Toy world and "
              "teacher: docs/TOY_WORLD.md, docs/TEACHER.md.", ""]
-    if a.demo.is_file():
-        parts += [demo_section(json.loads(a.demo.read_text())), ""]
-    if a.reproduce.is_file():
-        parts += [repro_section(json.loads(a.reproduce.read_text())), ""]
-    for t in (a.table1, a.table2):
-        if t.is_file():
-            parts += [methods_table_section(json.loads(t.read_text())), ""]
+    kept = kept_sections(a.out)
+    for f, make, key in ((a.demo, demo_section, "`make demo`"), (a.reproduce, repro_section, "Reproduction (Tables"),
+                         (a.table1, methods_table_section, "Table 1"), (a.table2, methods_table_section, "Table 2")):
+        if f.is_file():
+            parts += [make(json.loads(f.read_text())), ""]
+        elif key in kept:
+            parts += [kept[key], ""]
     if a.notes and a.notes.is_file():
         parts += [a.notes.read_text()]
     a.out.write_text("\n".join(parts) + "\n")

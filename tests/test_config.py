@@ -152,8 +152,10 @@ def test_paper_defaults():
 
 
 def test_the_comparison_methods_have_their_own_heads_with_the_equilibrium_defaults():
+    """Sized like V-PAE's heads; the kind is each method's own (comparison.head: original)."""
     c = VPAEConfig()
-    keys = ("head", "layers", "head_dim", "head_queries", "head_attn_heads")
+    assert c.comparison.head == "original"
+    keys = ("layers", "head_dim", "head_queries", "head_attn_heads")
     assert {k: getattr(c.comparison, k) for k in keys} == {k: getattr(c.equilibrium, k) for k in keys}
     # every shipped config that sizes V-PAE's heads gives the comparison methods the same ones
     for path in sorted(REPO.glob("configs/**/*.yaml")):
@@ -227,18 +229,20 @@ def test_resume_policy_of_the_data_sources_sections_and_the_comparison_heads():
 
 def test_resume_reads_run_folders_recorded_in_the_earlier_layout():
     """A data source's settings flat in `data`, and the comparison methods' section named `baseline` (whose
-    methods read equilibrium's head settings): read as the current layout, so an unchanged config resumes."""
+    methods read equilibrium's head settings): read as the current layout, so an unchanged config resumes; the
+    head kind those runs used (equilibrium's, semantic) is reported against today's default (each method's own)."""
     cfg = load_config(REPO / "configs/toy/demo.yaml")
     current = to_dict(cfg)
     old = json.loads(json.dumps(current))
     old["data"].update(old["data"].pop("toy"))
     old["baseline"] = {k: v for k, v in old.pop("comparison").items()
                        if k not in ("head", "layers", "head_dim", "head_queries", "head_attn_heads")}
-    assert resume_changes(old, cfg) == ({}, {})
+    head = {"comparison.head": ("semantic", "original")}
+    assert resume_changes(old, cfg) == ({}, head)
     old["data"]["caption_sign"] = 1.0
     old["baseline"]["steps"] = 10
     assert resume_changes(old, cfg) == ({"comparison.steps": (10, cfg.comparison.steps)},
-                                        {"data.toy.caption_sign": (1.0, 0.5)})
+                                        {"data.toy.caption_sign": (1.0, 0.5), **head})
 
 
 def test_nest_data_sections_reads_both_layouts():
@@ -271,3 +275,20 @@ def test_a_missing_eval_folder_is_one_error_line(tmp_path):
     from vpae.cli import app
     r = CliRunner().invoke(app, ["eval", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "None" not in r.output and "not found" in r.output
+
+
+def test_runs_recorded_before_the_originals_forms_resume_as_what_they_ran():
+    """A record without the keys that now default to the originals' forms ran the earlier forms (LoRA critic,
+    linspace sigmas, ...): resuming it with today's defaults names those changes instead of silently mixing."""
+    cfg = load_config(REPO / "configs/toy/demo.yaml")
+    old = json.loads(json.dumps(to_dict(cfg)))
+    for section, key in (("dmd2", "fake_critic"), ("sampling", "few_step_schedule"), ("apt", "init")):
+        del old[section][key]
+    del old["pcm"]
+    allowed, refused = resume_changes(old, cfg)
+    changes = {**allowed, **refused}
+    assert changes["dmd2.fake_critic"] == ("lora", "full")
+    assert changes["sampling.few_step_schedule"] == ("linspace", "trailing")
+    assert changes["apt.init"] == ("teacher", "cd")
+    assert changes["pcm.adv_weight"] == (0.0, 0.1)
+    assert resume_changes(json.loads(json.dumps(to_dict(cfg))), cfg) == ({}, {})

@@ -56,7 +56,21 @@ def current_layout(recorded: dict) -> dict:
     if isinstance(out.get("baseline"), dict) and "comparison" not in out:
         heads = {k: v for k, v in (out.get("equilibrium") or {}).items() if k in HEAD_KEYS}
         out["comparison"] = {**heads, **out.pop("baseline")}
+    # Runs recorded before the comparison methods followed their originals ran these forms; a key their record
+    # lacks means that form, not today's default.
+    for section, key, before in EARLIER_FORMS:
+        if isinstance(out.get(section), dict) and key not in out[section]:
+            out[section] = {**out[section], key: before}
+    if isinstance(out.get("consistency"), dict) and "pcm" not in out:
+        out["pcm"] = {"target_decay": out["consistency"].get("ema_decay", 0.95), "adv_weight": 0.0}
     return out
+
+
+EARLIER_FORMS = [("sampling", "few_step_schedule", "linspace"), ("dmd2", "fake_critic", "lora"),
+                 ("apt", "init", "teacher"), ("apt", "ema_decay", 0.0), ("consistency", "gan_real", "data"),
+                 ("consistency", "temporal_stride", 1)]
+"""(section, key, the form a record without the key ran): few-step sigmas, DMD2's critic, APT's start and EMA,
+DCM's GAN and temporal stride."""
 
 
 def resume_changes(recorded: dict, cfg: VPAEConfig) -> tuple[dict, dict]:

@@ -112,8 +112,10 @@ def test_one_apt_step_trains_generator_and_discriminator_and_the_ema_follows_exa
     assert "ema" in phase.modules()
     before = _groups(nets)
     assert all(torch.equal(before["ema"][k], before["generator"][k]) for k in before["ema"])
+    from vpae.training.methods.apt import ema_decay_at
+    assert ema_decay_at(decay, 0) == 0.1 and ema_decay_at(decay, 100) == decay  # warm-up: (1 + t) / (10 + t)
     torch.manual_seed(0)
-    stats = stepper.step(0, make_latent(), make_cond())
+    stats = stepper.step(100, make_latent(), make_cond())  # past the warm-up: the decay itself
     assert all(math.isfinite(v) for v in stats.values()), stats
     after = _groups(nets)
     assert _changed(before, after) == {"generator", "heads", "disc_backbone", "ema"}

@@ -116,3 +116,21 @@ def test_cost_counter_counts_updates_and_backbone_evaluations():
     # the patches are gone after the context
     net.velocity(x, torch.full((x.shape[0],), 0.5), c)
     assert counter.calls[id(net)] == 3
+
+
+def test_a_diverged_or_incomplete_trial_ranks_last():
+    trials = [{"a": 0.5, "b_error": 0.2}, {"a": float("nan"), "b_error": 0.1}, {"diverged": "loss exploded"}]
+    scores = rank_score(trials, ["a", "b_error"])
+    assert scores[0] < scores[1] < scores[2] or (scores[0] < scores[2] and scores[1] < scores[2])
+    assert min(range(3), key=scores.__getitem__) == 0
+
+
+def test_an_unfinished_table_run_restarts_from_scratch_but_keeps_its_shared_phase_one(tmp_path):
+    from vpae.toy.ablate import _restart_unfinished
+    run = tmp_path / "row"
+    (run / "priming" / "checkpoints").mkdir(parents=True)
+    (run / "dmd2" / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("method: dmd2\n")
+    _restart_unfinished(run, keep="priming")
+    assert [p.name for p in run.iterdir()] == ["priming"]
+    _restart_unfinished(tmp_path / "missing")  # nothing there: nothing to do

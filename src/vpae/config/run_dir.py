@@ -29,8 +29,10 @@ RESUME_FIXED_KEYS = {"train.seed", "priming.generator_mode", "priming.lora_rank"
                      "priming.lora_targets", "equilibrium.backbone", "equilibrium.head", "equilibrium.layers",
                      "equilibrium.head_dim", "equilibrium.head_queries", "equilibrium.head_attn_heads",
                      "comparison.head", "comparison.layers", "comparison.head_dim", "comparison.head_queries",
-                     "comparison.head_attn_heads", "method", "priming.kind"}
-"""Keys that change what the checkpoints hold (adapter and head shapes) or which run this is (the seed)."""
+                     "comparison.head_attn_heads", "method", "priming.kind", "dmd2.fake_critic", "apt.init",
+                     "apt.ema_decay"}
+"""Keys that change what the checkpoints hold (adapter and head shapes, a full critic, an EMA), the phases a
+method runs (APT's start) or which run this is (the seed)."""
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -404,8 +404,8 @@ class ConsistencyConfig:
     """DCM: the first (high-noise) phases belong to the semantic expert, the rest to the detail expert; the
     experts switch at that phase edge (paper: semantic layout/motion early, details late; 2 of 4 chosen)."""
     gan_real: str = "target"
-    """DCM: the GAN's real side: target = the consistency target re-noised with the prediction's noise (DCM's
-    release) | data = the real video noised to the phase edge."""
+    """DCM: the GAN's real side: target = the consistency target moved into the phase with the prediction's noise
+    (DCM's release) | data = the real video noised to the same sigma inside the phase."""
     temporal_stride: int = 3
     """DCM: frame distance of the temporal coherence loss (DCM's release: 3; clipped to the clip's frames - 1)."""
 

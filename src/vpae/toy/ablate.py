@@ -382,10 +382,12 @@ def trial_overrides(row: str, cfg) -> list[list[str]]:
 
 def rank_score(trials: list[dict], metrics: list[str]) -> list[float]:
     """Each trial's mean rank over `metrics` (1 = best; ties share their mean rank; *_error lower is better):
-    scale-free, so no metric outweighs another by its units. The chosen trial has the lowest (the first on a tie)."""
+    scale-free, so no metric outweighs another by its units. The chosen trial has the lowest (the first on a tie).
+    A missing or non-finite value (a diverged trial) ranks last."""
     ranks = np.zeros(len(trials))
     for m in metrics:
-        vals = np.array([(-1.0 if m.endswith("_error") else 1.0) * t[m] for t in trials])
+        vals = np.array([(-1.0 if m.endswith("_error") else 1.0) * t.get(m, float("nan")) for t in trials])
+        vals = np.where(np.isfinite(vals), vals, -np.inf)
         for i, v in enumerate(vals):
             ranks[i] += 1 + (vals > v).sum() + 0.5 * ((vals == v).sum() - 1)
     return list(ranks / max(1, len(metrics)))
@@ -472,11 +474,12 @@ class CostCounter:
 
 def _table_worker(config_path, base_overrides, overrides, run_dir, shared_priming, proxies, validation):
     from vpae.config import load_config
+    from vpae.errors import DivergenceError
     from vpae.recipes import build_data, run_distill
-
     run_dir = Path(run_dir)
     teacher_row = "__teacher__" in overrides
     cfg = load_config(config_path, list(base_overrides) + [o for o in overrides if o != "__teacher__"])
+    _restart_unfinished(run_dir, keep="priming")
     t0 = time.perf_counter()
     costs = {}
     if teacher_row:  # the teacher itself (Table 1's "Baseline Euler" rows), no training
@@ -485,8 +488,14 @@ def _table_worker(config_path, base_overrides, overrides, run_dir, shared_primin
     else:
         if cfg.method == "vpae" and cfg.priming.steps > 0 and shared_priming and not (run_dir / "priming").exists():
             shutil.copytree(shared_priming, run_dir / "priming")
-        with CostCounter() as counter:
-            r = run_distill(cfg, run_dir, "all", progress=False)
+        try:
+            with CostCounter() as counter:
+                r = run_distill(cfg, run_dir, "all", progress=False)
+        except DivergenceError as e:
+            if not validation:
+                raise
+            _write_row(run_dir, {"diverged": str(e), "train_s": time.perf_counter() - t0})  # a trial: ranked last
+            return
         model, sampler, data = r["generator"], r.get("sampler", "few_step"), r["data"]
         costs = counter.columns(r["teacher"], r["networks"].generator)
     train_s = time.perf_counter() - t0
@@ -496,10 +505,25 @@ def _table_worker(config_path, base_overrides, overrides, run_dir, shared_primin
     row["train_s"] = 0.0 if teacher_row else train_s
     row.update(costs)
     row["peak_rss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    _write_row(run_dir, row)
+
+
+def _write_row(run_dir: Path, row: dict) -> None:
     tmp = run_dir / "row.json.tmp"
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp.write_text(json.dumps(row))
     tmp.replace(run_dir / "row.json")
+
+
+def _restart_unfinished(run_dir: Path, keep: str | None = None) -> None:
+    """A table run killed before its row was written trains again from the start (its folder emptied but for
+    `keep`, the copied shared phase I): its costs and wall time are counted by the process that trains it, so a
+    resumed toy run would under-count them."""
+    if not run_dir.is_dir():
+        return
+    for child in run_dir.iterdir():
+        if child.name != keep:
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 def _timed_phase1_worker(config_path, overrides, run_dir):
@@ -507,6 +531,7 @@ def _timed_phase1_worker(config_path, overrides, run_dir):
     (phase1.json) and added to those rows' train_s and costs: V-PAE's budget includes its phase I."""
     from vpae.config import load_config
     from vpae.recipes import run_distill
+    _restart_unfinished(Path(run_dir))
     t0 = time.perf_counter()
     with CostCounter() as counter:
         r = run_distill(load_config(config_path, overrides), run_dir, "priming", progress=False)

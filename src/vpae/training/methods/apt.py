@@ -9,7 +9,8 @@ x comparison.lr; APT: 5e-6 both).
 Two phases with `apt.init: cd` (the default): APT starts from a discrete-time consistency-distilled model, so
 the generator is first distilled by LCM's consistency phase ("apt_cd", apt.init_fraction of comparison.steps,
 nets.ema its target), then trained adversarially ("apt", the rest). `init: teacher` starts from the teacher
-(the "apt" phase alone). APT samples with the generator's EMA (apt.ema_decay; 0: the raw generator).
+(the "apt" phase alone). APT samples with the generator's EMA (apt.ema_decay with a warm-up, ema_decay_at; 0: the
+raw generator).
 
 The EMA is nets.ema, restarted from the generator when the adversarial phase starts: the consistency target is
 done with by then, so one copy serves both (as V-PAE's phase II restarts its EMA from phase I's generator), and
@@ -65,6 +66,13 @@ def init_steps(cfg) -> int:
     if cfg.apt.init != "cd":
         return 0
     return int(round(cfg.apt.init_fraction * cfg.comparison.steps))
+
+
+def ema_decay_at(decay: float, step: int) -> float:
+    """The EMA's decay at phase step `step` with the usual warm-up, min(decay, (1 + step) / (10 + step)): a short
+    run's EMA follows its training instead of staying near its start (0.995 over 70 steps would keep 70 % of the
+    start); from step ~1,800 on it is `decay`."""
+    return min(decay, (1.0 + step) / (10.0 + step))
 
 
 class APTPhase(Phase):
@@ -138,7 +146,8 @@ class APTPhase(Phase):
         with requires_grad(self.disc_params(), False):
             yield Update("generator", *self.generator_loss(x0_gen, cond))
         if self.ema is not None:
-            yield AfterUpdate(lambda: update_ema(self.ema, self.nets.generator, self.settings.ema_decay))
+            decay = ema_decay_at(self.settings.ema_decay, step)
+            yield AfterUpdate(lambda: update_ema(self.ema, self.nets.generator, decay))
         yield Update("discriminator", *self.discriminator_loss(x_data, x0_gen.detach(), cond))
         yield collapse_logs(x0_gen, x_data)
 

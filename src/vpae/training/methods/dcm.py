@@ -139,7 +139,9 @@ class DCM(Method):
     paper = "Lv et al. 2025, DCM: Dual-Expert Consistency Model for Efficient and High-Quality Video Generation"
 
     def extra_copies(self) -> tuple[int, int]:
-        return 1, 2  # the detail expert; the two experts' EMA targets
+        # the detail expert trains what the generator trains (its LoRA alone for a LoRA generator); two EMA targets
+        full = self.cfg.priming.generator_mode == "full"
+        return int(full), 2 + int(not full)
 
     def add_roles(self, nets: Networks, before_sharding: bool) -> None:
         nets.make_ema()                                  # the semantic expert's consistency target

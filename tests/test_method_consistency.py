@@ -4,68 +4,17 @@ adversarial consistency loss, DCM's GAN real side (the carried consistency targe
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import torch
-from conftest import make_cond, make_latent, make_wan
+from conftest import make_cond, make_latent
+from test_methods import _cfg, _changed, _networks, _state, _stepper  # the shared tiny-Wan helpers
 
 from vpae import randomness
-from vpae.config import (
-    ComparisonConfig,
-    ConsistencyConfig,
-    DMD2Config,
-    EquilibriumConfig,
-    MDConfig,
-    PrimingConfig,
-    VPAEConfig,
-)
-from vpae.discriminator import build_head
 from vpae.losses import PhasedConsistencyLoss, temporal_coherence_loss
 from vpae.losses.consistency import AdversarialConsistencyLoss, renoise
 from vpae.recipes import build_method
 from vpae.sampling import phase_edges
-from vpae.training.loop import PhaseStepper
-from vpae.training.model import Networks, copy_generator, make_teacher_and_fake, real_score
-
-TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj")
-
-
-def _cfg(method: str, **kw) -> VPAEConfig:
-    cfg = VPAEConfig(method=method, equilibrium=EquilibriumConfig(layers=(0.5, 1.0)),
-                     priming=PrimingConfig(lr=1e-3, lora_rank=4, lora_alpha=4, kind=kw.pop("kind", "vpae")))
-    cfg.comparison = ComparisonConfig(lr=1e-3, disc_lr=1e-3, nfe=2, guidance=2.0, grad_clip=0.0, layers=(0.5, 1.0))
-    cfg.dmd2 = DMD2Config(fake_updates_per_generator=1, fake_lr=1e-3)
-    cfg.md = MDConfig(fake_updates_per_generator=1, fake_lr=1e-3)
-    cfg.consistency = ConsistencyConfig(num_timesteps=8, skip=2, semantic_phases=1)
-    for k, v in kw.items():
-        sec, key = k.split("__")
-        setattr(cfg, sec, dataclasses.replace(getattr(cfg, sec), **{key: v}))
-    return cfg
-
-
-def _networks(cfg: VPAEConfig, dtype=torch.float32) -> Networks:
-    method = build_method(cfg)
-    teacher = make_wan()
-    gen = copy_generator(teacher, "full")
-    make_teacher_and_fake(teacher, 4, 4, TARGETS)
-    heads = None
-    if method.needs_heads:
-        torch.manual_seed(1)
-        heads = build_head("ca", feature_dim=gen.feature_dim, num_layers=2, text_dim=32, image_dim=24, hidden_dim=16,
-                           num_queries=2, num_heads=2).to(dtype)
-    nets = Networks(gen.to(dtype), teacher.to(dtype), heads)
-    method.add_roles(nets, before_sharding=False)
-    return nets
-
-
-def _stepper(cfg: VPAEConfig, nets: Networks) -> PhaseStepper:
-    (phase,) = build_method(cfg).phases(nets)
-    assert phase.name == cfg.method
-    return PhaseStepper(phase)
-
-
-def _state(module) -> dict:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()} if module is not None else {}
+from vpae.training.model import Networks, real_score
 
 
 def _groups(nets: Networks) -> dict[str, dict]:
@@ -73,11 +22,6 @@ def _groups(nets: Networks) -> dict[str, dict]:
     return {"generator": _state(nets.generator), "teacher": {k: v for k, v in t.items() if "lora_" not in k},
             "fake_lora": {k: v for k, v in t.items() if "lora_" in k}, "heads": _state(nets.heads),
             "ema": _state(nets.ema)}
-
-
-def _changed(before: dict, after: dict) -> set[str]:
-    return {g for g in before if before[g].keys() != after[g].keys()
-            or any(not torch.equal(before[g][k], after[g][k]) for k in before[g])}
 
 
 def test_phase_edges_at_nfe_4_are_the_trailing_sigmas_and_lie_on_the_ode_grid():

@@ -114,9 +114,7 @@ def _variant_worker(config_path, base_overrides, overrides, run_dir, shared_prim
         row["probe/low_noise_acc"] = low_noise_separability(r["generator"], r["teacher"], data, cfg)
     row["train_s"] = train_s
     row["peak_rss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    tmp = run_dir / "row.json.tmp"
-    tmp.write_text(json.dumps(row))
-    tmp.replace(run_dir / "row.json")
+    _write_row(run_dir, row)
 
 
 def discriminator_signals(phase_dir: Path) -> dict:
